@@ -1,0 +1,221 @@
+//! Run-time backend choice. Engine code is generic over burn's `AutodiffBackend`; this module
+//! turns a [`BackendKind`] from a config file or the command line into one concrete backend,
+//! checks that it is compiled in and has a device, and runs a [`BackendTask`] on it.
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::str::FromStr;
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::scene::nerf::HashGridBackend;
+
+/// The compute backends the engine can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// CPU through burn's `ndarray` backend: runs everywhere (cargo feature `cpu`).
+    #[default]
+    Cpu,
+    /// Portable GPU through wgpu: Vulkan, Metal, DX12 (cargo feature `wgpu`).
+    Wgpu,
+    /// NVIDIA GPUs through CUDA: the fast path (cargo feature `cuda`).
+    Cuda,
+}
+
+impl BackendKind {
+    /// All kinds, in the order they are listed to users.
+    pub const ALL: [BackendKind; 3] = [Self::Cpu, Self::Wgpu, Self::Cuda];
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build contains the backend.
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Self::Cpu => cfg!(feature = "cpu"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+            Self::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == lower || (lower == "ndarray" && *k == Self::Cpu))
+            .ok_or_else(|| BackendError::Unknown(s.to_string()))
+    }
+}
+
+/// Why a backend cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The name matches no backend.
+    #[error("unknown backend '{0}': expected one of cpu, wgpu, cuda")]
+    Unknown(String),
+    /// The backend's cargo feature is off in this build.
+    #[error(
+        "backend '{0}' is not compiled into this build: rebuild with `--features {0}` (compiled in: {1})"
+    )]
+    NotCompiled(BackendKind, String),
+    /// The backend started but found no usable device.
+    #[error("backend '{kind}' found no usable device: {reason}")]
+    NoDevice {
+        /// The backend.
+        kind: BackendKind,
+        /// What the driver said.
+        reason: String,
+    },
+}
+
+/// A backend with every custom operation the engine needs (today: the hash-grid encoding).
+pub trait EngineBackend: HashGridBackend {}
+impl<T: HashGridBackend> EngineBackend for T {}
+
+/// An autodiff backend whose inner backend is an [`EngineBackend`] too: what training runs on.
+pub trait EngineAutodiffBackend:
+    EngineBackend + AutodiffBackend<InnerBackend: EngineBackend>
+{
+}
+impl<T> EngineAutodiffBackend for T
+where
+    T: EngineBackend + AutodiffBackend,
+    T::InnerBackend: EngineBackend,
+{
+}
+
+/// Work that runs on whichever backend was chosen at run time.
+pub trait BackendTask {
+    /// What the work returns.
+    type Output;
+    /// Runs the work on backend `B` and its `device`.
+    fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// The backends compiled into this build, comma-separated.
+pub fn compiled_backends() -> String {
+    let names: Vec<_> = BackendKind::ALL
+        .into_iter()
+        .filter(|k| k.is_compiled())
+        .map(BackendKind::name)
+        .collect();
+    names.join(", ")
+}
+
+/// Runs `task` on `kind`, after checking the backend is compiled in and its device answers.
+pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, BackendError> {
+    match kind {
+        #[cfg(feature = "cpu")]
+        BackendKind::Cpu => {
+            type B = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+            let device = Default::default();
+            probe::<B>(kind, &device)?;
+            Ok(task.run::<B>(device))
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            type B = burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>;
+            let device = burn::backend::wgpu::WgpuDevice::default();
+            probe::<B>(kind, &device)?;
+            Ok(task.run::<B>(device))
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            type B = burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>;
+            let device = burn::backend::cuda::CudaDevice::default();
+            probe::<B>(kind, &device)?;
+            Ok(task.run::<B>(device))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(BackendError::NotCompiled(kind, compiled_backends())),
+    }
+}
+
+/// One tiny round trip to the device: a missing driver or adapter panics inside burn, which
+/// we turn into an error naming the backend instead of a crash mid-generation.
+fn probe<B: Backend>(kind: BackendKind, device: &B::Device) -> Result<(), BackendError> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let x = Tensor::<B, 1>::from_floats([1.0, 2.0], device);
+        x.sum().into_scalar().elem::<f32>()
+    }));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
+        Ok(v) => Err(BackendError::NoDevice {
+            kind,
+            reason: format!("a test sum returned {v} instead of 3"),
+        }),
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the backend panicked while starting".into());
+            Err(BackendError::NoDevice { kind, reason })
+        }
+    }
+}
+
+use burn::tensor::ElementConversion as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sum;
+    impl BackendTask for Sum {
+        type Output = f32;
+        fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> f32 {
+            Tensor::<B, 1>::from_floats([1.0, 2.0, 4.0], &device)
+                .sum()
+                .into_scalar()
+                .elem()
+        }
+    }
+
+    #[test]
+    fn names_parse_and_unknown_is_named() {
+        assert_eq!("CUDA".parse::<BackendKind>().unwrap(), BackendKind::Cuda);
+        assert_eq!("ndarray".parse::<BackendKind>().unwrap(), BackendKind::Cpu);
+        let e = "metal".parse::<BackendKind>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown backend 'metal': expected one of cpu, wgpu, cuda"
+        );
+        let k: BackendKind = serde_json::from_str("\"wgpu\"").unwrap();
+        assert_eq!(k, BackendKind::Wgpu);
+    }
+
+    #[test]
+    fn cpu_runs_and_missing_backends_are_explained() {
+        assert_eq!(run_on(BackendKind::Cpu, Sum).unwrap(), 7.0);
+        for kind in BackendKind::ALL {
+            if !kind.is_compiled() {
+                let e = run_on(kind, Sum).unwrap_err();
+                assert!(e.to_string().contains("not compiled"), "{e}");
+                assert!(e.to_string().contains(&format!("--features {kind}")), "{e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! # rewardsds engine
+//!
+//! The Bevy-free core of rewardsds: everything that turns a text prompt into a 3D asset.
+//!
+//! - [`backend`]: choose cpu (ndarray), wgpu or cuda at run time.
+//! - [`scene`]: cameras and differentiable scene representations (hash-grid NeRF).
+//! - [`render`]: differentiable renderers (volume rendering).
+//! - [`fit`]: photometric fitting of a NeRF to posed images (renderer check, `fit_scene`).
+//! - [`optim`]: Adam/AdamW with a learning rate per parameter group.
+//! - [`models`]: CLIP, UNet, VAE, schedulers, reward heads (diffusers/transformers ports).
+//! - [`weights`]: model folders and safetensors loading.
+//! - [`procedural`]: analytic SDF scenes with known answers (fitting tests, Tiny World data).
+//! - [`transfer`]: copy parameters between backends.
+//! - [`rgb_image`]: images on the host: PSNR, PNG, turntable strips.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod fit;
+pub mod models;
+pub mod optim;
+pub mod procedural;
+pub mod render;
+pub mod rgb_image;
+pub mod scene;
+pub mod transfer;
+pub mod weights;
+
+pub use backend::{BackendError, BackendKind, BackendTask, run_on};
+/// The burn version the engine is built on, for callers that write backend-generic code.
+pub use burn;

@@ -1,0 +1,28 @@
+//! Pretrained model architectures ported from diffusers and transformers, one file per upstream
+//! module, with field names equal to the checkpoint keys.
+
+pub mod attention;
+pub mod clip;
+pub mod clip_text;
+pub mod clip_vision;
+pub mod embeddings;
+pub mod resnet;
+pub mod reward;
+pub mod schedulers;
+pub mod tokenizer;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod vae;
+
+pub use clip::{CLIPConfig, CLIPModel, HiddenAct};
+pub use clip_text::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTextOutput};
+pub use clip_vision::{
+    CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection, CLIPVisionOutput,
+};
+pub use reward::{AestheticPredictor, ClipScore, RewardError, RewardModel};
+pub use schedulers::{DDIMScheduler, DDIMSchedulerConfig, PredictionType, SchedulerError};
+pub use tokenizer::{CLIPTokenizer, TokenizedPrompt};
+pub use unet_2d::{
+    DiffusersConfigError, UNet2DConditionModel, UNet2DConditionModelConfig, num_params_lazy,
+};
+pub use vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussianDistribution};

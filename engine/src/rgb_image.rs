@@ -1,0 +1,164 @@
+//! A plain float RGB image: what renderers return to the host, what metrics compare and what
+//! gets written as PNG.
+
+use std::path::Path;
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+/// Row-major RGB, channels interleaved, values nominally in [0, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `3 * width * height` floats.
+    pub data: Vec<f32>,
+}
+
+/// Writing an image failed.
+#[derive(Debug, thiserror::Error)]
+#[error("could not write image {path}: {source}")]
+pub struct ImageWriteError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    #[source]
+    pub source: image::ImageError,
+}
+
+impl RgbImage {
+    /// An image filled with one colour.
+    pub fn filled(width: u32, height: u32, color: [f32; 3]) -> Self {
+        let n = width as usize * height as usize;
+        Self {
+            width,
+            height,
+            data: color.iter().copied().cycle().take(3 * n).collect(),
+        }
+    }
+
+    /// Pixel at `(x, y)`.
+    pub fn pixel(&self, x: u32, y: u32) -> [f32; 3] {
+        let i = 3 * (y as usize * self.width as usize + x as usize);
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+
+    /// Images from a `[views, 3, height, width]` tensor.
+    pub fn from_tensor<B: Backend>(images: Tensor<B, 4>) -> Vec<Self> {
+        let [views, _, height, width] = images.dims();
+        let data: Vec<f32> = images
+            .permute([0, 2, 3, 1])
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("float tensor data");
+        data.chunks(3 * height * width)
+            .take(views)
+            .map(|d| Self {
+                width: width as u32,
+                height: height as u32,
+                data: d.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Several images (same size) as a `[views, 3, height, width]` tensor.
+    pub fn to_tensor<B: Backend>(images: &[Self], device: &B::Device) -> Tensor<B, 4> {
+        let (w, h) = (images[0].width as usize, images[0].height as usize);
+        let data: Vec<f32> = images.iter().flat_map(|i| i.data.iter().copied()).collect();
+        Tensor::<B, 4>::from_data(TensorData::new(data, [images.len(), h, w, 3]), device)
+            .permute([0, 3, 1, 2])
+    }
+
+    /// Peak signal-to-noise ratio against `reference`, in dB, for values in [0, 1].
+    pub fn psnr(&self, reference: &Self) -> f32 {
+        assert_eq!(
+            (self.width, self.height),
+            (reference.width, reference.height),
+            "psnr of images of different sizes"
+        );
+        let mse = self
+            .data
+            .iter()
+            .zip(&reference.data)
+            .map(|(a, b)| {
+                let d = (a.clamp(0.0, 1.0) - b.clamp(0.0, 1.0)) as f64;
+                d * d
+            })
+            .sum::<f64>()
+            / self.data.len() as f64;
+        (-10.0 * mse.max(1e-12).log10()) as f32
+    }
+
+    /// Images side by side (a turntable strip); all must share a height.
+    pub fn hstack(images: &[Self]) -> Self {
+        let height = images[0].height;
+        let width = images.iter().map(|i| i.width).sum();
+        let mut data = Vec::with_capacity(3 * (width * height) as usize);
+        for y in 0..height as usize {
+            for image in images {
+                let row = 3 * image.width as usize;
+                data.extend_from_slice(&image.data[y * row..(y + 1) * row]);
+            }
+        }
+        Self {
+            width,
+            height,
+            data,
+        }
+    }
+
+    /// 8-bit sRGB-encoded bytes (values are treated as display values and clamped).
+    pub fn to_rgb8(&self) -> Vec<u8> {
+        self.data
+            .iter()
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect()
+    }
+
+    /// Writes a PNG.
+    pub fn save_png(&self, path: impl AsRef<Path>) -> Result<(), ImageWriteError> {
+        let path = path.as_ref();
+        image::save_buffer(
+            path,
+            &self.to_rgb8(),
+            self.width,
+            self.height,
+            image::ColorType::Rgb8,
+        )
+        .map_err(|source| ImageWriteError {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psnr_of_known_error() {
+        let a = RgbImage::filled(4, 4, [0.5; 3]);
+        let b = RgbImage::filled(4, 4, [0.6; 3]);
+        // mse = 0.01 -> 20 dB
+        assert!((a.psnr(&b) - 20.0).abs() < 1e-3);
+        assert!(a.psnr(&a) > 100.0);
+    }
+
+    #[test]
+    fn stack_and_tensor_round_trip() {
+        use burn::backend::NdArray;
+        let a = RgbImage::filled(2, 3, [0.1, 0.2, 0.3]);
+        let mut b = RgbImage::filled(2, 3, [0.9; 3]);
+        b.data[0] = 0.0;
+        let strip = RgbImage::hstack(&[a.clone(), b.clone()]);
+        assert_eq!((strip.width, strip.height), (4, 3));
+        assert_eq!(strip.pixel(2, 0), [0.0, 0.9, 0.9]);
+        assert_eq!(strip.pixel(1, 2), [0.1, 0.2, 0.3]);
+        let t = RgbImage::to_tensor::<NdArray>(&[a.clone(), b.clone()], &Default::default());
+        assert_eq!(t.dims(), [2, 3, 3, 2]);
+        assert_eq!(RgbImage::from_tensor(t), vec![a, b]);
+    }
+}

@@ -1,0 +1,7 @@
+//! Differentiable 3D scene representations and the cameras that look at them.
+
+pub mod camera;
+pub mod nerf;
+
+pub use camera::{Camera, CameraError, CameraSampler, OrbitConfig, Rays};
+pub use nerf::{Nerf, NerfConfig};

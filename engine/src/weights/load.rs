@@ -1,0 +1,507 @@
+//! Loading `*.safetensors` files (diffusers/transformers layout) into burn modules.
+//!
+//! burn-store does the heavy lifting: [`SafetensorsStore`] memory-maps each file and reads
+//! tensors lazily, [`PyTorchToBurnAdapter`] converts the PyTorch layout (linear weights
+//! `[out, in]` -> `[in, out]`, norm `weight`/`bias` -> `gamma`/`beta`). This file adds what a
+//! user-facing loader needs on top:
+//! - several files (sharded checkpoints) applied as one set, with a key seen twice an error;
+//! - fp16/bf16/fp32/fp64 files all cast to the float type the module's device uses;
+//! - rank-0 tensors (`logit_scale`) accepted for burn's rank-1 `[1]` parameters;
+//! - key remaps and ignore patterns ([`LoadOptions`]), kept per model family in that family's
+//!   file, so a checkpoint quirk is decided in one place;
+//! - a [`LoadReport`] of missing/unexpected keys and errors that name file and tensor.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use burn::module::{Module, ParamId};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Shape, Tensor};
+use burn_store::{
+    ApplyError, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, SafetensorsStore,
+    TensorSnapshot,
+};
+use regex::Regex;
+
+use super::LoadError;
+
+/// How many keys an error message lists before saying "...".
+const KEYS_IN_MESSAGE: usize = 8;
+
+/// What to do when keys do not line up between the files and the module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    /// Fail with [`LoadError::MissingKeys`] / [`LoadError::UnexpectedKeys`].
+    Error,
+    /// Load anyway, log a warning, list the keys in the [`LoadReport`].
+    Warn,
+    /// Load anyway, only list the keys in the [`LoadReport`].
+    Allow,
+}
+
+/// A key rename applied to every key of the files before matching: `pattern` is a regex,
+/// `replacement` may use `$1`-style groups (the `regex` crate's syntax).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRemap {
+    /// Regex matched against the file's key.
+    pub pattern: String,
+    /// Replacement for the matched part.
+    pub replacement: String,
+}
+
+impl KeyRemap {
+    /// A remap from a regex and its replacement.
+    pub fn new(pattern: impl Into<String>, replacement: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            replacement: replacement.into(),
+        }
+    }
+}
+
+/// Options of [`load_safetensors_with`]. The default is strict on missing keys and warns on
+/// unexpected ones.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Module parameters that no file provides. Default: [`KeyPolicy::Error`]; a missing key
+    /// otherwise leaves a random-initialised parameter behind, which is never what a user wants.
+    pub missing: KeyPolicy,
+    /// File tensors that the module has no place for. Default: [`KeyPolicy::Warn`]; loading one
+    /// tower of a full `CLIPModel` file legitimately leaves the other tower unused.
+    pub unexpected: KeyPolicy,
+    /// Key renames, applied in order (each to the result of the previous one).
+    pub remaps: Vec<KeyRemap>,
+    /// Regexes of file keys that are known to have no module counterpart (e.g. the
+    /// `position_ids` buffers older transformers versions saved); dropped before matching and
+    /// listed in [`LoadReport::ignored`].
+    pub ignore: Vec<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            missing: KeyPolicy::Error,
+            unexpected: KeyPolicy::Warn,
+            remaps: Vec::new(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Set the policy for missing keys.
+    pub fn with_missing(mut self, policy: KeyPolicy) -> Self {
+        self.missing = policy;
+        self
+    }
+
+    /// Set the policy for unexpected keys.
+    pub fn with_unexpected(mut self, policy: KeyPolicy) -> Self {
+        self.unexpected = policy;
+        self
+    }
+
+    /// Add a key remap (regex, replacement).
+    pub fn with_remap(
+        mut self,
+        pattern: impl Into<String>,
+        replacement: impl Into<String>,
+    ) -> Self {
+        self.remaps.push(KeyRemap::new(pattern, replacement));
+        self
+    }
+
+    /// Add a regex of file keys to drop before matching.
+    pub fn with_ignore(mut self, pattern: impl Into<String>) -> Self {
+        self.ignore.push(pattern.into());
+        self
+    }
+}
+
+/// What a load did. Missing and unexpected keys are always listed here, whatever the policy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// The files that were read, in order.
+    pub files: Vec<PathBuf>,
+    /// Number of module parameters that received a tensor.
+    pub applied: usize,
+    /// Module parameters no file provided (checkpoint naming: `weight`/`bias` for norms).
+    pub missing: Vec<String>,
+    /// File keys (after remapping) the module has no parameter for.
+    pub unexpected: Vec<String>,
+    /// File keys dropped by [`LoadOptions::ignore`].
+    pub ignored: Vec<String>,
+    /// File keys that were renamed, as `(file key, module key)`.
+    pub remapped: Vec<(String, String)>,
+    /// Storage dtypes met in the files that were cast to the module's float type.
+    pub cast_from: Vec<DType>,
+}
+
+impl LoadReport {
+    /// True when every parameter was loaded and every tensor was used.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty()
+    }
+}
+
+/// Load `*.safetensors` files into `module` with the default [`LoadOptions`] (missing keys are
+/// an error, unexpected keys a warning). PyTorch layout is converted, any float storage type
+/// is cast to the float type of `device`.
+///
+/// The module is usually built from its `config.json` first; its lazily initialised
+/// parameters are then filled without ever allocating random weights.
+///
+/// ```no_run
+/// use std::path::PathBuf;
+/// use burn::backend::NdArray;
+/// use burn::nn::LinearConfig;
+/// use rewardsds_engine::weights::load_safetensors;
+///
+/// let device = Default::default();
+/// let module = LinearConfig::new(4, 2).init::<NdArray>(&device);
+/// let files = [PathBuf::from("model.safetensors")];
+/// let (module, report) = load_safetensors(module, &files, &device)?;
+/// assert!(report.is_exact());
+/// # let _ = module;
+/// # Ok::<(), rewardsds_engine::weights::LoadError>(())
+/// ```
+pub fn load_safetensors<B: Backend, M: Module<B>>(
+    module: M,
+    files: &[PathBuf],
+    device: &B::Device,
+) -> Result<(M, LoadReport), LoadError> {
+    load_safetensors_with(module, files, device, &LoadOptions::default())
+}
+
+/// [`load_safetensors`] with explicit [`LoadOptions`] (remaps, ignore list, key policies).
+pub fn load_safetensors_with<B: Backend, M: Module<B>>(
+    mut module: M,
+    files: &[PathBuf],
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<(M, LoadReport), LoadError> {
+    if files.is_empty() {
+        return Err(LoadError::NoWeights {
+            path: PathBuf::from("(no files given)"),
+            hint: None,
+        });
+    }
+    let remaps: Vec<(Regex, &str)> = options
+        .remaps
+        .iter()
+        .map(|r| (compile(&r.pattern), r.replacement.as_str()))
+        .collect();
+    let ignore: Vec<Regex> = options.ignore.iter().map(|p| compile(p)).collect();
+
+    let mut report = LoadReport {
+        files: files.to_vec(),
+        ..Default::default()
+    };
+    // Module key -> (file, key in the file, shape in the file): to name the culprit in errors.
+    let mut origin: HashMap<String, (PathBuf, String, Vec<usize>)> = HashMap::new();
+    let mut snapshots = Vec::new();
+    for file in files {
+        for (file_key, snapshot) in read_snapshots(file)? {
+            if ignore.iter().any(|re| re.is_match(&file_key)) {
+                report.ignored.push(file_key);
+                continue;
+            }
+            let mut key = file_key.clone();
+            for (re, replacement) in &remaps {
+                key = re.replace_all(&key, *replacement).into_owned();
+            }
+            if let Some((first, _, _)) = origin.get(&key) {
+                return Err(LoadError::DuplicateKey {
+                    tensor: key,
+                    first: first.clone(),
+                    second: file.clone(),
+                });
+            }
+            if key != file_key {
+                report.remapped.push((file_key.clone(), key.clone()));
+            }
+            if snapshot.dtype.is_float() && !report.cast_from.contains(&snapshot.dtype) {
+                report.cast_from.push(snapshot.dtype);
+            }
+            origin.insert(
+                key.clone(),
+                (file.clone(), file_key, snapshot.shape.to_vec()),
+            );
+            snapshots.push(renamed(&snapshot, &key));
+        }
+    }
+
+    // The dtype new float tensors get on this device: what every stored float is cast to.
+    let target = Tensor::<B, 1>::zeros([1], device).dtype();
+    report.cast_from.retain(|d| *d != target);
+    let adapter = PyTorchToBurnAdapter.chain(CastAdapter { target });
+    let result = module.apply(snapshots, None, Some(Box::new(adapter)), false);
+
+    if let Some(error) = result.errors.first() {
+        return Err(apply_error(error, &origin));
+    }
+    report.applied = result.applied.len();
+    report.missing = result
+        .missing
+        .iter()
+        .map(|(path, containers)| checkpoint_name(path, containers))
+        .collect();
+    // burn-store finds a norm's `gamma` under the file's `weight` but still lists the file
+    // key as unused; those were loaded, so they are not unexpected.
+    let applied: HashSet<&str> = result.applied.iter().map(String::as_str).collect();
+    report.unexpected = result
+        .unused
+        .iter()
+        .filter(|key| !loaded_as_norm_param(key, &applied))
+        .cloned()
+        .collect();
+    let file_list = || {
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    check_keys(options.missing, &report.missing, "missing", || {
+        LoadError::MissingKeys {
+            files: file_list(),
+            count: report.missing.len(),
+            first: first_keys(&report.missing),
+        }
+    })?;
+    check_keys(options.unexpected, &report.unexpected, "unexpected", || {
+        LoadError::UnexpectedKeys {
+            files: file_list(),
+            count: report.unexpected.len(),
+            first: first_keys(&report.unexpected),
+        }
+    })?;
+    Ok((module, report))
+}
+
+/// Every tensor's shape in one safetensors file, read from its header (no data is read).
+pub fn tensor_shapes(file: &Path) -> Result<BTreeMap<String, Vec<usize>>, LoadError> {
+    Ok(read_snapshots(file)?
+        .into_iter()
+        .map(|(key, snapshot)| (key, snapshot.shape.to_vec()))
+        .collect())
+}
+
+/// Every tensor of one file, keyed by its name in the file.
+fn read_snapshots(file: &Path) -> Result<Vec<(String, TensorSnapshot)>, LoadError> {
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(LoadError::MissingFile {
+                path: file.to_path_buf(),
+                hint: Some("it is a folder, not a .safetensors file".into()),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LoadError::MissingFile {
+                path: file.to_path_buf(),
+                hint: None,
+            });
+        }
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: file.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let mut store = SafetensorsStore::from_file(file);
+    let all = store
+        .get_all_snapshots()
+        .map_err(|e| LoadError::CorruptFile {
+            path: file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(all.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+}
+
+/// The same lazy tensor under another key.
+fn renamed(snapshot: &TensorSnapshot, key: &str) -> TensorSnapshot {
+    TensorSnapshot::from_closure(
+        snapshot.clone_data_fn(),
+        snapshot.dtype,
+        snapshot.shape.clone(),
+        key.split('.').map(str::to_string).collect(),
+        Vec::new(),
+        ParamId::new(),
+    )
+}
+
+fn compile(pattern: &str) -> Regex {
+    // Remap and ignore patterns are written in code, next to the model they serve: a bad one
+    // is a programmer error.
+    Regex::new(pattern).unwrap_or_else(|e| panic!("invalid key regex `{pattern}`: {e}"))
+}
+
+fn first_keys(keys: &[String]) -> Vec<String> {
+    keys.iter().take(KEYS_IN_MESSAGE).cloned().collect()
+}
+
+fn check_keys(
+    policy: KeyPolicy,
+    keys: &[String],
+    what: &str,
+    error: impl FnOnce() -> LoadError,
+) -> Result<(), LoadError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match policy {
+        KeyPolicy::Error => Err(error()),
+        KeyPolicy::Warn => {
+            log::warn!(
+                "{} {what} tensor key(s) while loading weights, first: {}",
+                keys.len(),
+                first_keys(keys).join(", ")
+            );
+            Ok(())
+        }
+        KeyPolicy::Allow => Ok(()),
+    }
+}
+
+/// A burn parameter path in checkpoint naming: norms' `gamma`/`beta` are `weight`/`bias` in
+/// PyTorch files, which is what a user will search their file for.
+fn checkpoint_name(path: &str, containers: &str) -> String {
+    let norm = ["LayerNorm", "GroupNorm", "BatchNorm"]
+        .iter()
+        .any(|n| containers.ends_with(&format!("Struct:{n}")));
+    match path.rsplit_once('.') {
+        Some((parent, "gamma")) if norm => format!("{parent}.weight"),
+        Some((parent, "beta")) if norm => format!("{parent}.bias"),
+        _ if norm && path == "gamma" => "weight".into(),
+        _ if norm && path == "beta" => "bias".into(),
+        _ => path.to_string(),
+    }
+}
+
+/// Whether a file key `x.weight`/`x.bias` was applied to a norm's `x.gamma`/`x.beta`.
+fn loaded_as_norm_param(key: &str, applied: &HashSet<&str>) -> bool {
+    let burn_name = match key.rsplit_once('.') {
+        Some((parent, "weight")) => format!("{parent}.gamma"),
+        Some((parent, "bias")) => format!("{parent}.beta"),
+        None if key == "weight" => "gamma".into(),
+        None if key == "bias" => "beta".into(),
+        _ => return false,
+    };
+    applied.contains(burn_name.as_str())
+}
+
+/// Turn burn-store's apply error into one that names the file and the key in it.
+fn apply_error(
+    error: &ApplyError,
+    origin: &HashMap<String, (PathBuf, String, Vec<usize>)>,
+) -> LoadError {
+    let (path, message) = match error {
+        ApplyError::ShapeMismatch {
+            path,
+            expected,
+            found,
+        } => {
+            let Some((file, key, file_shape)) = lookup(origin, path) else {
+                return corrupt_unknown(path, &format!("expected {expected:?}, found {found:?}"));
+            };
+            let mut expected = expected.to_vec();
+            // A linear weight was transposed on the way; state both shapes in the file's layout.
+            if file_shape.as_slice() != found.as_slice() && expected.len() == 2 {
+                expected.reverse();
+            }
+            return LoadError::ShapeMismatch {
+                path: file.clone(),
+                tensor: key.clone(),
+                expected,
+                found: file_shape.clone(),
+            };
+        }
+        ApplyError::DTypeMismatch {
+            path,
+            expected,
+            found,
+        } => (path, format!("dtype {found:?}, expected {expected:?}")),
+        ApplyError::AdapterError { path, message } => (path, message.clone()),
+        ApplyError::LoadError { path, message } => (path, message.clone()),
+    };
+    match lookup(origin, path) {
+        Some((file, key, _)) => LoadError::CorruptTensor {
+            path: file.clone(),
+            tensor: key.clone(),
+            reason: message,
+        },
+        None => corrupt_unknown(path, &message),
+    }
+}
+
+/// The origin of a burn path, also under its checkpoint name (norm `gamma` <- `weight`).
+fn lookup<'a>(
+    origin: &'a HashMap<String, (PathBuf, String, Vec<usize>)>,
+    path: &str,
+) -> Option<&'a (PathBuf, String, Vec<usize>)> {
+    origin.get(path).or_else(|| {
+        let (parent, last) = path.rsplit_once('.')?;
+        let alt = match last {
+            "gamma" => "weight",
+            "beta" => "bias",
+            _ => return None,
+        };
+        origin.get(&format!("{parent}.{alt}"))
+    })
+}
+
+fn corrupt_unknown(path: &str, message: &str) -> LoadError {
+    LoadError::CorruptTensor {
+        path: PathBuf::from("(unknown file)"),
+        tensor: path.to_string(),
+        reason: message.to_string(),
+    }
+}
+
+/// Casts stored floats (fp16, bf16, fp64, fp32) to the module's float type and gives rank-0
+/// tensors (`logit_scale`) the `[1]` shape burn parameters have.
+#[derive(Debug, Clone)]
+struct CastAdapter {
+    target: DType,
+}
+
+impl ModuleAdapter for CastAdapter {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        let cast = snapshot.dtype.is_float() && snapshot.dtype != self.target;
+        let scalar = snapshot.shape.num_dims() == 0;
+        if !cast && !scalar {
+            return snapshot.clone();
+        }
+        let inner = snapshot.clone_data_fn();
+        let target = self.target;
+        let data_fn = Rc::new(move || {
+            let mut data = inner()?;
+            if cast && data.dtype != target {
+                data = data.convert_dtype(target);
+            }
+            if scalar {
+                data.shape = Shape::new([1]);
+            }
+            Ok(data)
+        });
+        TensorSnapshot::from_closure(
+            data_fn,
+            if cast { target } else { snapshot.dtype },
+            if scalar {
+                Shape::new([1])
+            } else {
+                snapshot.shape.clone()
+            },
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}

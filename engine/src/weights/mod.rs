@@ -1,0 +1,23 @@
+//! Finding model folders and loading safetensors into burn modules.
+//!
+//! - [`resolve`]: a model name (folder, preset, `org/name`) to a folder; the files in it.
+//! - [`load`]: `*.safetensors` into a burn module, PyTorch layout converted, any float type.
+//! - [`LoadError`]: every failure, naming the file or tensor at fault.
+//!
+//! Key remaps live with each model family (e.g. [`crate::models::clip`]), not here.
+
+mod error;
+#[cfg(feature = "hub")]
+mod hub;
+pub mod load;
+pub mod resolve;
+
+pub use error::LoadError;
+pub use load::{
+    KeyPolicy, KeyRemap, LoadOptions, LoadReport, load_safetensors, load_safetensors_with,
+    tensor_shapes,
+};
+pub use resolve::{
+    PRESETS, Preset, cached_repo, component_dir, hf_hub_cache, preset, read_json, resolve_model,
+    resolve_model_in, weight_files,
+};

@@ -1,0 +1,363 @@
+//! From a model name to files on disk: a local folder, a known preset or a Hugging Face repo id
+//! found in the local Hugging Face cache, or (cargo feature `hub`) downloaded into that cache.
+//!
+//! The cache layout is the one `huggingface_hub` writes and every HF tool reads:
+//! `$HF_HUB_CACHE` (default `$HF_HOME/hub`, default `~/.cache/huggingface/hub`) /
+//! `models--{org}--{name}/snapshots/{commit}/...`, with `refs/{branch}` holding the commit.
+
+use std::path::{Path, PathBuf};
+
+use super::LoadError;
+
+/// A model the engine knows by a short name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    /// The short name (`sd21-base`).
+    pub name: &'static str,
+    /// The Hugging Face repo id (`stabilityai/stable-diffusion-2-1-base`).
+    pub repo_id: &'static str,
+    /// The component subfolders the engine uses (`""` for a repo whose root is the model).
+    pub subfolders: &'static [&'static str],
+    /// The weight files to load, relative to the repo root, when they are not the standard
+    /// `model.safetensors` / `diffusion_pytorch_model.safetensors` of each subfolder.
+    pub files: &'static [&'static str],
+    /// One line for users: what it is.
+    pub about: &'static str,
+}
+
+const SD_COMPONENTS: &[&str] = &["text_encoder", "tokenizer", "unet", "vae", "scheduler"];
+
+/// The known presets. Repo ids are the ones the diffusers/transformers docs use.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "sd15",
+        // The original runwayml repo was taken down; this is its official mirror.
+        repo_id: "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        subfolders: SD_COMPONENTS,
+        files: &[],
+        about: "Stable Diffusion 1.5, 512 px, epsilon prediction, CLIP ViT-L/14 text encoder",
+    },
+    Preset {
+        name: "sd21-base",
+        repo_id: "stabilityai/stable-diffusion-2-1-base",
+        subfolders: SD_COMPONENTS,
+        files: &[],
+        about: "Stable Diffusion 2.1 base, 512 px, epsilon prediction, OpenCLIP ViT-H/14 text encoder",
+    },
+    Preset {
+        name: "sd21",
+        repo_id: "stabilityai/stable-diffusion-2-1",
+        subfolders: SD_COMPONENTS,
+        files: &[],
+        about: "Stable Diffusion 2.1, 768 px, v-prediction, OpenCLIP ViT-H/14 text encoder",
+    },
+    Preset {
+        name: "clip-vit-l-14",
+        repo_id: "openai/clip-vit-large-patch14",
+        subfolders: &[""],
+        files: &[],
+        about: "OpenAI CLIP ViT-L/14 (text and vision towers): CLIPScore and the aesthetic head's features",
+    },
+    Preset {
+        name: "laion-aesthetic",
+        repo_id: "camenduru/improved-aesthetic-predictor",
+        subfolders: &[""],
+        files: &[AESTHETIC_FILE],
+        about: "LAION improved aesthetic predictor (sac+logos+ava1-l14-linearMSE) on CLIP ViT-L/14 image embeddings",
+    },
+];
+
+/// The aesthetic head's weights as the engine loads them. Upstream publishes only a pickled
+/// `.pth`; see [`crate::models::reward::AestheticPredictor`] for the one-line conversion.
+pub const AESTHETIC_FILE: &str = "sac+logos+ava1-l14-linearMSE.safetensors";
+
+/// The preset called `name`, or [`LoadError::UnknownPreset`] listing the known ones.
+pub fn preset(name: &str) -> Result<&'static Preset, LoadError> {
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| LoadError::UnknownPreset {
+            name: name.to_string(),
+            known: PRESETS
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// The Hugging Face hub cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
+pub fn hf_hub_cache() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("HF_HUB_CACHE") {
+        return dir;
+    }
+    if let Some(home) = var("HF_HOME") {
+        return home.join("hub");
+    }
+    let cache = var("XDG_CACHE_HOME")
+        .or_else(|| var("HOME").map(|h| h.join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("huggingface").join("hub")
+}
+
+/// The snapshot folder of `repo_id` at `revision` (a branch/tag name with a `refs/` file, or a
+/// commit hash) in the cache folder `cache`.
+pub fn cached_repo(cache: &Path, repo_id: &str, revision: &str) -> Result<PathBuf, LoadError> {
+    let not_cached = |reason: String| LoadError::NotCached {
+        repo: repo_id.to_string(),
+        cache: cache.to_path_buf(),
+        reason,
+    };
+    let repo_dir = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    if !repo_dir.is_dir() {
+        return Err(not_cached(format!(
+            "no folder {}; {}",
+            repo_dir.display(),
+            download_hint(repo_id)
+        )));
+    }
+    let ref_file = repo_dir.join("refs").join(revision);
+    let commit = match std::fs::read_to_string(&ref_file) {
+        Ok(text) => text.trim().to_string(),
+        // Not a branch or tag: a commit hash names the snapshot directly.
+        Err(_) => revision.to_string(),
+    };
+    let snapshot = repo_dir.join("snapshots").join(&commit);
+    if snapshot.is_dir() {
+        Ok(snapshot)
+    } else {
+        Err(not_cached(format!(
+            "revision `{revision}` (snapshot {}) is not there; {}",
+            snapshot.display(),
+            download_hint(repo_id)
+        )))
+    }
+}
+
+fn download_hint(repo_id: &str) -> String {
+    if cfg!(feature = "hub") {
+        format!("download it with `huggingface-cli download {repo_id}` or let the engine fetch it")
+    } else {
+        format!(
+            "download it with `huggingface-cli download {repo_id}`, or build with the cargo feature `hub`"
+        )
+    }
+}
+
+/// Where a model spec leads: a local folder, or a preset/repo in the Hugging Face cache
+/// ([`hf_hub_cache`]).
+///
+/// `spec` is tried as, in order: an existing folder; a [preset](PRESETS) name; an `org/name`
+/// repo id. With the `hub` feature, a preset or repo id missing from the cache is downloaded.
+pub fn resolve_model(spec: &str) -> Result<PathBuf, LoadError> {
+    resolve_model_in(spec, &hf_hub_cache())
+}
+
+/// [`resolve_model`] with an explicit Hugging Face cache folder.
+pub fn resolve_model_in(spec: &str, cache: &Path) -> Result<PathBuf, LoadError> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if let Ok(preset) = preset(spec) {
+        return resolve_repo(cache, preset.repo_id, preset.subfolders);
+    }
+    let path_like = path.is_absolute()
+        || spec.starts_with('.')
+        || spec.starts_with('~')
+        || spec.contains('\\')
+        || spec.matches('/').count() > 1
+        || path.exists();
+    if path_like {
+        return Err(LoadError::MissingFolder {
+            path: path.to_path_buf(),
+        });
+    }
+    if spec.contains('/') {
+        return resolve_repo(cache, spec, &[]);
+    }
+    Err(preset(spec).unwrap_err())
+}
+
+/// The folder of one component of a resolved model (`""` is the model root).
+pub fn component_dir(root: &Path, subfolder: &str) -> Result<PathBuf, LoadError> {
+    let dir = if subfolder.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(subfolder)
+    };
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(LoadError::MissingFolder { path: dir })
+    }
+}
+
+#[cfg(not(feature = "hub"))]
+fn resolve_repo(cache: &Path, repo_id: &str, _subfolders: &[&str]) -> Result<PathBuf, LoadError> {
+    cached_repo(cache, repo_id, "main")
+}
+
+#[cfg(feature = "hub")]
+fn resolve_repo(cache: &Path, repo_id: &str, subfolders: &[&str]) -> Result<PathBuf, LoadError> {
+    match cached_repo(cache, repo_id, "main") {
+        Ok(dir) => Ok(dir),
+        Err(_) => super::hub::download(cache, repo_id, subfolders),
+    }
+}
+
+/// The `*.safetensors` files that hold one model's weights, in load order:
+/// - the shards listed by a `*.safetensors.index.json`, if there is one;
+/// - else `model.safetensors` or `diffusion_pytorch_model.safetensors`;
+/// - else their `.fp16` variants;
+/// - else every `*.safetensors` in the folder (treated as shards: a key in two is an error).
+///
+/// A folder with only `.bin`/`.pth`/`.ckpt` weights gets [`LoadError::NoWeights`] with a
+/// conversion hint: pickled weights are not read (they can run code).
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    if !dir.is_dir() {
+        return Err(LoadError::MissingFolder {
+            path: dir.to_path_buf(),
+        });
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+
+    if let Some(index) = names
+        .iter()
+        .find(|n| n.ends_with(".safetensors.index.json"))
+    {
+        return shards_from_index(&dir.join(index));
+    }
+    for preferred in [
+        "model.safetensors",
+        "diffusion_pytorch_model.safetensors",
+        "model.fp16.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+    ] {
+        if names.iter().any(|n| n == preferred) {
+            return Ok(vec![dir.join(preferred)]);
+        }
+    }
+    let all: Vec<PathBuf> = names
+        .iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .map(|n| dir.join(n))
+        .collect();
+    if !all.is_empty() {
+        return Ok(all);
+    }
+    let pickled = names
+        .iter()
+        .find(|n| n.ends_with(".bin") || n.ends_with(".pth") || n.ends_with(".ckpt"));
+    Err(LoadError::NoWeights {
+        path: dir.to_path_buf(),
+        hint: pickled.map(|name| {
+            format!(
+                "found pickled `{name}`; convert it once with: python -c \"import torch, safetensors.torch as st; \
+                 st.save_file({{k: v.contiguous() for k, v in torch.load('{name}', map_location='cpu').items()}}, \
+                 '{}.safetensors')\"",
+                name.rsplit_once('.').map_or(name.as_str(), |(stem, _)| stem)
+            )
+        }),
+    })
+}
+
+/// The shard files named in a `*.safetensors.index.json` (`weight_map`: key -> file).
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let bad = |reason: String| LoadError::BadConfig {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    files.sort_unstable();
+    files.dedup();
+    if files.is_empty() {
+        return Err(bad("`weight_map` names no file".into()));
+    }
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Read and parse a JSON config file (`config.json`, `tokenizer_config.json`, ...), naming the
+/// file in every error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LoadError::MissingFile {
+                path: path.to_path_buf(),
+                hint: None,
+            });
+        }
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| LoadError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_preset_lists_known_ones() {
+        let err = preset("sd3").unwrap_err().to_string();
+        assert!(err.contains("`sd3`"), "{err}");
+        for p in PRESETS {
+            assert!(err.contains(p.name), "{err}");
+        }
+    }
+
+    #[test]
+    fn cache_layout_resolves_refs() {
+        let tmp = std::env::temp_dir().join(format!("rsds-hfcache-{}", std::process::id()));
+        let repo = tmp.join("models--org--name");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
+        assert_eq!(
+            cached_repo(&tmp, "org/name", "main").unwrap(),
+            repo.join("snapshots/abc123")
+        );
+        assert_eq!(
+            cached_repo(&tmp, "org/name", "abc123").unwrap(),
+            repo.join("snapshots/abc123")
+        );
+        let err = cached_repo(&tmp, "org/other", "main")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("org/other"), "{err}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}

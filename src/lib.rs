@@ -1,0 +1,1 @@
+pub use rewardsds_engine as engine;
