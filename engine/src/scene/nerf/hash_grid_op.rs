@@ -52,7 +52,6 @@ fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-#[cfg_attr(not(feature = "cpu"), allow(dead_code))]
 fn host<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
     wrap::<B>(t)
         .into_data()
@@ -173,7 +172,7 @@ pub fn encode_backward_host(grad: &[f32], x: &[f32], layout: &GridLayout) -> Vec
     out
 }
 
-#[cfg_attr(not(feature = "cpu"), allow(dead_code))]
+#[cfg_attr(not(feature = "cpu"), allow(dead_code))] // GPUs gather on the device
 fn host_encode<B: Backend>(
     table: FloatTensor<B>,
     x: FloatTensor<B>,
@@ -188,7 +187,6 @@ fn host_encode<B: Backend>(
         .tensor()
 }
 
-#[cfg_attr(not(feature = "cpu"), allow(dead_code))]
 fn host_backward<B: Backend>(
     grad: FloatTensor<B>,
     x: FloatTensor<B>,
@@ -265,7 +263,8 @@ pub fn corners_tensor<B: Backend>(
     (index.reshape([n * levels * 8]), weights)
 }
 
-fn tensor_encode<B: Backend>(
+/// The forward pass as tensor ops (one gather): what GPU backends run.
+pub fn tensor_encode<B: Backend>(
     table: FloatTensor<B>,
     x: FloatTensor<B>,
     layout: &GridLayout,
@@ -282,7 +281,10 @@ fn tensor_encode<B: Backend>(
         .tensor()
 }
 
-fn tensor_backward<B: Backend>(
+/// The backward pass as tensor ops (a scatter-add): the reference the host loops are tested
+/// against. Not used on GPUs yet: burn-cubecl 0.21's `select_assign` runs one thread per
+/// feature column, serially over the indices, which is correct but far too slow there.
+pub fn tensor_backward<B: Backend>(
     grad: FloatTensor<B>,
     x: FloatTensor<B>,
     layout: &GridLayout,
@@ -332,7 +334,8 @@ impl HashGridBackend for burn::backend::NdArray<f32> {
     }
 }
 
-/// GPU backends: the tensor formulation, on the device.
+/// GPU backends: the forward gathers on the device; the backward runs the host loops (its
+/// scatter-add has no fast burn op; a CubeCL kernel with atomic adds replaces this next).
 macro_rules! device_tensor_path {
     ($backend:ty) => {
         impl HashGridBackend for $backend {
@@ -348,7 +351,7 @@ macro_rules! device_tensor_path {
                 x: FloatTensor<Self>,
                 layout: &GridLayout,
             ) -> FloatTensor<Self> {
-                tensor_backward::<Self>(grad, x, layout)
+                host_backward::<Self>(grad, x, layout)
             }
         }
     };
