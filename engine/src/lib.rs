@@ -9,6 +9,11 @@
 //! - [`optim`]: Adam/AdamW with a learning rate per parameter group.
 //! - [`models`]: CLIP, UNet, VAE, schedulers, reward heads (diffusers/transformers ports).
 //! - [`weights`]: model folders and safetensors loading.
+//! - [`generate`]: the generation loop (config, progress, snapshots).
+//! - [`guidance`]: SDS and RewardSDS over a diffusion prior.
+//! - [`mesh`]: surface extraction from density fields.
+//! - [`export`]: glTF binary writer.
+//! - [`tiny_world`]: the built-in offline prior's world, captions and training.
 //! - [`procedural`]: analytic SDF scenes with known answers (fitting tests, Tiny World data).
 //! - [`transfer`]: copy parameters between backends.
 //! - [`rgb_image`]: images on the host: PSNR, PNG, turntable strips.
@@ -16,13 +21,18 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod export;
 pub mod fit;
+pub mod generate;
+pub mod guidance;
+pub mod mesh;
 pub mod models;
 pub mod optim;
 pub mod procedural;
 pub mod render;
 pub mod rgb_image;
 pub mod scene;
+pub mod tiny_world;
 pub mod transfer;
 pub mod weights;
 

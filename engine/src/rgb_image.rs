@@ -91,6 +91,39 @@ impl RgbImage {
         (-10.0 * mse.max(1e-12).log10()) as f32
     }
 
+    /// Box-filtered down by an integer `factor` (supersampling: render at `factor` times the
+    /// size, then average each `factor x factor` block). Sizes must be multiples of `factor`.
+    pub fn downsample(&self, factor: u32) -> Self {
+        assert!(
+            factor > 0 && self.width % factor == 0 && self.height % factor == 0,
+            "{}x{} is not a multiple of {factor}",
+            self.width,
+            self.height
+        );
+        let (w, h) = (self.width / factor, self.height / factor);
+        let f = factor as usize;
+        let scale = 1.0 / (f * f) as f32;
+        let mut data = vec![0.0f32; 3 * (w * h) as usize];
+        for y in 0..h as usize {
+            for x in 0..w as usize {
+                let out = &mut data[3 * (y * w as usize + x)..][..3];
+                for dy in 0..f {
+                    for dx in 0..f {
+                        let p = self.pixel((x * f + dx) as u32, (y * f + dy) as u32);
+                        for c in 0..3 {
+                            out[c] += p[c] * scale;
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+
     /// Images side by side (a turntable strip); all must share a height.
     pub fn hstack(images: &[Self]) -> Self {
         let height = images[0].height;

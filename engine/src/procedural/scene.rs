@@ -186,26 +186,37 @@ impl SdfScene {
 
     /// Renders one camera (one ray per pixel centre, like the NeRF renderer), using all cores.
     pub fn render(&self, camera: &Camera) -> RgbImage {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.render_with_threads(camera, threads)
+    }
+
+    /// [`render`](Self::render) on at most `threads` threads (1 = on the caller's thread, for
+    /// callers that parallelise over many images instead).
+    pub fn render_with_threads(&self, camera: &Camera, threads: usize) -> RgbImage {
         let (w, h) = (camera.width as usize, camera.height as usize);
         let mut data = vec![0.0f32; 3 * w * h];
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(h.max(1));
-        let rows_per = h.div_ceil(threads);
-        std::thread::scope(|scope| {
-            for (chunk_index, chunk) in data.chunks_mut(3 * w * rows_per).enumerate() {
-                scope.spawn(move || {
-                    for (r, row) in chunk.chunks_mut(3 * w).enumerate() {
-                        let y = chunk_index * rows_per + r;
-                        for x in 0..w {
-                            let d = camera.ray_direction(x as f32 + 0.5, y as f32 + 0.5);
-                            let c = self.shade_ray(camera.position, d);
-                            row[3 * x..3 * x + 3].copy_from_slice(&c.to_array());
-                        }
-                    }
-                });
+        let shade_rows = |first_row: usize, chunk: &mut [f32]| {
+            for (r, row) in chunk.chunks_mut(3 * w).enumerate() {
+                let y = first_row + r;
+                for x in 0..w {
+                    let d = camera.ray_direction(x as f32 + 0.5, y as f32 + 0.5);
+                    let c = self.shade_ray(camera.position, d);
+                    row[3 * x..3 * x + 3].copy_from_slice(&c.to_array());
+                }
             }
-        });
+        };
+        let threads = threads.clamp(1, h.max(1));
+        if threads == 1 {
+            shade_rows(0, &mut data);
+        } else {
+            let rows_per = h.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (chunk_index, chunk) in data.chunks_mut(3 * w * rows_per).enumerate() {
+                    let shade_rows = &shade_rows;
+                    scope.spawn(move || shade_rows(chunk_index * rows_per, chunk));
+                }
+            });
+        }
         RgbImage {
             width: camera.width,
             height: camera.height,

@@ -2,6 +2,7 @@
 //!
 //! - [`resolve`]: a model name (folder, preset, `org/name`) to a folder; the files in it.
 //! - [`load`]: `*.safetensors` into a burn module, PyTorch layout converted, any float type.
+//! - [`save`]: a burn module to `*.safetensors` with the same key names (what we train).
 //! - [`LoadError`]: every failure, naming the file or tensor at fault.
 //!
 //! Key remaps live with each model family (e.g. [`crate::models::clip`]), not here.
@@ -11,13 +12,15 @@ mod error;
 mod hub;
 pub mod load;
 pub mod resolve;
+pub mod save;
 
 pub use error::LoadError;
 pub use load::{
     KeyPolicy, KeyRemap, LoadOptions, LoadReport, load_safetensors, load_safetensors_with,
     tensor_shapes,
 };
+pub use save::save_safetensors;
 pub use resolve::{
-    PRESETS, Preset, cached_repo, component_dir, hf_hub_cache, preset, read_json, resolve_model,
+    PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset, read_json, resolve_model,
     resolve_model_in, weight_files,
 };

@@ -23,6 +23,9 @@ pub struct Preset {
     pub files: &'static [&'static str],
     /// One line for users: what it is.
     pub about: &'static str,
+    /// For models shipped with the project: the folder under `assets/models/` that holds it
+    /// (no download, no cache).
+    pub bundled: Option<&'static str>,
 }
 
 const SD_COMPONENTS: &[&str] = &["text_encoder", "tokenizer", "unet", "vae", "scheduler"];
@@ -35,6 +38,7 @@ pub const PRESETS: &[Preset] = &[
         repo_id: "stable-diffusion-v1-5/stable-diffusion-v1-5",
         subfolders: SD_COMPONENTS,
         files: &[],
+        bundled: None,
         about: "Stable Diffusion 1.5, 512 px, epsilon prediction, CLIP ViT-L/14 text encoder",
     },
     Preset {
@@ -42,6 +46,7 @@ pub const PRESETS: &[Preset] = &[
         repo_id: "stabilityai/stable-diffusion-2-1-base",
         subfolders: SD_COMPONENTS,
         files: &[],
+        bundled: None,
         about: "Stable Diffusion 2.1 base, 512 px, epsilon prediction, OpenCLIP ViT-H/14 text encoder",
     },
     Preset {
@@ -49,6 +54,7 @@ pub const PRESETS: &[Preset] = &[
         repo_id: "stabilityai/stable-diffusion-2-1",
         subfolders: SD_COMPONENTS,
         files: &[],
+        bundled: None,
         about: "Stable Diffusion 2.1, 768 px, v-prediction, OpenCLIP ViT-H/14 text encoder",
     },
     Preset {
@@ -56,6 +62,7 @@ pub const PRESETS: &[Preset] = &[
         repo_id: "openai/clip-vit-large-patch14",
         subfolders: &[""],
         files: &[],
+        bundled: None,
         about: "OpenAI CLIP ViT-L/14 (text and vision towers): CLIPScore and the aesthetic head's features",
     },
     Preset {
@@ -63,9 +70,48 @@ pub const PRESETS: &[Preset] = &[
         repo_id: "camenduru/improved-aesthetic-predictor",
         subfolders: &[""],
         files: &[AESTHETIC_FILE],
+        bundled: None,
         about: "LAION improved aesthetic predictor (sac+logos+ava1-l14-linearMSE) on CLIP ViT-L/14 image embeddings",
     },
+    Preset {
+        name: "tiny-world",
+        repo_id: "rewardsds/tiny-world",
+        subfolders: &["text_encoder", "tokenizer", "unet", "scheduler"],
+        files: &[],
+        bundled: Some("tiny-world"),
+        about: "Tiny World: the built-in 32 px pixel-space prior of coloured primitives (offline, CPU-sized)",
+    },
+    Preset {
+        name: "tiny-world-reward",
+        repo_id: "rewardsds/tiny-world",
+        subfolders: &[""],
+        files: &[],
+        bundled: Some("tiny-world/reward"),
+        about: "Tiny World's CLIP, used as the CLIPScore reward",
+    },
+    Preset {
+        name: "tiny-world-judge",
+        repo_id: "rewardsds/tiny-world",
+        subfolders: &[""],
+        files: &[],
+        bundled: Some("tiny-world/judge"),
+        about: "Tiny World's second CLIP (other seed and width), used only to evaluate",
+    },
 ];
+
+/// Where the bundled models live: `$REWARDSDS_MODELS` if set, else the checkout's
+/// `assets/models` (the folder this crate was built from), else `./assets/models`.
+pub fn bundled_models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("REWARDSDS_MODELS").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models");
+    if checkout.is_dir() {
+        checkout
+    } else {
+        PathBuf::from("assets/models")
+    }
+}
 
 /// The aesthetic head's weights as the engine loads them. Upstream publishes only a pickled
 /// `.pth`; see [`crate::models::reward::AestheticPredictor`] for the one-line conversion.
@@ -166,6 +212,14 @@ pub fn resolve_model_in(spec: &str, cache: &Path) -> Result<PathBuf, LoadError> 
         return Ok(path.to_path_buf());
     }
     if let Ok(preset) = preset(spec) {
+        if let Some(folder) = preset.bundled {
+            let dir = bundled_models_dir().join(folder);
+            return if dir.is_dir() {
+                Ok(dir)
+            } else {
+                Err(LoadError::MissingFolder { path: dir })
+            };
+        }
         return resolve_repo(cache, preset.repo_id, preset.subfolders);
     }
     let path_like = path.is_absolute()

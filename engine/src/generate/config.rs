@@ -1,0 +1,278 @@
+//! `GenerateConfig`: every knob of a generation in one serde struct (TOML on disk, saved beside
+//! each output), with presets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::guidance::{ConfigError, GuidanceConfig, RewardSdsConfig, ScoringMode, WeightStrategy};
+use crate::mesh::MeshConfig;
+use crate::optim::OptimizerConfig;
+use crate::render::VolumeRendererConfig;
+use crate::scene::camera::OrbitConfig;
+use crate::scene::nerf::{
+    BackgroundConfig, BackgroundKind, HashGridConfig, NerfConfig, NerfLearningRates,
+};
+
+/// A whole generation: prompt, prior, reward, guidance, scene, schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerateConfig {
+    /// What to make.
+    pub prompt: String,
+    /// Seed of the scene initialisation, cameras and noises.
+    pub seed: u64,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// The diffusion prior: a preset (`tiny-world`, `sd21-base`), a folder or a repo id.
+    pub prior: String,
+    /// The reward model for RewardSDS (a CLIP folder or preset such as `tiny-world-reward`);
+    /// unused by plain SDS.
+    pub reward: Option<String>,
+    /// SDS / RewardSDS settings.
+    pub guidance: GuidanceConfig,
+    /// The NeRF.
+    pub nerf: NerfConfig,
+    /// Volume rendering.
+    pub renderer: VolumeRendererConfig,
+    /// Learning rates per parameter group.
+    pub learning_rates: NerfLearningRates,
+    /// Optimiser.
+    pub optimizer: OptimizerConfig,
+    /// Camera ranges of the training views.
+    pub camera: OrbitConfig,
+    /// Views rendered per step (the SDS batch `B`).
+    pub views_per_step: usize,
+    /// Side of the rendered views in pixels.
+    pub render_size: u32,
+    /// Steps between preview snapshots (0: none).
+    pub snapshot_every: usize,
+    /// Surface extraction of the result.
+    pub mesh: MeshConfig,
+    /// Length in metres of the exported asset's longest side.
+    pub asset_size: f32,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self::preset("fast").expect("a known preset")
+    }
+}
+
+/// The preset names [`GenerateConfig::preset`] knows.
+pub const PRESETS: &[&str] = &["fast", "fast-sds", "quality", "quality-sds"];
+
+impl GenerateConfig {
+    /// A named preset: `fast` (the Tiny World prior on a CPU, minutes) and `quality` (more
+    /// steps, views and resolution), each with RewardSDS, or plain SDS with the `-sds` suffix.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let (base, sds) = match name.strip_suffix("-sds") {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
+        let mut config = match base {
+            "fast" => Self::fast(),
+            "quality" => Self::quality(),
+            _ => {
+                return Err(ConfigError::new(
+                    "preset",
+                    format!("unknown preset `{name}` (known: {})", PRESETS.join(", ")),
+                ));
+            }
+        };
+        if sds {
+            config.guidance.reward = None;
+        }
+        Ok(config)
+    }
+
+    fn fast() -> Self {
+        Self {
+            prompt: String::new(),
+            seed: 0,
+            steps: 200,
+            prior: "tiny-world".into(),
+            reward: Some("tiny-world-reward".into()),
+            guidance: GuidanceConfig {
+                guidance_scale: 20.0,
+                reward: Some(RewardSdsConfig {
+                    n_samples: 4,
+                    strategy: WeightStrategy::default(),
+                    // DDIM scoring costs ~15 UNet passes per sample: too much for a CPU step.
+                    scoring: ScoringMode::OneStep,
+                    reward_duration: 0.7,
+                    scoring_guidance_scale: None,
+                }),
+                ..GuidanceConfig::default()
+            },
+            nerf: NerfConfig::new()
+                .with_encoding(
+                    HashGridConfig::new()
+                        .with_n_levels(8)
+                        .with_log2_hashmap_size(15)
+                        .with_max_resolution(256),
+                )
+                .with_hidden(32)
+                .with_background(
+                    BackgroundConfig::new()
+                        .with_kind(BackgroundKind::Solid)
+                        .with_color([0.92, 0.92, 0.92]),
+                ),
+            renderer: VolumeRendererConfig::new().with_num_samples_per_ray(32),
+            learning_rates: NerfLearningRates {
+                encoding: 0.03,
+                network: 0.003,
+                background: 0.003,
+            },
+            optimizer: OptimizerConfig::default(),
+            camera: OrbitConfig::default(),
+            views_per_step: 1,
+            render_size: 32,
+            snapshot_every: 25,
+            // The small NeRF is cheap to query: 96^3 keeps extraction to seconds on a CPU.
+            mesh: MeshConfig {
+                resolution: 96,
+                coarse_resolution: 48,
+                ..MeshConfig::default()
+            },
+            asset_size: 1.0,
+        }
+    }
+
+    fn quality() -> Self {
+        let fast = Self::fast();
+        Self {
+            steps: 1000,
+            guidance: GuidanceConfig {
+                reward: Some(RewardSdsConfig {
+                    scoring: ScoringMode::Ddim,
+                    ..fast.guidance.reward.clone().expect("fast has a reward")
+                }),
+                ..fast.guidance.clone()
+            },
+            nerf: NerfConfig::new().with_background(fast.nerf.background.clone()),
+            renderer: VolumeRendererConfig::new(),
+            views_per_step: 4,
+            render_size: 64,
+            snapshot_every: 50,
+            mesh: MeshConfig::default(),
+            ..fast
+        }
+    }
+
+    /// Checks every field; the error names the one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.prompt.trim().is_empty() {
+            return Err(ConfigError::new("prompt", "is empty"));
+        }
+        if self.steps == 0 {
+            return Err(ConfigError::new("steps", "must be at least 1"));
+        }
+        if self.views_per_step == 0 {
+            return Err(ConfigError::new("views_per_step", "must be at least 1"));
+        }
+        if self.render_size < 8 {
+            return Err(ConfigError::new(
+                "render_size",
+                format!("{} is below the 8 px minimum", self.render_size),
+            ));
+        }
+        if self.renderer.num_samples_per_ray == 0 {
+            return Err(ConfigError::new("renderer.num_samples_per_ray", "must be at least 1"));
+        }
+        if self.prior.trim().is_empty() {
+            return Err(ConfigError::new("prior", "is empty"));
+        }
+        self.guidance.validate().map_err(|e| e.within("guidance"))?;
+        if self.guidance.reward.as_ref().is_some_and(|r| r.strategy.uses_rewards())
+            && self.reward.is_none()
+        {
+            return Err(ConfigError::new(
+                "reward",
+                "RewardSDS ranks samples by reward: name a reward model (e.g. tiny-world-reward)",
+            ));
+        }
+        self.nerf.validate().map_err(|e| ConfigError::new("nerf", e))?;
+        self.learning_rates
+            .validate()
+            .map_err(|e| ConfigError::new("learning_rates", e))?;
+        self.optimizer
+            .validate()
+            .map_err(|e| ConfigError::new("optimizer", e))?;
+        self.camera
+            .validate()
+            .map_err(|e| ConfigError::new("camera", e.to_string()))?;
+        self.mesh
+            .validate()
+            .map_err(|e| ConfigError::new("mesh", e.to_string()))?;
+        if !(self.asset_size.is_finite() && self.asset_size > 0.0) {
+            return Err(ConfigError::new(
+                "asset_size",
+                format!("{} must be a positive length in metres", self.asset_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parse TOML and validate.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            toml::from_str(text).map_err(|e| ConfigError::new("config", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// As TOML (what is saved beside each output).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guidance::AnnealedFraction;
+
+    fn with_prompt(mut c: GenerateConfig) -> GenerateConfig {
+        c.prompt = "a red cube".into();
+        c
+    }
+
+    #[test]
+    fn presets_validate_and_round_trip_through_toml() {
+        for name in PRESETS {
+            let config = with_prompt(GenerateConfig::preset(name).unwrap());
+            config.validate().unwrap();
+            let back = GenerateConfig::from_toml(&config.to_toml()).unwrap();
+            assert_eq!(back, config, "{name}");
+            assert_eq!(config.guidance.reward.is_none(), name.ends_with("-sds"));
+        }
+        assert_eq!(
+            GenerateConfig::preset("slow").unwrap_err().field,
+            "preset"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let base = with_prompt(GenerateConfig::preset("fast").unwrap());
+        let field = |edit: &dyn Fn(&mut GenerateConfig)| {
+            let mut c = base.clone();
+            edit(&mut c);
+            c.validate().unwrap_err().field
+        };
+        assert_eq!(field(&|c| c.steps = 0), "steps");
+        assert_eq!(field(&|c| c.prompt = " ".into()), "prompt");
+        assert_eq!(
+            field(&|c| c.guidance.t_min = AnnealedFraction::constant(0.99)),
+            "guidance.t_min"
+        );
+        assert_eq!(field(&|c| c.reward = None), "reward");
+        assert_eq!(
+            field(&|c| c.guidance.reward.as_mut().unwrap().n_samples = 3),
+            "guidance.reward.strategy.k"
+        );
+        let err = GenerateConfig::from_toml("steps = 0\nprompt = \"a red cube\"").unwrap_err();
+        assert_eq!(err.field, "steps");
+        let err = GenerateConfig::from_toml("stepz = 3").unwrap_err();
+        assert!(err.reason.contains("stepz"), "{err}");
+    }
+}

@@ -1,0 +1,344 @@
+//! The generation loop: render views of the NeRF, take a guidance step, update the NeRF;
+//! step by step, with progress events, preview snapshots and cancellation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::ElementConversion;
+use serde::{Deserialize, Serialize};
+
+use super::config::GenerateConfig;
+use crate::backend::EngineAutodiffBackend;
+use crate::export::{ExportConfig, ExportError, ExportReport, write_glb};
+use crate::fit::render_views;
+use crate::mesh::{MeshError, MeshReport, NerfField, extract_mesh};
+use crate::guidance::{
+    BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceError, ViewAngles,
+};
+use crate::models::reward::ClipScore;
+use crate::optim::GroupedOptimizer;
+use crate::render::{RenderOutput, VolumeRenderer};
+use crate::rgb_image::RgbImage;
+use crate::scene::camera::{Camera, CameraError, CameraSampler, evaluation_orbit};
+use crate::scene::nerf::Nerf;
+use crate::weights::{LoadError, resolve_model};
+
+/// Why a generation could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A model could not be found or loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The guidance failed.
+    #[error(transparent)]
+    Guidance(#[from] GuidanceError),
+    /// A camera could not be built.
+    #[error(transparent)]
+    Camera(#[from] CameraError),
+    /// Surface extraction failed (e.g. nothing was generated above the iso-level).
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    /// Writing the asset failed.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// The loss became NaN or infinite; the NeRF is the last good one.
+    #[error("loss became {loss} at step {step}: stopped, keeping the result of step {step}")]
+    NonFinite {
+        /// The step.
+        step: usize,
+        /// The loss.
+        loss: f32,
+    },
+}
+
+/// One step's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Steps done (1-based).
+    pub step: usize,
+    /// Steps planned.
+    pub total: usize,
+    /// The guidance loss.
+    pub loss: f32,
+    /// The timestep drawn.
+    pub t: usize,
+    /// Rewards of the noise samples (empty for SDS steps).
+    pub rewards: Vec<f32>,
+    /// Their weights.
+    pub weights: Vec<f32>,
+    /// Seconds this step took.
+    pub seconds: f64,
+    /// Seconds left at the mean pace so far.
+    pub eta_seconds: f64,
+}
+
+impl Progress {
+    /// `(min, mean, max)` of the rewards, if any.
+    pub fn reward_stats(&self) -> Option<(f32, f32, f32)> {
+        if self.rewards.is_empty() {
+            return None;
+        }
+        let min = self.rewards.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = self.rewards.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mean = self.rewards.iter().sum::<f32>() / self.rewards.len() as f32;
+        Some((min, mean, max))
+    }
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// All steps done.
+    Finished,
+    /// The cancel flag was raised.
+    Cancelled,
+}
+
+/// What [`Generator::run`] reports.
+#[derive(Debug, Clone)]
+pub enum GenerateEvent {
+    /// A step finished.
+    Progress(Progress),
+    /// A preview: views around the object.
+    Snapshot {
+        /// Steps done.
+        step: usize,
+        /// Turntable views, side by side.
+        preview: RgbImage,
+    },
+}
+
+/// Generates one asset: a NeRF optimised with SDS or RewardSDS.
+pub struct Generator<B: EngineAutodiffBackend> {
+    config: GenerateConfig,
+    guidance: Guidance<B>,
+    nerf: Nerf<B>,
+    optimizer: GroupedOptimizer<Nerf<B>, B>,
+    renderer: VolumeRenderer,
+    cameras: CameraSampler,
+    step: usize,
+    elapsed: f64,
+    device: B::Device,
+}
+
+impl<B: EngineAutodiffBackend> std::fmt::Debug for Generator<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("prompt", &self.config.prompt)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Load the prior and, when the config uses one, the reward model named in `config`.
+pub fn load_guidance<B: EngineAutodiffBackend>(
+    config: &GenerateConfig,
+    device: &B::Device,
+) -> Result<Guidance<B>, GenerateError> {
+    config.validate()?;
+    let prior = DiffusionPrior::<B::InnerBackend>::from_folder(&resolve_model(&config.prior)?, device)?;
+    let wants_reward = config
+        .guidance
+        .reward
+        .as_ref()
+        .is_some_and(|r| r.strategy.uses_rewards());
+    let reward: Option<BoxedReward<B>> = match (&config.reward, wants_reward) {
+        (Some(spec), true) => {
+            let (score, _) = ClipScore::<B::InnerBackend>::from_folder(&resolve_model(spec)?, device)?;
+            Some(Box::new(score))
+        }
+        _ => None,
+    };
+    Ok(Guidance::new(
+        config.guidance.clone(),
+        prior,
+        &config.prompt,
+        reward,
+        config.steps,
+    )?)
+}
+
+impl<B: EngineAutodiffBackend> Generator<B> {
+    /// A generator for `config` with its prior and reward loaded from their specs.
+    pub fn load(config: GenerateConfig, device: &B::Device) -> Result<Self, GenerateError> {
+        let guidance = load_guidance::<B>(&config, device)?;
+        Self::new(config, guidance, device)
+    }
+
+    /// A generator using an already built guidance (e.g. shared priors in tests).
+    pub fn new(
+        config: GenerateConfig,
+        guidance: Guidance<B>,
+        device: &B::Device,
+    ) -> Result<Self, GenerateError> {
+        config.validate()?;
+        B::seed(device, config.seed);
+        let nerf = config.nerf.init::<B>(device);
+        let optimizer = config.optimizer.init::<B, Nerf<B>>();
+        let cameras = CameraSampler::new(config.camera.clone(), config.seed)?;
+        Ok(Self {
+            renderer: VolumeRenderer::new(config.renderer.clone()),
+            config,
+            guidance,
+            nerf,
+            optimizer,
+            cameras,
+            step: 0,
+            elapsed: 0.0,
+            device: device.clone(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GenerateConfig {
+        &self.config
+    }
+
+    /// Steps done.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// The NeRF as it is now.
+    pub fn nerf(&self) -> &Nerf<B> {
+        &self.nerf
+    }
+
+    /// One optimisation step.
+    pub fn step(&mut self) -> Result<Progress, GenerateError> {
+        let start = Instant::now();
+        let size = self.config.render_size;
+        let cameras: Vec<Camera> = self.cameras.sample(self.config.views_per_step, size, size)?;
+        let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
+        let rays = crate::scene::camera::Rays::of_cameras(&cameras);
+        let out = self.renderer.render(&self.nerf, &rays, true, &self.device);
+        let images =
+            RenderOutput::images(out.rgb, cameras.len(), size as usize, size as usize);
+        // One seed per step: the noises of step k do not depend on how the run was split.
+        let seed = self.config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(self.step as u64);
+        let guided = self.guidance.step(images, &views, self.step, seed)?;
+        let loss: f32 = guided.loss.clone().into_scalar().elem();
+        if !loss.is_finite() {
+            return Err(GenerateError::NonFinite {
+                step: self.step,
+                loss,
+            });
+        }
+        let mut grads = guided.loss.backward();
+        let groups = self
+            .nerf
+            .param_groups(&mut grads, &self.config.learning_rates);
+        self.nerf = self.optimizer.step(self.nerf.clone(), groups);
+        self.step += 1;
+        let seconds = start.elapsed().as_secs_f64();
+        self.elapsed += seconds;
+        let remaining = self.config.steps.saturating_sub(self.step);
+        Ok(Progress {
+            step: self.step,
+            total: self.config.steps,
+            loss,
+            t: guided.stats.t,
+            rewards: guided.stats.rewards,
+            weights: guided.stats.weights,
+            seconds,
+            eta_seconds: self.elapsed / self.step as f64 * remaining as f64,
+        })
+    }
+
+    /// Run the remaining steps, reporting each and a snapshot every `snapshot_every` steps;
+    /// stops between steps when `cancel` is raised.
+    pub fn run(
+        &mut self,
+        cancel: &AtomicBool,
+        on_event: &mut dyn FnMut(GenerateEvent),
+    ) -> Result<StopReason, GenerateError> {
+        while self.step < self.config.steps {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(StopReason::Cancelled);
+            }
+            let progress = self.step()?;
+            let step = progress.step;
+            on_event(GenerateEvent::Progress(progress));
+            let every = self.config.snapshot_every;
+            if every > 0 && (step % every == 0 || step == self.config.steps) {
+                on_event(GenerateEvent::Snapshot {
+                    step,
+                    preview: RgbImage::hstack(&self.turntable(4, self.config.render_size)?),
+                });
+            }
+        }
+        Ok(StopReason::Finished)
+    }
+
+    /// `n` views evenly around the object at 15 degrees of elevation.
+    pub fn turntable(&self, n: usize, size: u32) -> Result<Vec<RgbImage>, GenerateError> {
+        let fov = 40.0f32;
+        let distance = self.config.camera.camera_distance(0.9, fov);
+        let cameras = evaluation_orbit(n, 15.0, distance, fov, size, size)?;
+        Ok(render_views(&self.nerf, &self.renderer, &cameras, &self.device))
+    }
+
+    /// The NeRF without autodiff (for mesh extraction).
+    pub fn nerf_inner(&self) -> Nerf<B::InnerBackend> {
+        self.nerf.valid()
+    }
+
+    /// Extract the surface and write it to `path` as a `.glb` (atomically), with the prompt,
+    /// seed and steps in `asset.extras`.
+    pub fn export_glb(&self, path: &std::path::Path) -> Result<(ExportReport, MeshReport), GenerateError> {
+        let field = NerfField::from_autodiff(&self.nerf).with_chunk(self.config.mesh.chunk);
+        let bounds = field.bounds();
+        let extracted = extract_mesh(&field, Some(&field), bounds, &self.config.mesh)?;
+        let mut extras = serde_json::Map::new();
+        extras.insert("seed".into(), self.config.seed.into());
+        extras.insert("steps".into(), self.step.into());
+        extras.insert("prior".into(), self.config.prior.clone().into());
+        let config = ExportConfig {
+            target_size: Some(self.config.asset_size),
+            name: slug(&self.config.prompt),
+            prompt: Some(self.config.prompt.clone()),
+            extras,
+            ..ExportConfig::default()
+        };
+        let report = write_glb(&extracted.mesh, extracted.texture.as_ref(), path, &config)?;
+        Ok((report, extracted.report))
+    }
+}
+
+/// A file-name-safe slug of a prompt: lowercase ASCII letters and digits joined by `-`, at most
+/// 64 characters (never a path: no separators, no dots), `asset` when nothing is left.
+pub fn slug(prompt: &str) -> String {
+    let mut out = String::new();
+    for word in prompt
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        if out.len() + word.len() + 1 > 64 {
+            break;
+        }
+        if !out.is_empty() {
+            out.push('-');
+        }
+        out.push_str(&word.to_ascii_lowercase());
+    }
+    if out.is_empty() { "asset".into() } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slug;
+
+    #[test]
+    fn slugs_are_safe_file_names() {
+        assert_eq!(slug("A red cube, and a Blue sphere!"), "a-red-cube-and-a-blue-sphere");
+        assert_eq!(slug("../../etc/passwd"), "etc-passwd");
+        assert_eq!(slug("  ..  "), "asset");
+        assert_eq!(slug("ein grüner Würfel"), "ein-gr-ner-w-rfel");
+        assert!(slug(&"word ".repeat(40)).len() <= 64);
+    }
+}

@@ -1,0 +1,84 @@
+//! Score distillation guidance: SDS and RewardSDS over a diffusion prior.
+//!
+//! A renderer makes `B` views of the scene; [`Guidance::step`] turns them into a surrogate loss
+//! whose gradient with respect to the images is the (Reward)SDS gradient, so one
+//! `loss.backward()` carries it into the scene's parameters.
+//!
+//! - [`prior`]: [`DiffusionPrior`]: tokenizer, CLIP text encoder, UNet, optional VAE (latent
+//!   prior) and DDIM schedule, loaded from a diffusers pipeline folder; CFG noise prediction.
+//! - [`prompts`]: threestudio's view-dependent prompts (`", front view"` ...) and the
+//!   [`PromptEmbeddings`] cache.
+//! - [`weighting`]: RewardSDS's reward-to-weight maps ([`WeightStrategy`]: `min_max`,
+//!   `softmax`, `best`, `uniform`).
+//! - [`scoring`]: how a noisy sample is denoised and scored ([`ScoringMode`]: `ddim` on the
+//!   official 15-point grid, `one_step`).
+//! - [`sds`]: [`GuidanceConfig`] and [`Guidance`], the per-step SDS / RewardSDS loss.
+//!
+//! The prior and the reward model run on the autodiff backend's inner backend (no graph is
+//! recorded for their passes); only the image encoding and the surrogate loss live on the
+//! autodiff backend. Randomness (timestep, noises, VAE posterior sample) comes from a seeded
+//! `StdRng` on the host, so CPU runs are reproducible bit for bit.
+
+pub mod prior;
+pub mod prompts;
+pub mod scoring;
+pub mod sds;
+pub mod weighting;
+
+pub use prior::{DiffusionPrior, ImageEncoder, PriorParts, resize_bilinear};
+pub use prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds};
+pub use scoring::{DDIM_SCORING_STEPS, Scorer, ScoringMode, ddim_scoring_grid};
+pub use sds::{
+    AnnealedFraction, BoxedReward, Guidance, GuidanceConfig, GuidanceOutput, GuidanceStats,
+    POSTERIOR_STREAM, RewardSdsConfig, StepDraw, TimeWeighting, standard_normal,
+};
+pub use weighting::WeightStrategy;
+
+use crate::models::{RewardError, SchedulerError};
+use crate::weights::LoadError;
+
+/// A guidance setting (or a combination of prior parts) that cannot work, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The field at fault, as written in the config (`reward.strategy.k`, `t_min.start`).
+    pub field: String,
+    /// Why, with the values involved.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error for `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error with `prefix.` put before the field (a nested config's path).
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+/// Why a guidance step (or building the guidance) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuidanceError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The prompt could not be tokenized, or a model could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A timestep outside the schedule.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The reward model failed.
+    #[error(transparent)]
+    Reward(#[from] RewardError),
+    /// The rendered images or their views do not fit together.
+    #[error("guidance input is invalid: {0}")]
+    BadInput(String),
+}

@@ -1,0 +1,610 @@
+//! The diffusion prior SDS distils from: [`DiffusionPrior`] holds a diffusers pipeline's CLIP
+//! tokenizer and text encoder, its UNet, its VAE when it is a latent prior, and the DDIM noise
+//! schedule; it encodes prompts and images and predicts classifier-free-guided noise.
+//!
+//! A latent prior (Stable Diffusion) sees `scaling_factor * z` where `z` is the VAE latent of
+//! the image mapped to `[-1, 1]`. A pixel-space prior has no VAE (the pipeline folder has no
+//! `vae/`): its UNet sees the image itself mapped to `[-1, 1]`, with `in_channels = 3`.
+//!
+//! Image encoding is ordinary tensor ops, so it is differentiable on an autodiff backend; the
+//! guidance keeps a copy of it on the autodiff backend
+//! ([`DiffusionPrior::autodiff_image_encoder`])
+//! while the prior itself runs on the inner backend.
+
+use std::path::Path;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::Rng;
+
+use super::ConfigError;
+use super::sds::standard_normal;
+use crate::models::CLIPTextModel;
+use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, SchedulerError};
+use crate::models::tokenizer::CLIPTokenizer;
+use crate::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::weights::{LoadError, weight_files};
+
+/// The pieces of a prior, for building one from models already in memory
+/// ([`DiffusionPrior::new`]); [`DiffusionPrior::from_folder`] reads them from a pipeline folder.
+#[derive(Debug)]
+pub struct PriorParts<B: Backend> {
+    /// CLIP tokenizer (`tokenizer/`).
+    pub tokenizer: CLIPTokenizer,
+    /// CLIP text tower (`text_encoder/`).
+    pub text_encoder: CLIPTextModel<B>,
+    /// diffusers' `clip_skip` (0 for SD 1.x/2.x, whose text encoders are already cut).
+    pub clip_skip: usize,
+    /// The denoiser (`unet/`).
+    pub unet: UNet2DConditionModel<B>,
+    /// Its config: `sample_size`, channels and `cross_attention_dim` are checked against the
+    /// other parts.
+    pub unet_config: UNet2DConditionModelConfig,
+    /// The autoencoder of a latent prior (`vae/`); `None` for a pixel-space prior.
+    pub vae: Option<AutoencoderKL<B>>,
+    /// The noise schedule (`scheduler/scheduler_config.json`).
+    pub scheduler: DDIMScheduler,
+}
+
+/// Images in `[0, 1]` to what the UNet denoises: bilinear resize to the prior's resolution,
+/// then `2x - 1`, then (latent priors) the VAE posterior sample times `scaling_factor`.
+#[derive(Debug, Clone)]
+pub struct ImageEncoder<B: Backend> {
+    vae: Option<AutoencoderKL<B>>,
+    resolution: usize,
+}
+
+impl<B: Backend> ImageEncoder<B> {
+    /// The image side, in pixels, images are resized to.
+    pub fn resolution(&self) -> usize {
+        self.resolution
+    }
+
+    /// Whether a VAE sits between images and the UNet.
+    pub fn is_latent(&self) -> bool {
+        self.vae.is_some()
+    }
+
+    /// Encodes images; differentiable on an autodiff backend.
+    ///
+    /// Latent priors take a *sample* of the VAE posterior, `mean + std * eps` with `eps` drawn
+    /// from `rng`, as threestudio's `encode_images` (`latent_dist.sample()`) and the official
+    /// RewardSDS 2D code do: SDS then matches the reference's gradients in distribution, and
+    /// SD's posterior std is small (its latents are nearly deterministic) so the sample costs
+    /// little variance. [`encode_mean`](Self::encode_mean) is the deterministic variant.
+    /// Pixel priors draw nothing from `rng`.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, H, W]`, values in `[0, 1]`, any `H, W`
+    /// - output: `[batch, channels, r, r]` (`r` = resolution / VAE downscale)
+    pub fn encode(&self, images: Tensor<B, 4>, rng: &mut impl Rng) -> Tensor<B, 4> {
+        self.encode_with(images, Some(rng))
+    }
+
+    /// [`encode`](Self::encode) with the posterior mean instead of a sample.
+    pub fn encode_mean(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.encode_with(images, None::<&mut rand::rngs::StdRng>)
+    }
+
+    fn encode_with(&self, images: Tensor<B, 4>, rng: Option<&mut impl Rng>) -> Tensor<B, 4> {
+        let [_, _, h, w] = images.dims();
+        let r = self.resolution;
+        // [batch, 3, r, r], as threestudio: F.interpolate(bilinear, align_corners=False)
+        let images = if (h, w) == (r, r) {
+            images
+        } else {
+            resize_bilinear(images, [r, r])
+        };
+        let x = images * 2.0 - 1.0;
+        let Some(vae) = &self.vae else {
+            return x;
+        };
+        let posterior = vae.encode(x);
+        let z = match rng {
+            Some(rng) => {
+                let dims = posterior.mean.dims();
+                let eps = standard_normal(rng, dims.iter().product());
+                let eps = Tensor::from_data(
+                    TensorData::new(eps, dims),
+                    (&posterior.mean.device(), posterior.mean.dtype()),
+                );
+                posterior.sample_with(eps)
+            }
+            None => posterior.mode(),
+        };
+        vae.scale_latents(z)
+    }
+}
+
+/// torch's `F.interpolate(mode="bilinear", align_corners=False)` (no antialias) as two
+/// matrix products, `R_h x R_w^T`: differentiable on every backend (burn's `interpolate` has
+/// no bilinear backward on ndarray) and cheap at render sizes.
+///
+/// # Shapes
+/// - images: `[batch, channels, h, w]` -> `[batch, channels, size[0], size[1]]`
+pub fn resize_bilinear<B: Backend>(images: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
+    let [_, _, h, w] = images.dims();
+    let (device, dtype) = (images.device(), images.dtype());
+    let matrix = |out: usize, input: usize| {
+        Tensor::<B, 2>::from_data(
+            TensorData::new(bilinear_weights(out, input), [out, input]),
+            (&device, dtype),
+        )
+    };
+    // [1, 1, w, w'] and [1, 1, h', h], broadcast over batch and channels.
+    let rw_t = matrix(size[1], w).transpose().unsqueeze::<4>();
+    let rh = matrix(size[0], h).unsqueeze::<4>();
+    rh.matmul(images.matmul(rw_t))
+}
+
+/// Row `i` holds the weights of output sample `i` over the `input` samples: half-pixel
+/// centres, `src = (i + 0.5) * input / out - 0.5` clamped at 0, linear between `floor(src)`
+/// and the next sample (ATen's `area_pixel_compute_source_index`).
+fn bilinear_weights(out: usize, input: usize) -> Vec<f32> {
+    let scale = input as f32 / out as f32;
+    let mut m = vec![0.0f32; out * input];
+    for i in 0..out {
+        let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (src as usize).min(input - 1);
+        let i1 = (i0 + 1).min(input - 1);
+        let lambda1 = src - i0 as f32;
+        m[i * input + i0] += 1.0 - lambda1;
+        m[i * input + i1] += lambda1;
+    }
+    m
+}
+
+/// A text-conditioned diffusion model with its text encoder, optional VAE and DDIM schedule.
+#[derive(Debug)]
+pub struct DiffusionPrior<B: Backend> {
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel<B>,
+    clip_skip: usize,
+    unet: UNet2DConditionModel<B>,
+    unet_config: UNet2DConditionModelConfig,
+    encoder: ImageEncoder<B>,
+    scheduler: DDIMScheduler,
+}
+
+/// Fetches every lazily initialised parameter now: clones of a lazy parameter initialise
+/// independently (different random values), and the guidance clones the VAE onto the autodiff
+/// backend.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+        let _ = param.val();
+    }
+    fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
+        let _ = param.val();
+    }
+}
+
+impl<B: Backend> DiffusionPrior<B> {
+    /// A prior from parts in memory, after checking they fit together (the error names the
+    /// part and field at fault).
+    pub fn new(parts: PriorParts<B>) -> Result<Self, ConfigError> {
+        let PriorParts {
+            tokenizer,
+            text_encoder,
+            clip_skip,
+            unet,
+            unet_config,
+            vae,
+            scheduler,
+        } = parts;
+        let sample_size = unet_config.sample_size.ok_or_else(|| {
+            ConfigError::new(
+                "unet.sample_size",
+                "is not set: the prior's resolution is unknown",
+            )
+        })?;
+        if sample_size == 0 {
+            return Err(ConfigError::new("unet.sample_size", "must be positive"));
+        }
+        let hidden = text_encoder
+            .text_model
+            .embeddings
+            .token_embedding
+            .weight
+            .lazy_shape()[1];
+        for level in 0..unet_config.block_out_channels.len() {
+            let dim = unet_config.cross_attention_dim.get(level);
+            if dim != hidden {
+                return Err(ConfigError::new(
+                    "unet.cross_attention_dim",
+                    format!(
+                        "{dim} at level {level}, but the text encoder makes {hidden}-wide embeddings"
+                    ),
+                ));
+            }
+        }
+        let layers = text_encoder.text_model.encoder.layers.len();
+        if clip_skip >= layers {
+            return Err(ConfigError::new(
+                "clip_skip",
+                format!("{clip_skip} skips all {layers} text encoder layers"),
+            ));
+        }
+        let channels = unet_config.in_channels;
+        if unet_config.out_channels != channels {
+            return Err(ConfigError::new(
+                "unet.out_channels",
+                format!(
+                    "{} differs from in_channels {channels}: the UNet must predict noise of the sample's shape",
+                    unet_config.out_channels
+                ),
+            ));
+        }
+        let resolution = match &vae {
+            Some(vae) => {
+                let latent = vae.encoder.conv_out.weight.lazy_shape()[0] / 2;
+                if latent != channels {
+                    return Err(ConfigError::new(
+                        "unet.in_channels",
+                        format!("{channels}, but the VAE makes {latent}-channel latents"),
+                    ));
+                }
+                sample_size << vae.encoder.down_blocks.len().saturating_sub(1)
+            }
+            None if channels != 3 => {
+                return Err(ConfigError::new(
+                    "unet.in_channels",
+                    format!(
+                        "{channels}, but a pixel-space prior (no VAE) denoises RGB images: 3 channels"
+                    ),
+                ));
+            }
+            None => sample_size,
+        };
+        text_encoder.visit(&mut Materialize);
+        unet.visit(&mut Materialize);
+        if let Some(vae) = &vae {
+            vae.visit(&mut Materialize);
+        }
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            clip_skip,
+            unet,
+            unet_config,
+            encoder: ImageEncoder { vae, resolution },
+            scheduler,
+        })
+    }
+
+    /// Loads a diffusers pipeline folder: `tokenizer/`, `text_encoder/`, `unet/`,
+    /// `scheduler/scheduler_config.json` and, for a latent prior, `vae/` (a pixel-space prior
+    /// has none). The error names the missing folder or file, or the config at fault.
+    pub fn from_folder(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::MissingFolder {
+                path: dir.to_path_buf(),
+            });
+        }
+        let folder = |name: &str| {
+            let path = dir.join(name);
+            if path.is_dir() {
+                Ok(path)
+            } else {
+                Err(LoadError::MissingFolder { path })
+            }
+        };
+        let file = |path: std::path::PathBuf| {
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(LoadError::MissingFile { path, hint: None })
+            }
+        };
+        let bad_config = |path: &Path, reason: String| LoadError::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+
+        // 1. text
+        let tokenizer = CLIPTokenizer::from_folder(&folder("tokenizer")?)?;
+        let (text_encoder, _) = CLIPTextModel::from_folder(&folder("text_encoder")?, device)?;
+
+        // 2. unet
+        let unet_dir = folder("unet")?;
+        let unet_config_path = file(unet_dir.join("config.json"))?;
+        let unet_config = UNet2DConditionModelConfig::from_file(&unet_config_path)
+            .map_err(|e| bad_config(&unet_config_path, e.to_string()))?;
+        let (unet, _) = unet_config
+            .init::<B>(device)
+            .load_weights(&weight_files(&unet_dir)?, device)?;
+
+        // 3. scheduler
+        let scheduler_path = file(folder("scheduler")?.join("scheduler_config.json"))?;
+        let scheduler = DDIMSchedulerConfig::from_file(&scheduler_path)
+            .map_err(|e| bad_config(&scheduler_path, e.to_string()))
+            .and_then(|c| {
+                DDIMScheduler::new(c).map_err(|e| bad_config(&scheduler_path, e.to_string()))
+            })?;
+
+        // 4. vae, if this is a latent prior
+        let vae_dir = dir.join("vae");
+        let vae = if vae_dir.is_dir() {
+            let path = file(vae_dir.join("config.json"))?;
+            let config = AutoencoderKLConfig::from_file(&path)
+                .map_err(|e| bad_config(&path, e.to_string()))?;
+            let (vae, _) = config
+                .init::<B>(device)
+                .load_weights(&weight_files(&vae_dir)?, device)?;
+            Some(vae)
+        } else {
+            None
+        };
+
+        Self::new(PriorParts {
+            tokenizer,
+            text_encoder,
+            clip_skip: 0,
+            unet,
+            unet_config,
+            vae,
+            scheduler,
+        })
+        .map_err(|e| bad_config(&unet_config_path, e.to_string()))
+    }
+
+    /// The same prior conditioning on the text encoder's layer `clip_skip` from the end
+    /// (diffusers' `clip_skip`).
+    ///
+    /// # Panics
+    /// If `clip_skip` is not less than the number of text encoder layers.
+    pub fn with_clip_skip(mut self, clip_skip: usize) -> Self {
+        let layers = self.text_encoder.text_model.encoder.layers.len();
+        assert!(
+            clip_skip < layers,
+            "clip_skip {clip_skip} >= {layers} layers"
+        );
+        self.clip_skip = clip_skip;
+        self
+    }
+
+    /// The image side in pixels the prior expects: the UNet's `sample_size` times the VAE's
+    /// downscale (8 for SD: 64 -> 512), or `sample_size` for a pixel prior.
+    pub fn resolution(&self) -> usize {
+        self.encoder.resolution
+    }
+
+    /// Channels of what the UNet denoises (4 for SD latents, 3 for pixels).
+    pub fn channels(&self) -> usize {
+        self.unet_config.in_channels
+    }
+
+    /// Side of what the UNet denoises (the UNet's `sample_size`).
+    pub fn sample_size(&self) -> usize {
+        self.unet_config
+            .sample_size
+            .expect("checked when the prior was built")
+    }
+
+    /// Whether this is a latent prior (it has a VAE).
+    pub fn is_latent(&self) -> bool {
+        self.encoder.is_latent()
+    }
+
+    /// The noise schedule.
+    pub fn scheduler(&self) -> &DDIMScheduler {
+        &self.scheduler
+    }
+
+    /// `alphas_cumprod[t]`.
+    pub fn alpha_prod(&self, t: usize) -> Result<f32, SchedulerError> {
+        self.scheduler.alpha_prod(t)
+    }
+
+    /// Training timesteps `T` (1000 for SD).
+    pub fn num_train_timesteps(&self) -> usize {
+        self.scheduler.config.num_train_timesteps
+    }
+
+    /// The UNet.
+    pub fn unet(&self) -> &UNet2DConditionModel<B> {
+        &self.unet
+    }
+
+    /// The UNet's config.
+    pub fn unet_config(&self) -> &UNet2DConditionModelConfig {
+        &self.unet_config
+    }
+
+    /// The VAE of a latent prior.
+    pub fn vae(&self) -> Option<&AutoencoderKL<B>> {
+        self.encoder.vae.as_ref()
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &CLIPTokenizer {
+        &self.tokenizer
+    }
+
+    /// The UNet conditioning of one prompt (`""` is CFG's unconditional prompt).
+    ///
+    /// # Shapes
+    /// - output: `[1, seq, hidden]`
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor<B, 3>, LoadError> {
+        self.encode_prompts(&[prompt])
+    }
+
+    /// The UNet conditioning of several prompts in one text-encoder pass.
+    ///
+    /// # Shapes
+    /// - output: `[prompts, seq, hidden]`
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor<B, 3>, LoadError> {
+        let device = self.device();
+        let ids = self.tokenizer.input_ids::<B>(prompts, &device)?;
+        Ok(self.text_encoder.prompt_embeds(ids, self.clip_skip))
+    }
+
+    /// The device the prior's weights live on.
+    pub fn device(&self) -> B::Device {
+        self.unet.conv_in.weight.device()
+    }
+
+    /// See [`ImageEncoder::encode`]: resize, map to `[-1, 1]`, VAE posterior sample (drawn
+    /// from `rng`) times `scaling_factor`.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, H, W]` in `[0, 1]` -> `[batch, channels, sample_size, sample_size]`
+    pub fn encode_images(&self, images: Tensor<B, 4>, rng: &mut impl Rng) -> Tensor<B, 4> {
+        self.encoder.encode(images, rng)
+    }
+
+    /// The image encoder on this backend.
+    pub fn image_encoder(&self) -> &ImageEncoder<B> {
+        &self.encoder
+    }
+
+    /// The image encoder on an autodiff backend whose inner backend is this prior's, sharing
+    /// the VAE's weights (no copy) with gradients off for them: SDS differentiates through the
+    /// encoder into the images only.
+    pub fn autodiff_image_encoder<AD: AutodiffBackend<InnerBackend = B>>(
+        &self,
+    ) -> ImageEncoder<AD> {
+        ImageEncoder {
+            vae: self
+                .encoder
+                .vae
+                .as_ref()
+                .map(|vae| AutoencoderKL::<AD>::from_inner(vae.clone()).no_grad()),
+            resolution: self.encoder.resolution,
+        }
+    }
+
+    /// Images in `[0, 1]` for UNet-space samples: VAE decode of `z / scaling_factor` for a
+    /// latent prior, `(z + 1) / 2` for a pixel prior, clamped to `[0, 1]`.
+    ///
+    /// # Shapes
+    /// - z: `[batch, channels, h, w]` -> `[batch, 3, H, W]`
+    pub fn decode(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = match &self.encoder.vae {
+            Some(vae) => vae.decode(vae.unscale_latents(z)),
+            None => z,
+        };
+        (x * 0.5 + 0.5).clamp(0.0, 1.0)
+    }
+
+    /// Classifier-free-guided noise prediction `eps_uncond + s (eps_cond - eps_uncond)` at
+    /// timestep `t`, in one UNet pass over the doubled batch. v- and x0-predicting models are
+    /// converted to epsilon (the conversion is linear, so guiding before or after it is the
+    /// same).
+    ///
+    /// # Shapes
+    /// - x_t: `[n, channels, h, w]`
+    /// - cond, uncond: `[n, seq, hidden]` or `[1, seq, hidden]` (broadcast)
+    /// - output: `[n, channels, h, w]`
+    pub fn predict_noise_cfg(
+        &self,
+        x_t: Tensor<B, 4>,
+        t: usize,
+        cond: Tensor<B, 3>,
+        uncond: Tensor<B, 3>,
+        guidance_scale: f32,
+    ) -> Result<Tensor<B, 4>, SchedulerError> {
+        let n = x_t.dims()[0];
+        // Fails early on a timestep outside the schedule.
+        self.scheduler.alpha_prod(t)?;
+        let broadcast = |e: Tensor<B, 3>| match e.dims()[0] {
+            m if m == n => e,
+            1 => e.repeat_dim(0, n),
+            m => panic!("{m} text embeddings for a batch of {n} samples"),
+        };
+        // [2n, ...]: unconditional first, then conditional.
+        let sample = Tensor::cat(vec![x_t.clone(), x_t.clone()], 0);
+        let context = Tensor::cat(vec![broadcast(uncond), broadcast(cond)], 0);
+        let out = self.unet.forward_timestep(sample, t as f32, context);
+        let uncond_out = out.clone().narrow(0, 0, n);
+        let cond_out = out.narrow(0, n, n);
+        let guided = uncond_out.clone() + (cond_out - uncond_out) * guidance_scale;
+        self.scheduler.pred_epsilon(guided, x_t, &[t])
+    }
+
+    /// [`predict_noise_cfg`](Self::predict_noise_cfg) in passes of at most `max_batch`
+    /// samples (UNet batches of `2 * max_batch`), to bound memory.
+    ///
+    /// # Shapes
+    /// As [`predict_noise_cfg`](Self::predict_noise_cfg).
+    pub fn predict_noise_cfg_chunked(
+        &self,
+        x_t: Tensor<B, 4>,
+        t: usize,
+        cond: Tensor<B, 3>,
+        uncond: Tensor<B, 3>,
+        guidance_scale: f32,
+        max_batch: usize,
+    ) -> Result<Tensor<B, 4>, SchedulerError> {
+        let n = x_t.dims()[0];
+        let max_batch = max_batch.max(1);
+        if n <= max_batch {
+            return self.predict_noise_cfg(x_t, t, cond, uncond, guidance_scale);
+        }
+        let per_sample = cond.dims()[0] == n;
+        let mut out = Vec::with_capacity(n.div_ceil(max_batch));
+        for start in (0..n).step_by(max_batch) {
+            let len = max_batch.min(n - start);
+            let cond = if per_sample {
+                cond.clone().narrow(0, start, len)
+            } else {
+                cond.clone()
+            };
+            out.push(self.predict_noise_cfg(
+                x_t.clone().narrow(0, start, len),
+                t,
+                cond,
+                uncond.clone(),
+                guidance_scale,
+            )?);
+        }
+        Ok(Tensor::cat(out, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::Distribution;
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn resize_matches_burns_bilinear() {
+        let device = Default::default();
+        let x = Tensor::<B, 4>::random([2, 3, 12, 9], Distribution::Default, &device);
+        for size in [[8, 8], [32, 20], [12, 9], [5, 17]] {
+            let ours = resize_bilinear(x.clone(), size);
+            let options = InterpolateOptions {
+                mode: InterpolateMode::Bilinear,
+                align_corners: false,
+            };
+            let burns = interpolate(x.clone(), size, options);
+            let err: f32 = (ours - burns).abs().max().into_scalar();
+            assert!(err < 1e-5, "{size:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn resize_weights_are_torchs() {
+        // torch: F.interpolate(torch.arange(4.)[None, None, None], size=(1, 2), mode="bilinear")
+        // = [0.5, 2.5]; upsampling 2 -> 4 gives [0, 0.25, 0.75, 1] of the second sample.
+        assert_eq!(
+            bilinear_weights(2, 4),
+            [0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]
+        );
+        assert_eq!(
+            bilinear_weights(4, 2),
+            [1.0, 0.0, 0.75, 0.25, 0.25, 0.75, 0.0, 1.0]
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The judge's measurements: caption retrieval (which of all the world's captions an image
+//! matches best) and CLIP score, with a CLIP that was never used as a reward.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::captions::Composition;
+use crate::models::clip::{CLIPModel, l2_normalize};
+use crate::models::reward::clip_preprocess;
+use crate::models::tokenizer::CLIPTokenizer;
+use crate::weights::LoadError;
+
+/// Retrieval results over a set of images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieval {
+    /// Images scored.
+    pub images: usize,
+    /// Share whose best caption is the right composition ("a and b" = "b and a").
+    pub top1: f32,
+    /// Share with the right composition among the 5 best captions.
+    pub top5: f32,
+    /// Chance level of `top1`: one over the number of distinct compositions.
+    pub chance: f32,
+    /// Mean judge CLIP score (100 x cosine) against the image's own caption.
+    pub clip_score: f32,
+}
+
+/// A CLIP used only to evaluate, with every caption of the world embedded once.
+#[derive(Debug)]
+pub struct Judge<B: Backend> {
+    model: CLIPModel<B>,
+    compositions: Vec<Composition>,
+    /// `[captions, d]`, L2-normalised.
+    caption_embeds: Tensor<B, 2>,
+}
+
+impl<B: Backend> Judge<B> {
+    /// Embed every caption of [`Composition::all`] with `model`.
+    pub fn new(
+        model: CLIPModel<B>,
+        tokenizer: &CLIPTokenizer,
+        device: &B::Device,
+    ) -> Result<Self, LoadError> {
+        let compositions = Composition::all();
+        let mut chunks = Vec::new();
+        for chunk in compositions.chunks(512) {
+            let captions: Vec<String> = chunk.iter().map(Composition::caption).collect();
+            let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+            let ids = tokenizer.input_ids::<B>(&refs, device)?;
+            chunks.push(l2_normalize(model.get_text_features(ids)));
+        }
+        Ok(Self {
+            model,
+            compositions,
+            caption_embeds: Tensor::cat(chunks, 0),
+        })
+    }
+
+    /// L2-normalised image embeddings, `[n, d]`, of images in `[0, 1]`.
+    pub fn image_embeds(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let size = self.model.vision_model.image_size();
+        let pixels = clip_preprocess(images, size).expect("images are [n, 3, h, w]");
+        l2_normalize(self.model.get_image_features(pixels))
+    }
+
+    /// Judge CLIP score (100 x cosine) of each image against `prompt`.
+    pub fn clip_scores(&self, images: Tensor<B, 4>, composition: &Composition) -> Vec<f32> {
+        let i = self.index(composition);
+        let text = self.caption_embeds.clone().slice(i..i + 1);
+        let scores = self.image_embeds(images).matmul(text.transpose()) * 100.0;
+        scores.into_data().to_vec::<f32>().expect("f32 scores")
+    }
+
+    fn index(&self, composition: &Composition) -> usize {
+        self.compositions
+            .iter()
+            .position(|c| c == composition)
+            .expect("every composition is listed")
+    }
+
+    /// Retrieval of `targets[i]` from image `i` among all captions.
+    pub fn retrieval(&self, images: Tensor<B, 4>, targets: &[Composition]) -> Retrieval {
+        let n = targets.len();
+        let embeds = self.image_embeds(images);
+        // [n, captions]
+        let sims = embeds.matmul(self.caption_embeds.clone().transpose());
+        let captions = self.compositions.len();
+        let values = sims.into_data().to_vec::<f32>().expect("f32 similarities");
+        let (mut top1, mut top5, mut score) = (0usize, 0usize, 0.0f32);
+        for (i, target) in targets.iter().enumerate() {
+            let row = &values[i * captions..(i + 1) * captions];
+            let mut order: Vec<usize> = (0..captions).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let right = |&j: &usize| self.compositions[j].canonical() == target.canonical();
+            top1 += usize::from(right(&order[0]));
+            // Five distinct compositions (a pair's two orders count once).
+            let mut distinct: Vec<Composition> = Vec::new();
+            for &j in &order {
+                let c = self.compositions[j].canonical();
+                if !distinct.contains(&c) {
+                    distinct.push(c);
+                }
+                if distinct.len() == 5 {
+                    break;
+                }
+            }
+            top5 += usize::from(distinct.contains(&target.canonical()));
+            score += 100.0 * row[self.index(target)];
+        }
+        let distinct: std::collections::HashSet<Composition> =
+            self.compositions.iter().map(Composition::canonical).collect();
+        Retrieval {
+            images: n,
+            top1: top1 as f32 / n.max(1) as f32,
+            top5: top5 as f32 / n.max(1) as f32,
+            chance: 1.0 / distinct.len() as f32,
+            clip_score: score / n.max(1) as f32,
+        }
+    }
+
+    /// The wrapped model.
+    pub fn model(&self) -> &CLIPModel<B> {
+        &self.model
+    }
+}
+

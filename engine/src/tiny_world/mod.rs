@@ -1,0 +1,21 @@
+//! Tiny World: the built-in offline prior (see `TINY_WORLD.md` in the design notes).
+//!
+//! A procedural world of coloured primitives ([`captions`], [`dataset`]), a word-level
+//! tokenizer ([`vocab`]), the real model architectures in tiny configurations ([`models`]),
+//! their training ([`train`]), sampling ([`sample`]), the judge's evaluation ([`evaluate`]) and
+//! the shipped folder layout ([`folder`]), which the same loaders as Stable Diffusion and CLIP
+//! read.
+
+pub mod captions;
+pub mod dataset;
+pub mod evaluate;
+pub mod folder;
+pub mod models;
+pub mod recipe;
+pub mod sample;
+pub mod train;
+pub mod vocab;
+
+pub use captions::{Composition, Item, Split};
+pub use dataset::{Dataset, IMAGE_SIZE};
+pub use models::ModelScale;

@@ -1,0 +1,432 @@
+//! Training the Tiny World models: the CLIP pairs contrastively (CLIP's symmetric InfoNCE with
+//! hard-negative siblings in every batch), then the pixel-space UNet on the frozen text
+//! tower's hidden states with the epsilon objective and caption dropout for classifier-free
+//! guidance.
+//!
+//! A plain loop over burn's AdamW rather than burn-train's `Learner`: each step's batch is
+//! rendered data plus a frozen model's output, and progress goes to our own log, which is all
+//! a learner would add here.
+
+use std::f64::consts::PI;
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::captions::{Composition, Item};
+use super::dataset::Dataset;
+use crate::guidance::prompts::{ViewAngles, ViewDirection, ViewThresholds};
+use crate::models::clip::{CLIPConfig, CLIPModel, l2_normalize};
+use crate::models::clip_text::CLIPTextModel;
+use crate::models::reward::clip_preprocess;
+use crate::models::schedulers::DDIMScheduler;
+use crate::models::tokenizer::CLIPTokenizer;
+use crate::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use crate::procedural::{Color, Shape};
+use crate::weights::LoadError;
+
+/// One training phase's schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseConfig {
+    /// Most optimiser steps.
+    pub steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW), reached after `warmup_steps`, cosine-decayed to a tenth.
+    pub learning_rate: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Wall-clock budget: steps 10 to 30 are timed and the step count is cut to what fits,
+    /// so the cosine schedule still ends at the last step.
+    pub max_seconds: f64,
+}
+
+/// One logged step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// `reward`, `judge` or `unet`.
+    pub phase: String,
+    /// Step index.
+    pub step: usize,
+    /// Planned steps.
+    pub steps: usize,
+    /// Training loss.
+    pub loss: f32,
+    /// Learning rate used.
+    pub learning_rate: f64,
+    /// Seconds since the phase started.
+    pub seconds: f64,
+}
+
+/// Failures of training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The tokenizer failed on a caption.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The loss became NaN or infinite.
+    #[error("{phase}: loss is {loss} at step {step}; lower the learning rate")]
+    Diverged {
+        /// The phase.
+        phase: String,
+        /// The step.
+        step: usize,
+        /// The loss value.
+        loss: f32,
+    },
+    /// A phase was given nothing to train on.
+    #[error("{phase}: {reason}")]
+    BadConfig {
+        /// The phase.
+        phase: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Warm-up then cosine decay to 10% of the peak; the total is fixed after a few timed steps.
+struct Schedule {
+    peak: f64,
+    warmup: usize,
+    total: usize,
+    max_seconds: f64,
+    /// Seconds at step 10 (the first steps include kernel compilation and autotuning).
+    at_step_10: f64,
+}
+
+impl Schedule {
+    fn new(phase: &PhaseConfig) -> Self {
+        Self {
+            peak: phase.learning_rate,
+            warmup: phase.warmup_steps.max(1),
+            total: phase.steps,
+            max_seconds: phase.max_seconds,
+            at_step_10: 0.0,
+        }
+    }
+
+    fn learning_rate(&self, step: usize) -> f64 {
+        let warm = ((step + 1) as f64 / self.warmup as f64).min(1.0);
+        let progress = step as f64 / self.total.max(1) as f64;
+        self.peak * warm * (0.1 + 0.45 * (1.0 + (PI * progress).cos()))
+    }
+
+    /// Time steps 10 to 30 (past the warm-up of kernel compilation and autotuning), then cut
+    /// the total to what fits the time budget.
+    fn fit_budget(&mut self, step: usize, elapsed: f64) {
+        if step == 10 {
+            self.at_step_10 = elapsed;
+        } else if step == 30 && elapsed > self.at_step_10 {
+            let per_step = (elapsed - self.at_step_10) / 20.0;
+            let fits = 30 + ((self.max_seconds - elapsed).max(0.0) / per_step) as usize;
+            self.total = self.total.min(fits.max(31));
+        }
+    }
+}
+
+fn check(phase: &str, step: usize, loss: f32) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::Diverged {
+            phase: phase.into(),
+            step,
+            loss,
+        })
+    }
+}
+
+/// A caption that differs from `c` in one attribute (a colour, a shape, or the stacking
+/// order): the hard negative CLIP must learn to tell apart.
+pub fn sibling(c: &Composition, rng: &mut impl Rng) -> Composition {
+    let change = |item: Item, rng: &mut dyn rand::RngCore| {
+        if rng.random::<bool>() {
+            Item {
+                color: *Color::ALL.choose(rng).expect("non-empty"),
+                ..item
+            }
+        } else {
+            Item {
+                shape: *Shape::ALL.choose(rng).expect("non-empty"),
+                ..item
+            }
+        }
+    };
+    match *c {
+        Composition::Single(a) => Composition::Single(change(a, rng)),
+        Composition::And(a, b) | Composition::OnTopOf(a, b) => {
+            let swap_colors = (
+                Item { color: b.color, ..a },
+                Item { color: a.color, ..b },
+            );
+            let (a2, b2) = match rng.random_range(0..4) {
+                0 => swap_colors,
+                1 => (change(a, rng), b),
+                2 => (a, change(b, rng)),
+                _ => (b, a),
+            };
+            match c {
+                Composition::And(..) => Composition::And(a2, b2),
+                _ => Composition::OnTopOf(a2, b2),
+            }
+        }
+    }
+}
+
+/// The token ids of `prompts` as a `[n, max_length]` tensor.
+fn ids<B: Backend>(
+    tokenizer: &CLIPTokenizer,
+    prompts: &[String],
+    device: &B::Device,
+) -> Result<Tensor<B, 2, Int>, LoadError> {
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    tokenizer.input_ids(&refs, device)
+}
+
+/// Train a CLIP pair on `data` (all its captions) with the symmetric contrastive loss. Each
+/// batch holds distinct captions, half of them next to a one-attribute sibling.
+pub fn train_clip<B: AutodiffBackend>(
+    name: &str,
+    config: &CLIPConfig,
+    data: &Dataset,
+    tokenizer: &CLIPTokenizer,
+    phase: &PhaseConfig,
+    seed: u64,
+    device: &B::Device,
+    log: &mut dyn FnMut(&LogEntry),
+) -> Result<CLIPModel<B::InnerBackend>, TrainError> {
+    let captions = data.compositions.len();
+    let per_caption = data.len() / captions.max(1);
+    if per_caption == 0 || phase.batch_size < 2 {
+        return Err(TrainError::BadConfig {
+            phase: name.into(),
+            reason: "needs images of every caption and a batch of at least 2".into(),
+        });
+    }
+    let batch = phase.batch_size.min(captions);
+    let index_of: std::collections::HashMap<Composition, usize> = data
+        .compositions
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, i))
+        .collect();
+    B::seed(device, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = config.init::<B>(device);
+    let mut optim = AdamWConfig::new()
+        .with_beta_2(0.98)
+        .with_epsilon(1e-6)
+        .with_weight_decay(0.1)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+    let mut schedule = Schedule::new(phase);
+    let start = Instant::now();
+    let eye = Tensor::<B, 2>::eye(batch, device);
+    let mut step = 0;
+    while step < schedule.total {
+        // Distinct captions, half of them followed by a hard-negative sibling.
+        let mut chosen: Vec<usize> = Vec::with_capacity(batch);
+        let mut seen = std::collections::HashSet::new();
+        while chosen.len() < batch {
+            let c = rng.random_range(0..captions);
+            if !seen.insert(c) {
+                continue;
+            }
+            chosen.push(c);
+            if chosen.len() < batch && rng.random::<bool>() {
+                let s = sibling(&data.compositions[c], &mut rng);
+                if let Some(&j) = index_of.get(&s)
+                    && seen.insert(j)
+                {
+                    chosen.push(j);
+                }
+            }
+        }
+        let images: Vec<usize> = chosen
+            .iter()
+            .map(|&c| c + captions * rng.random_range(0..per_caption))
+            .collect();
+        let prompts: Vec<String> = chosen.iter().map(|&c| data.compositions[c].caption()).collect();
+        let pixels = clip_preprocess(data.images::<B>(&images, device), config.vision_config.image_size)
+            .expect("dataset images are [n, 3, s, s]");
+        let text = l2_normalize(model.get_text_features(ids::<B>(tokenizer, &prompts, device)?));
+        let image = l2_normalize(model.get_image_features(pixels));
+        // CLIP clamps the learned temperature at 100.
+        let scale = model.logit_scale.val().clamp_max(100f32.ln()).exp().unsqueeze::<2>();
+        let logits = image.matmul(text.transpose()) * scale;
+        let ce = |l: Tensor<B, 2>| -(log_softmax(l, 1) * eye.clone()).sum() / batch as f32;
+        let loss = (ce(logits.clone()) + ce(logits.transpose())) * 0.5;
+        let lr = schedule.learning_rate(step);
+        let value: f32 = loss.clone().into_scalar().elem();
+        check(name, step, value)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+        step += 1;
+        schedule.fit_budget(step, start.elapsed().as_secs_f64());
+        log(&LogEntry {
+            phase: name.into(),
+            step,
+            steps: schedule.total,
+            loss: value,
+            learning_rate: lr,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(model.valid())
+}
+
+/// Settings of the UNet phase beyond the schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnetTraining {
+    /// The schedule.
+    pub phase: PhaseConfig,
+    /// Probability of training on the empty caption (classifier-free guidance), 0.1 as SD.
+    pub caption_dropout: f32,
+    /// Probability of appending the view suffix (", front view", ...) of the image's camera,
+    /// so that view-dependent prompting means something to the prior.
+    pub view_suffix_probability: f32,
+    /// Seconds between checkpoint callbacks.
+    pub checkpoint_seconds: f64,
+}
+
+/// Train the pixel-space UNet with the epsilon objective on the images of `data` whose
+/// caption `allowed[caption]` is true, conditioned on the frozen `text_encoder`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_unet<B: AutodiffBackend>(
+    config: &UNet2DConditionModelConfig,
+    text_encoder: &CLIPTextModel<B::InnerBackend>,
+    scheduler: &DDIMScheduler,
+    data: &Dataset,
+    allowed: &[bool],
+    tokenizer: &CLIPTokenizer,
+    settings: &UnetTraining,
+    seed: u64,
+    device: &B::Device,
+    log: &mut dyn FnMut(&LogEntry),
+    checkpoint: &mut dyn FnMut(&UNet2DConditionModel<B::InnerBackend>, usize),
+) -> Result<UNet2DConditionModel<B::InnerBackend>, TrainError> {
+    let images: Vec<usize> = (0..data.len()).filter(|&i| allowed[data.caption[i]]).collect();
+    if images.is_empty() {
+        return Err(TrainError::BadConfig {
+            phase: "unet".into(),
+            reason: "no training images".into(),
+        });
+    }
+    B::seed(device, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = config.init::<B>(device);
+    let mut optim = AdamWConfig::new()
+        .with_beta_2(0.999)
+        .with_weight_decay(0.01)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+    let phase = &settings.phase;
+    let mut schedule = Schedule::new(phase);
+    let timesteps = scheduler.config.num_train_timesteps;
+    let start = Instant::now();
+    let mut last_checkpoint = 0.0;
+    let mut step = 0;
+    while step < schedule.total {
+        let batch: Vec<usize> = (0..phase.batch_size)
+            .map(|_| images[rng.random_range(0..images.len())])
+            .collect();
+        let prompts: Vec<String> = batch
+            .iter()
+            .map(|&i| {
+                if rng.random::<f32>() < settings.caption_dropout {
+                    return String::new();
+                }
+                let caption = data.compositions[data.caption[i]].caption();
+                if rng.random::<f32>() < settings.view_suffix_probability {
+                    // The same rule the guidance applies to generation's cameras.
+                    let view = ViewAngles::new(data.azimuth_deg[i], data.elevation_deg[i]);
+                    ViewDirection::of(view, &ViewThresholds::default()).prompt(&caption)
+                } else {
+                    caption
+                }
+            })
+            .collect();
+        let inner = device.clone();
+        let context = text_encoder.prompt_embeds(ids(tokenizer, &prompts, &inner)?, 0);
+        let context = Tensor::<B, 3>::from_inner(context);
+        let t: Vec<usize> = batch.iter().map(|_| rng.random_range(0..timesteps)).collect();
+        let coef = |f: fn(f32) -> f32| {
+            let v: Vec<f32> = t.iter().map(|&t| f(scheduler.alphas_cumprod[t])).collect();
+            Tensor::<B, 4>::from_data(TensorData::new(v, [t.len(), 1, 1, 1]), device)
+        };
+        let x0 = data.images::<B>(&batch, device) * 2.0 - 1.0;
+        let noise = x0.random_like(Distribution::Normal(0.0, 1.0));
+        let x_t = x0 * coef(f32::sqrt) + noise.clone() * coef(|a| (1.0 - a).sqrt());
+        let t_float: Vec<f32> = t.iter().map(|&t| t as f32).collect();
+        let t_tensor = Tensor::<B, 1>::from_data(TensorData::new(t_float, [t.len()]), device);
+        let pred = model.forward(x_t, t_tensor, context);
+        let loss = (pred - noise).powi_scalar(2).mean();
+        let lr = schedule.learning_rate(step);
+        let value: f32 = loss.clone().into_scalar().elem();
+        check("unet", step, value)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+        step += 1;
+        let elapsed = start.elapsed().as_secs_f64();
+        schedule.fit_budget(step, elapsed);
+        log(&LogEntry {
+            phase: "unet".into(),
+            step,
+            steps: schedule.total,
+            loss: value,
+            learning_rate: lr,
+            seconds: elapsed,
+        });
+        if elapsed - last_checkpoint >= settings.checkpoint_seconds && step < schedule.total {
+            last_checkpoint = elapsed;
+            checkpoint(&model.valid(), step);
+        }
+    }
+    Ok(model.valid())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn siblings_differ_in_one_attribute_and_keep_the_relation() {
+        let mut rng = StdRng::seed_from_u64(0);
+        for c in Composition::all().iter().step_by(53) {
+            for _ in 0..8 {
+                let s = sibling(c, &mut rng);
+                assert_eq!(
+                    std::mem::discriminant(c),
+                    std::mem::discriminant(&s),
+                    "{c} -> {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn schedule_warms_up_decays_and_fits_the_budget() {
+        let mut s = Schedule::new(&PhaseConfig {
+            steps: 1000,
+            batch_size: 8,
+            learning_rate: 1.0,
+            warmup_steps: 10,
+            max_seconds: 10.0,
+        });
+        assert!((s.learning_rate(0) - 0.1).abs() < 1e-9);
+        assert!((s.learning_rate(9) - 1.0).abs() < 0.01);
+        assert!(s.learning_rate(999) < 0.11);
+        s.fit_budget(10, 5.0); // compilation: slow first steps
+        s.fit_budget(30, 7.0); // then 0.1 s per step: 30 more seconds fit 30 + 30 steps
+        assert_eq!(s.total, 60);
+    }
+}

@@ -1,0 +1,124 @@
+//! Tiny World: the recipe runs end to end at test size and writes folders the SD/CLIP loaders
+//! read exactly; the shipped weights load through their presets.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{DType, Tensor};
+use rewardsds_engine::models::clip::CLIPModel;
+use rewardsds_engine::models::clip_text::CLIPTextModel;
+use rewardsds_engine::models::reward::{ClipScore, RewardModel};
+use rewardsds_engine::models::tokenizer::CLIPTokenizer;
+use rewardsds_engine::models::unet_2d::UNet2DConditionModelConfig;
+use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
+use rewardsds_engine::tiny_world::{IMAGE_SIZE, ModelScale};
+use rewardsds_engine::weights::{resolve_model, save_safetensors, weight_files};
+
+type B = NdArray;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rewardsds-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+#[test]
+fn saved_clip_reloads_exactly_in_f32() {
+    let device = Default::default();
+    let config = ModelScale::Test.reward_clip();
+    let model = config.init::<B>(&device);
+    let dir = temp_dir("clip-save");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    save_safetensors(&model, &dir.join("model.safetensors"), DType::F32, HashMap::new()).unwrap();
+    let (loaded, report) = CLIPModel::<B>::from_folder(&dir, &device).unwrap();
+    assert!(report.is_exact(), "{report:?}");
+    let pixels = Tensor::<B, 4>::ones([2, 3, 32, 32], &device) * 0.3;
+    let a = model.get_image_features(pixels.clone()).into_data();
+    let b = loaded.get_image_features(pixels).into_data();
+    a.assert_eq(&b, true);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn recipe_runs_end_to_end_and_its_folders_load() {
+    let device = Default::default();
+    let out = temp_dir("tiny-world-recipe");
+    let mut steps = 0;
+    let report = run_recipe::<Autodiff<B>>(
+        &RecipeConfig::test(),
+        Phases::all(),
+        &out,
+        2,
+        &device,
+        &mut |e| {
+            if matches!(e, rewardsds_engine::tiny_world::recipe::RecipeEvent::Step(_)) {
+                steps += 1;
+            }
+        },
+    )
+    .unwrap()
+    .expect("eval ran");
+    assert_eq!(steps, 3 + 3 + 2, "the test preset's steps of the 3 phases");
+    assert_eq!(report.samples_held_out.images, 2);
+    assert!(report.renders_seen.chance > 0.0 && report.renders_seen.chance < 1e-3);
+
+    // Every folder loads through the same loaders as SD and CLIP, with no key left over.
+    let (_, r) = CLIPTextModel::<B>::from_folder(&out.join("text_encoder"), &device).unwrap();
+    assert!(r.is_exact(), "{r:?}");
+    for clip in ["reward", "judge"] {
+        let (_, r) = CLIPModel::<B>::from_folder(&out.join(clip), &device).unwrap();
+        assert!(r.is_exact(), "{clip}: {r:?}");
+    }
+    let config = UNet2DConditionModelConfig::from_file(out.join("unet/config.json")).unwrap();
+    assert_eq!(config, ModelScale::Test.unet());
+    let (_, r) = config
+        .init::<B>(&device)
+        .load_weights(&weight_files(&out.join("unet")).unwrap(), &device)
+        .unwrap();
+    assert!(r.is_exact(), "{r:?}");
+    let tokenizer = CLIPTokenizer::from_folder(&out.join("tokenizer")).unwrap();
+    assert_eq!(tokenizer.max_length(), 16);
+    assert!(out.join("samples.png").is_file());
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn shipped_models_load_through_their_presets() {
+    let device = Default::default();
+    let root = resolve_model("tiny-world").expect("assets/models/tiny-world is shipped");
+    let (_, r) = CLIPTextModel::<B>::from_folder(&root.join("text_encoder"), &device).unwrap();
+    assert!(r.is_exact(), "{r:?}");
+    let config = UNet2DConditionModelConfig::from_file(root.join("unet/config.json")).unwrap();
+    let (_, r) = config
+        .init::<B>(&device)
+        .load_weights(&weight_files(&root.join("unet")).unwrap(), &device)
+        .unwrap();
+    assert!(r.is_exact(), "{r:?}");
+    for preset in ["tiny-world-reward", "tiny-world-judge"] {
+        let dir = resolve_model(preset).unwrap();
+        let (score, r) = ClipScore::<B>::from_folder(&dir, &device).unwrap();
+        assert!(r.is_exact(), "{preset}: {r:?}");
+        let s = IMAGE_SIZE as usize;
+        let images = Tensor::<B, 4>::ones([1, 3, s, s], &device) * 0.9;
+        let v = score.score(images, "a red cube").unwrap().into_data().to_vec::<f32>().unwrap();
+        assert!(v[0].is_finite());
+    }
+    // Under the 40 MB the design allows for the whole folder.
+    let total: u64 = walk(&root).iter().map(|p| p.metadata().unwrap().len()).sum();
+    assert!(total < 40_000_000, "{total} bytes");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -1,0 +1,195 @@
+//! Prompt -> 3D asset (.glb), headless: the project's main command.
+//!
+//! `cargo run --release --example generate -- --prompt "a red cube and a blue sphere"`
+//! runs on the CPU with the built-in Tiny World prior; `--preset quality --backend cuda
+//! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use rewardsds::engine::burn::tensor::Tensor;
+use rewardsds::engine::generate::{GenerateConfig, GenerateEvent, Generator, Progress, slug};
+use rewardsds::engine::models::clip::CLIPModel;
+use rewardsds::engine::models::tokenizer::CLIPTokenizer;
+use rewardsds::engine::rgb_image::RgbImage;
+use rewardsds::engine::tiny_world::Composition;
+use rewardsds::engine::tiny_world::evaluate::Judge;
+use rewardsds::engine::weights::resolve_model;
+
+/// Command-line options; each overrides the preset or config file.
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Generate a 3D asset (.glb) from a text prompt with SDS / RewardSDS")]
+struct Args {
+    /// What to make.
+    #[arg(long, default_value = "a red cube and a blue sphere")]
+    prompt: String,
+    /// Preset: fast, quality; add -sds for plain SDS (fast-sds).
+    #[arg(long, default_value = "fast")]
+    preset: String,
+    /// A TOML config (a saved `config.toml`), instead of the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Diffusion prior: preset, folder or repo id.
+    #[arg(long)]
+    prior: Option<String>,
+    /// Reward model for RewardSDS: preset, folder or repo id.
+    #[arg(long)]
+    reward: Option<String>,
+    /// Optimisation steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Backend: cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Output folder (default `out/generate/<slug>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+struct Generate {
+    config: GenerateConfig,
+    out: PathBuf,
+}
+
+impl BackendTask for Generate {
+    type Output = Result<()>;
+
+    fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let Generate { config, out } = self;
+        let start = Instant::now();
+        let mut generator = Generator::<B>::load(config.clone(), &device)
+            .context("loading the prior and reward")?;
+        println!("loaded {} in {:.1}s", config.prior, start.elapsed().as_secs_f64());
+        let bar = ProgressBar::new(config.steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
+                .expect("a valid template"),
+        );
+        let mut log: Vec<Progress> = Vec::new();
+        let cancel = AtomicBool::new(false);
+        let mut snapshot_error = None;
+        generator.run(&cancel, &mut |event| match event {
+            GenerateEvent::Progress(p) => {
+                let reward = p
+                    .reward_stats()
+                    .map(|(lo, mean, hi)| format!(" reward {lo:.1}/{mean:.1}/{hi:.1}"))
+                    .unwrap_or_default();
+                bar.set_message(format!("loss {:.4} t {:>3}{reward}", p.loss, p.t));
+                bar.inc(1);
+                log.push(p);
+            }
+            GenerateEvent::Snapshot { preview, .. } => {
+                if let Err(e) = preview.save_png(out.join("preview.png")) {
+                    snapshot_error = Some(e);
+                }
+            }
+        })?;
+        bar.finish();
+        if let Some(e) = snapshot_error {
+            eprintln!("warning: could not save the preview: {e}");
+        }
+        let optimise = start.elapsed().as_secs_f64();
+
+        let glb = out.join(format!("{}.glb", slug(&config.prompt)));
+        let (export, mesh) = generator.export_glb(&glb).context("exporting the mesh")?;
+        println!(
+            "wrote {} ({} triangles, {} KiB; iso-level {:.2}, extraction {:.1}s)",
+            glb.display(),
+            export.triangles,
+            export.bytes / 1024,
+            mesh.iso_level,
+            {
+                let t = &mesh.timings;
+                (t.sample + t.extract + t.cleanup + t.simplify + t.color).as_secs_f64()
+            }
+        );
+        let views = generator.turntable(8, config.render_size)?;
+        RgbImage::hstack(&views)
+            .save_png(out.join("turntable.png"))
+            .context("saving the turntable")?;
+        std::fs::write(out.join("progress.json"), serde_json::to_string(&log)?)?;
+        if config.prior == "tiny-world" {
+            judge_views::<B::InnerBackend>(&config.prompt, &views, &device)?;
+        }
+        println!(
+            "done in {:.1}s ({:.2}s per step)",
+            start.elapsed().as_secs_f64(),
+            optimise / config.steps.max(1) as f64
+        );
+        Ok(())
+    }
+}
+
+/// The Tiny World judge's view of the result: which caption each of the 8 renders matches.
+fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
+    prompt: &str,
+    views: &[RgbImage],
+    device: &B::Device,
+) -> Result<()> {
+    let Some(target) = Composition::parse(prompt) else {
+        println!("judge: the prompt is not a Tiny World caption; skipped");
+        return Ok(());
+    };
+    let dir = resolve_model("tiny-world-judge")?;
+    let (clip, _) = CLIPModel::<B>::from_folder(&dir, device)?;
+    let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&dir)?, device)?;
+    let images: Tensor<B, 4> = RgbImage::to_tensor(views, device);
+    let targets = vec![target; views.len()];
+    let r = judge.retrieval(images, &targets);
+    println!(
+        "judge: {:.0}% of {} views retrieve the prompt among all captions (top-5 {:.0}%), judge CLIP score {:.1}",
+        100.0 * r.top1,
+        r.images,
+        100.0 * r.top5,
+        r.clip_score
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut c: GenerateConfig = toml::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            if c.prompt.is_empty() {
+                c.prompt = args.prompt.clone();
+            }
+            c
+        }
+        None => GenerateConfig::preset(&args.preset)?,
+    };
+    if args.config.is_none() {
+        config.prompt = args.prompt.clone();
+    }
+    if let Some(prior) = args.prior {
+        config.prior = prior;
+    }
+    if let Some(reward) = args.reward {
+        config.reward = Some(reward);
+    }
+    if let Some(steps) = args.steps {
+        config.steps = steps;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    config.validate()?;
+    let kind: BackendKind = args.backend.parse().context("--backend")?;
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("out/generate").join(slug(&config.prompt)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("config.toml"), config.to_toml())?;
+    run_on(kind, Generate { config, out })?
+}
