@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::ElementConversion;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,8 @@ use crate::rgb_image::RgbImage;
 use crate::scene::camera::{Camera, CameraError, CameraSampler, evaluation_orbit};
 use crate::scene::nerf::Nerf;
 use crate::weights::{LoadError, resolve_model};
+
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why a generation could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -177,8 +179,16 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         device: &B::Device,
     ) -> Result<Self, GenerateError> {
         config.validate()?;
-        B::seed(device, config.seed);
-        let nerf = config.nerf.init::<B>(device);
+        // The backend's generator is process-wide: seed and draw under one lock, so generators
+        // started together stay deterministic (random draws elsewhere can still interleave).
+        let nerf = {
+            let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            B::seed(device, config.seed);
+            let nerf = config.nerf.init::<B>(device);
+            // Parameters are lazy: draw their values now, under the lock.
+            nerf.visit(&mut crate::guidance::prior::Materialize);
+            nerf
+        };
         let optimizer = config.optimizer.init::<B, Nerf<B>>();
         let cameras = CameraSampler::new(config.camera.clone(), config.seed)?;
         Ok(Self {

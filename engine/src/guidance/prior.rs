@@ -171,7 +171,7 @@ pub struct DiffusionPrior<B: Backend> {
 /// Fetches every lazily initialised parameter now: clones of a lazy parameter initialise
 /// independently (different random values), and the guidance clones the VAE onto the autodiff
 /// backend.
-struct Materialize;
+pub(crate) struct Materialize;
 
 impl<B: Backend> ModuleVisitor<B> for Materialize {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

@@ -1,0 +1,197 @@
+//! SDS vs RewardSDS on the Tiny World prior, scored by the judge (a CLIP never used as reward).
+//!
+//! `cargo run --release --example benchmark -- --steps 200 --prompts 4 --seeds 2`
+//! prints a Markdown table (and writes it with `--out`): per method, the judge's R-precision
+//! (top-1 caption retrieval among all 3160 captions) over 8 views, mean judge CLIP score, wins
+//! per prompt and time per asset; RewardSDS at equal steps, SDS also at equal wall-clock.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use rewardsds::engine::generate::{GenerateConfig, Generator, load_guidance};
+use rewardsds::engine::models::clip::CLIPModel;
+use rewardsds::engine::models::tokenizer::CLIPTokenizer;
+use rewardsds::engine::rgb_image::RgbImage;
+use rewardsds::engine::tiny_world::evaluate::Judge;
+use rewardsds::engine::tiny_world::{Composition, Split};
+use rewardsds::engine::weights::resolve_model;
+
+/// Command-line options.
+#[derive(Parser, Debug, Clone)]
+#[command(about = "SDS vs RewardSDS on Tiny World, judged by an independent CLIP")]
+struct Args {
+    /// Steps per asset (RewardSDS and the equal-steps SDS).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Prompts of each group (seen, held-out compositions).
+    #[arg(long, default_value_t = 2)]
+    prompts: usize,
+    /// Seeds per prompt.
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// RewardSDS sample counts to compare (min_max, k = 2).
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    n: Vec<usize>,
+    /// Backend: cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Write the table here too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One method's settings.
+#[derive(Clone)]
+struct Method {
+    name: String,
+    config: GenerateConfig,
+    /// Match the wall-clock of this method (by name) instead of its step count.
+    equal_time_to: Option<String>,
+}
+
+#[derive(Default, Clone)]
+struct Score {
+    runs: usize,
+    retrieved_views: usize,
+    views: usize,
+    clip_score: f32,
+    seconds: f64,
+    steps: usize,
+}
+
+struct Bench {
+    args: Args,
+}
+
+impl BackendTask for Bench {
+    type Output = Result<String>;
+
+    fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<String> {
+        let args = self.args;
+        let split = Split::new(0.1, 2503);
+        let pick = |group: &[Composition]| -> Vec<Composition> {
+            let pairs: Vec<Composition> = group.iter().copied().filter(|c| c.is_pair()).collect();
+            let step = (pairs.len() / args.prompts.max(1)).max(1);
+            pairs.into_iter().step_by(step).take(args.prompts).collect()
+        };
+        let prompts: Vec<(Composition, &str)> = pick(&split.train)
+            .into_iter()
+            .map(|c| (c, "seen"))
+            .chain(pick(&split.held_out).into_iter().map(|c| (c, "held-out")))
+            .collect();
+
+        let mut methods = vec![Method {
+            name: "SDS".into(),
+            config: GenerateConfig::preset("fast-sds")?,
+            equal_time_to: None,
+        }];
+        for &n in &args.n {
+            let mut config = GenerateConfig::preset("fast")?;
+            config.guidance.reward.as_mut().expect("fast uses rewards").n_samples = n;
+            methods.push(Method {
+                name: format!("RewardSDS N={n}"),
+                config,
+                equal_time_to: None,
+            });
+        }
+        if let Some(&n) = args.n.last() {
+            methods.push(Method {
+                name: format!("SDS, time of N={n}"),
+                config: GenerateConfig::preset("fast-sds")?,
+                equal_time_to: Some(format!("RewardSDS N={n}")),
+            });
+        }
+
+        let judge_dir = resolve_model("tiny-world-judge")?;
+        let (clip, _) = CLIPModel::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
+        let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&judge_dir)?, &device)?;
+        let mut scores: Vec<Score> = vec![Score::default(); methods.len()];
+        // Per prompt and seed: judge CLIP score of each method, for wins.
+        let mut per_run: Vec<Vec<f32>> = Vec::new();
+        for (composition, group) in &prompts {
+            for seed in 0..args.seeds {
+                let mut row = Vec::new();
+                for (m, method) in methods.iter().enumerate() {
+                    let mut config = method.config.clone();
+                    config.prompt = composition.caption();
+                    config.seed = seed;
+                    config.snapshot_every = 0;
+                    config.steps = args.steps;
+                    if let Some(other) = &method.equal_time_to {
+                        let o = methods.iter().position(|x| &x.name == other).expect("listed");
+                        let per_step_other = scores[o].seconds / scores[o].steps.max(1) as f64;
+                        let per_step_sds = scores[0].seconds / scores[0].steps.max(1) as f64;
+                        config.steps = ((args.steps as f64 * per_step_other / per_step_sds)
+                            .round() as usize)
+                            .max(1);
+                    }
+                    let guidance = load_guidance::<B>(&config, &device)?;
+                    let start = Instant::now();
+                    let mut generator = Generator::<B>::new(config.clone(), guidance, &device)?;
+                    generator.run(&AtomicBool::new(false), &mut |_| {})?;
+                    let seconds = start.elapsed().as_secs_f64();
+                    let views: Vec<RgbImage> = generator.turntable(8, config.render_size)?;
+                    let images = RgbImage::to_tensor::<B::InnerBackend>(&views, &device);
+                    let r = judge.retrieval(images, &vec![*composition; views.len()]);
+                    let s = &mut scores[m];
+                    s.runs += 1;
+                    s.views += views.len();
+                    s.retrieved_views += (r.top1 * views.len() as f32).round() as usize;
+                    s.clip_score += r.clip_score;
+                    s.seconds += seconds;
+                    s.steps += config.steps;
+                    row.push(r.clip_score);
+                    eprintln!(
+                        "{group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s",
+                        composition.caption(),
+                        method.name,
+                        r.top1,
+                        r.clip_score,
+                        seconds
+                    );
+                }
+                per_run.push(row);
+            }
+        }
+        let mut table = format!(
+            "| method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | s/asset |\n|---|---|---|---|---|---|\n"
+        );
+        for (m, method) in methods.iter().enumerate() {
+            let s = &scores[m];
+            let wins = per_run.iter().filter(|r| r[m] > r[0]).count();
+            table += &format!(
+                "| {} | {} | {:.1}% | {:.2} | {} | {:.1} |\n",
+                method.name,
+                s.steps / s.runs.max(1),
+                100.0 * s.retrieved_views as f32 / s.views.max(1) as f32,
+                s.clip_score / s.runs.max(1) as f32,
+                if m == 0 { "-".to_string() } else { format!("{wins}/{}", per_run.len()) },
+                s.seconds / s.runs.max(1) as f64
+            );
+        }
+        Ok(format!(
+            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds; chance R-precision {:.2}%.\n\n{table}",
+            prompts.len(),
+            args.prompts,
+            args.prompts,
+            args.seeds,
+            100.0 / 2380.0
+        ))
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let kind: BackendKind = args.backend.parse().context("--backend")?;
+    let out = args.out.clone();
+    let table = run_on(kind, Bench { args })??;
+    println!("{table}");
+    if let Some(path) = out {
+        std::fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
