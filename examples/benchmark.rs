@@ -91,7 +91,12 @@ impl BackendTask for Bench {
         }];
         for &n in &args.n {
             let mut config = GenerateConfig::preset("fast")?;
-            config.guidance.reward.as_mut().expect("fast uses rewards").n_samples = n;
+            config
+                .guidance
+                .reward
+                .as_mut()
+                .expect("fast uses rewards")
+                .n_samples = n;
             methods.push(Method {
                 name: format!("RewardSDS N={n}"),
                 config,
@@ -122,11 +127,14 @@ impl BackendTask for Bench {
                     config.snapshot_every = 0;
                     config.steps = args.steps;
                     if let Some(other) = &method.equal_time_to {
-                        let o = methods.iter().position(|x| &x.name == other).expect("listed");
+                        let o = methods
+                            .iter()
+                            .position(|x| &x.name == other)
+                            .expect("listed");
                         let per_step_other = scores[o].seconds / scores[o].steps.max(1) as f64;
                         let per_step_sds = scores[0].seconds / scores[0].steps.max(1) as f64;
-                        config.steps = ((args.steps as f64 * per_step_other / per_step_sds)
-                            .round() as usize)
+                        config.steps = ((args.steps as f64 * per_step_other / per_step_sds).round()
+                            as usize)
                             .max(1);
                     }
                     let guidance = load_guidance::<B>(&config, &device)?;
@@ -169,7 +177,11 @@ impl BackendTask for Bench {
                 s.steps / s.runs.max(1),
                 100.0 * s.retrieved_views as f32 / s.views.max(1) as f32,
                 s.clip_score / s.runs.max(1) as f32,
-                if m == 0 { "-".to_string() } else { format!("{wins}/{}", per_run.len()) },
+                if m == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{wins}/{}", per_run.len())
+                },
                 s.seconds / s.runs.max(1) as f64
             );
         }

@@ -67,7 +67,11 @@ impl BackendTask for Generate {
         let start = Instant::now();
         let mut generator = Generator::<B>::load(config.clone(), &device)
             .context("loading the prior and reward")?;
-        println!("loaded {} in {:.1}s", config.prior, start.elapsed().as_secs_f64());
+        println!(
+            "loaded {} in {:.1}s",
+            config.prior,
+            start.elapsed().as_secs_f64()
+        );
         let bar = ProgressBar::new(config.steps as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -160,8 +164,8 @@ fn main() -> Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let mut c: GenerateConfig = toml::from_str(&text)
-                .with_context(|| format!("parsing {}", path.display()))?;
+            let mut c: GenerateConfig =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
             if c.prompt.is_empty() {
                 c.prompt = args.prompt.clone();
             }

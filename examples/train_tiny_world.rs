@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::tiny_world::recipe::{
-    Phases, RecipeConfig, RecipeEvent, RecipeError, run_recipe,
+    Phases, RecipeConfig, RecipeError, RecipeEvent, run_recipe,
 };
 
 /// Command-line options.
@@ -88,8 +88,15 @@ impl BackendTask for Train {
             }
             std::io::stdout().flush().ok();
         };
-        run_recipe::<B>(&self.config, self.phases, &self.args.out, threads, &device, &mut on_event)
-            .map(|_| ())
+        run_recipe::<B>(
+            &self.config,
+            self.phases,
+            &self.args.out,
+            threads,
+            &device,
+            &mut on_event,
+        )
+        .map(|_| ())
     }
 }
 
@@ -104,11 +111,20 @@ fn main() -> Result<()> {
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
-    for phase in [&mut config.reward, &mut config.judge, &mut config.unet.phase] {
+    for phase in [
+        &mut config.reward,
+        &mut config.judge,
+        &mut config.unet.phase,
+    ] {
         phase.max_seconds *= args.time_scale;
     }
     let mut phases = Phases::default();
-    for name in args.phases.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for name in args
+        .phases
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         match name {
             "reward" => phases.reward = true,
             "judge" => phases.judge = true,
@@ -118,10 +134,18 @@ fn main() -> Result<()> {
         }
     }
     let kind: BackendKind = args.backend.parse().context("--backend")?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let config_path = args.out.join("training_config.json");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
-    run_on(kind, Train { config, phases, args })??;
+    run_on(
+        kind,
+        Train {
+            config,
+            phases,
+            args,
+        },
+    )??;
     Ok(())
 }

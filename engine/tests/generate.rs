@@ -66,7 +66,11 @@ fn short_generation_writes_a_valid_glb() {
     let mesh = gltf.meshes().next().unwrap();
     let primitive = mesh.primitives().next().unwrap();
     let bounds = primitive.bounding_box();
-    assert!(bounds.min[1].abs() < 1e-4, "lowest point on the ground: {:?}", bounds.min);
+    assert!(
+        bounds.min[1].abs() < 1e-4,
+        "lowest point on the ground: {:?}",
+        bounds.min
+    );
     assert!(primitive.get(&gltf::Semantic::Normals).is_some());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -30,8 +30,18 @@ fn saved_clip_reloads_exactly_in_f32() {
     let model = config.init::<B>(&device);
     let dir = temp_dir("clip-save");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
-    save_safetensors(&model, &dir.join("model.safetensors"), DType::F32, HashMap::new()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    save_safetensors(
+        &model,
+        &dir.join("model.safetensors"),
+        DType::F32,
+        HashMap::new(),
+    )
+    .unwrap();
     let (loaded, report) = CLIPModel::<B>::from_folder(&dir, &device).unwrap();
     assert!(report.is_exact(), "{report:?}");
     let pixels = Tensor::<B, 4>::ones([2, 3, 32, 32], &device) * 0.3;
@@ -53,7 +63,10 @@ fn recipe_runs_end_to_end_and_its_folders_load() {
         2,
         &device,
         &mut |e| {
-            if matches!(e, rewardsds_engine::tiny_world::recipe::RecipeEvent::Step(_)) {
+            if matches!(
+                e,
+                rewardsds_engine::tiny_world::recipe::RecipeEvent::Step(_)
+            ) {
                 steps += 1;
             }
         },
@@ -102,11 +115,19 @@ fn shipped_models_load_through_their_presets() {
         assert!(r.is_exact(), "{preset}: {r:?}");
         let s = IMAGE_SIZE as usize;
         let images = Tensor::<B, 4>::ones([1, 3, s, s], &device) * 0.9;
-        let v = score.score(images, "a red cube").unwrap().into_data().to_vec::<f32>().unwrap();
+        let v = score
+            .score(images, "a red cube")
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert!(v[0].is_finite());
     }
     // Under the 40 MB the design allows for the whole folder.
-    let total: u64 = walk(&root).iter().map(|p| p.metadata().unwrap().len()).sum();
+    let total: u64 = walk(&root)
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
     assert!(total < 40_000_000, "{total} bytes");
 }
 

@@ -176,13 +176,20 @@ impl GenerateConfig {
             ));
         }
         if self.renderer.num_samples_per_ray == 0 {
-            return Err(ConfigError::new("renderer.num_samples_per_ray", "must be at least 1"));
+            return Err(ConfigError::new(
+                "renderer.num_samples_per_ray",
+                "must be at least 1",
+            ));
         }
         if self.prior.trim().is_empty() {
             return Err(ConfigError::new("prior", "is empty"));
         }
         self.guidance.validate().map_err(|e| e.within("guidance"))?;
-        if self.guidance.reward.as_ref().is_some_and(|r| r.strategy.uses_rewards())
+        if self
+            .guidance
+            .reward
+            .as_ref()
+            .is_some_and(|r| r.strategy.uses_rewards())
             && self.reward.is_none()
         {
             return Err(ConfigError::new(
@@ -190,7 +197,9 @@ impl GenerateConfig {
                 "RewardSDS ranks samples by reward: name a reward model (e.g. tiny-world-reward)",
             ));
         }
-        self.nerf.validate().map_err(|e| ConfigError::new("nerf", e))?;
+        self.nerf
+            .validate()
+            .map_err(|e| ConfigError::new("nerf", e))?;
         self.learning_rates
             .validate()
             .map_err(|e| ConfigError::new("learning_rates", e))?;
@@ -245,10 +254,7 @@ mod tests {
             assert_eq!(back, config, "{name}");
             assert_eq!(config.guidance.reward.is_none(), name.ends_with("-sds"));
         }
-        assert_eq!(
-            GenerateConfig::preset("slow").unwrap_err().field,
-            "preset"
-        );
+        assert_eq!(GenerateConfig::preset("slow").unwrap_err().field, "preset");
     }
 
     #[test]

@@ -12,10 +12,10 @@ use super::config::GenerateConfig;
 use crate::backend::EngineAutodiffBackend;
 use crate::export::{ExportConfig, ExportError, ExportReport, write_glb};
 use crate::fit::render_views;
-use crate::mesh::{MeshError, MeshReport, NerfField, extract_mesh};
 use crate::guidance::{
     BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceError, ViewAngles,
 };
+use crate::mesh::{MeshError, MeshReport, NerfField, extract_mesh};
 use crate::models::reward::ClipScore;
 use crate::optim::GroupedOptimizer;
 use crate::render::{RenderOutput, VolumeRenderer};
@@ -85,7 +85,11 @@ impl Progress {
             return None;
         }
         let min = self.rewards.iter().copied().fold(f32::INFINITY, f32::min);
-        let max = self.rewards.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .rewards
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         let mean = self.rewards.iter().sum::<f32>() / self.rewards.len() as f32;
         Some((min, mean, max))
     }
@@ -143,7 +147,8 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
     device: &B::Device,
 ) -> Result<Guidance<B>, GenerateError> {
     config.validate()?;
-    let prior = DiffusionPrior::<B::InnerBackend>::from_folder(&resolve_model(&config.prior)?, device)?;
+    let prior =
+        DiffusionPrior::<B::InnerBackend>::from_folder(&resolve_model(&config.prior)?, device)?;
     let wants_reward = config
         .guidance
         .reward
@@ -151,7 +156,8 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
         .is_some_and(|r| r.strategy.uses_rewards());
     let reward: Option<BoxedReward<B>> = match (&config.reward, wants_reward) {
         (Some(spec), true) => {
-            let (score, _) = ClipScore::<B::InnerBackend>::from_folder(&resolve_model(spec)?, device)?;
+            let (score, _) =
+                ClipScore::<B::InnerBackend>::from_folder(&resolve_model(spec)?, device)?;
             Some(Box::new(score))
         }
         _ => None,
@@ -223,14 +229,19 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     pub fn step(&mut self) -> Result<Progress, GenerateError> {
         let start = Instant::now();
         let size = self.config.render_size;
-        let cameras: Vec<Camera> = self.cameras.sample(self.config.views_per_step, size, size)?;
+        let cameras: Vec<Camera> = self
+            .cameras
+            .sample(self.config.views_per_step, size, size)?;
         let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
         let rays = crate::scene::camera::Rays::of_cameras(&cameras);
         let out = self.renderer.render(&self.nerf, &rays, true, &self.device);
-        let images =
-            RenderOutput::images(out.rgb, cameras.len(), size as usize, size as usize);
+        let images = RenderOutput::images(out.rgb, cameras.len(), size as usize, size as usize);
         // One seed per step: the noises of step k do not depend on how the run was split.
-        let seed = self.config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(self.step as u64);
+        let seed = self
+            .config
+            .seed
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(self.step as u64);
         let guided = self.guidance.step(images, &views, self.step, seed)?;
         let loss: f32 = guided.loss.clone().into_scalar().elem();
         if !loss.is_finite() {
@@ -290,7 +301,12 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         let fov = 40.0f32;
         let distance = self.config.camera.camera_distance(0.9, fov);
         let cameras = evaluation_orbit(n, 15.0, distance, fov, size, size)?;
-        Ok(render_views(&self.nerf, &self.renderer, &cameras, &self.device))
+        Ok(render_views(
+            &self.nerf,
+            &self.renderer,
+            &cameras,
+            &self.device,
+        ))
     }
 
     /// The NeRF without autodiff (for mesh extraction).
@@ -300,7 +316,10 @@ impl<B: EngineAutodiffBackend> Generator<B> {
 
     /// Extract the surface and write it to `path` as a `.glb` (atomically), with the prompt,
     /// seed and steps in `asset.extras`.
-    pub fn export_glb(&self, path: &std::path::Path) -> Result<(ExportReport, MeshReport), GenerateError> {
+    pub fn export_glb(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<(ExportReport, MeshReport), GenerateError> {
         let field = NerfField::from_autodiff(&self.nerf).with_chunk(self.config.mesh.chunk);
         let bounds = field.bounds();
         let extracted = extract_mesh(&field, Some(&field), bounds, &self.config.mesh)?;
@@ -345,7 +364,10 @@ mod tests {
 
     #[test]
     fn slugs_are_safe_file_names() {
-        assert_eq!(slug("A red cube, and a Blue sphere!"), "a-red-cube-and-a-blue-sphere");
+        assert_eq!(
+            slug("A red cube, and a Blue sphere!"),
+            "a-red-cube-and-a-blue-sphere"
+        );
         assert_eq!(slug("../../etc/passwd"), "etc-passwd");
         assert_eq!(slug("  ..  "), "asset");
         assert_eq!(slug("ein grüner Würfel"), "ein-gr-ner-w-rfel");

@@ -30,8 +30,14 @@ impl Item {
     }
 
     fn index(self) -> usize {
-        let c = Color::ALL.iter().position(|&c| c == self.color).expect("known");
-        let s = Shape::ALL.iter().position(|&s| s == self.shape).expect("known");
+        let c = Color::ALL
+            .iter()
+            .position(|&c| c == self.color)
+            .expect("known");
+        let s = Shape::ALL
+            .iter()
+            .position(|&s| s == self.shape)
+            .expect("known");
         c * Shape::ALL.len() + s
     }
 }
@@ -114,14 +120,12 @@ impl Composition {
         };
         match words.len() {
             3 => item(&words).map(Composition::Single),
-            7 if words[3] == "and" => Some(Composition::And(
-                item(&words[..3])?,
-                item(&words[4..])?,
-            )),
-            9 if words[3..6] == ["on", "top", "of"] => Some(Composition::OnTopOf(
-                item(&words[..3])?,
-                item(&words[6..])?,
-            )),
+            7 if words[3] == "and" => {
+                Some(Composition::And(item(&words[..3])?, item(&words[4..])?))
+            }
+            9 if words[3..6] == ["on", "top", "of"] => {
+                Some(Composition::OnTopOf(item(&words[..3])?, item(&words[6..])?))
+            }
             _ => None,
         }
     }
@@ -185,8 +189,14 @@ mod tests {
         assert_eq!(
             Composition::parse("A Yellow torus  on top of a blue cube, front view"),
             Some(Composition::OnTopOf(
-                Item { shape: Shape::Torus, color: Color::Yellow },
-                Item { shape: Shape::Cube, color: Color::Blue },
+                Item {
+                    shape: Shape::Torus,
+                    color: Color::Yellow
+                },
+                Item {
+                    shape: Shape::Cube,
+                    color: Color::Blue
+                },
             ))
         );
         assert_eq!(Composition::parse("a penguin"), None);
@@ -195,8 +205,14 @@ mod tests {
 
     #[test]
     fn and_is_symmetric_on_top_of_is_not() {
-        let red_cube = Item { shape: Shape::Cube, color: Color::Red };
-        let blue_sphere = Item { shape: Shape::Sphere, color: Color::Blue };
+        let red_cube = Item {
+            shape: Shape::Cube,
+            color: Color::Red,
+        };
+        let blue_sphere = Item {
+            shape: Shape::Sphere,
+            color: Color::Blue,
+        };
         assert_eq!(
             Composition::And(red_cube, blue_sphere).canonical(),
             Composition::And(blue_sphere, red_cube).canonical()
@@ -212,7 +228,10 @@ mod tests {
         let split = Split::new(0.1, 7);
         assert_eq!(split, Split::new(0.1, 7));
         assert_ne!(split.held_out, Split::new(0.1, 8).held_out);
-        assert_eq!(split.train.len() + split.held_out.len(), Composition::all().len());
+        assert_eq!(
+            split.train.len() + split.held_out.len(),
+            Composition::all().len()
+        );
         assert!(split.held_out.iter().all(|c| c.is_pair()));
         for c in &split.train {
             assert!(!split.is_held_out(c), "{c}");

@@ -73,7 +73,9 @@ pub fn render_example(
         .and_then(|mut s| s.sample(1, size, size))
         .expect("the orbit config was validated")
         .remove(0);
-    let image = scene.render_with_threads(&camera, 1).downsample(SUPERSAMPLE);
+    let image = scene
+        .render_with_threads(&camera, 1)
+        .downsample(SUPERSAMPLE);
     (image, camera)
 }
 
@@ -161,7 +163,11 @@ impl Dataset {
         let plane = (3 * IMAGE_SIZE * IMAGE_SIZE) as usize;
         let mut data = Vec::with_capacity(indices.len() * plane);
         for &i in indices {
-            data.extend(self.pixels[i * plane..(i + 1) * plane].iter().map(|&b| b as f32 / 255.0));
+            data.extend(
+                self.pixels[i * plane..(i + 1) * plane]
+                    .iter()
+                    .map(|&b| b as f32 / 255.0),
+            );
         }
         let s = IMAGE_SIZE as usize;
         Tensor::from_data(TensorData::new(data, [indices.len(), 3, s, s]), device)
@@ -213,7 +219,10 @@ mod tests {
             let scene = layout(composition, &mut rng);
             for o in &scene.objects {
                 // Inside the half-extent 0.8 the nearest camera frames.
-                assert!(o.center.length() + 0.5 * o.size < 0.8, "{composition}: {o:?}");
+                assert!(
+                    o.center.length() + 0.5 * o.size < 0.8,
+                    "{composition}: {o:?}"
+                );
             }
             if let [a, b] = scene.objects.as_slice() {
                 // The other object's centre is outside each object.
@@ -222,12 +231,18 @@ mod tests {
             }
         }
         let stack = layout(
-            &Composition::OnTopOf(item(Shape::Sphere, Color::Red), item(Shape::Cube, Color::Blue)),
+            &Composition::OnTopOf(
+                item(Shape::Sphere, Color::Red),
+                item(Shape::Cube, Color::Blue),
+            ),
             &mut rng,
         );
         assert!(stack.objects[1].center.y > stack.objects[0].center.y);
         let pair = layout(
-            &Composition::And(item(Shape::Sphere, Color::Red), item(Shape::Cube, Color::Blue)),
+            &Composition::And(
+                item(Shape::Sphere, Color::Red),
+                item(Shape::Cube, Color::Blue),
+            ),
             &mut rng,
         );
         assert!(pair.objects[0].center.x < pair.objects[1].center.x);
@@ -256,7 +271,16 @@ mod tests {
         assert_eq!(one.len(), 10);
         assert_eq!(one.caption[7], 2);
         let back = one.image(3);
-        let (direct, _) = render_example(&compositions[3], &training_orbit(), 3 ^ 3u64.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        assert!(back.data.iter().zip(&direct.data).all(|(a, b)| (a - b).abs() <= 0.5 / 255.0 + 1e-6));
+        let (direct, _) = render_example(
+            &compositions[3],
+            &training_orbit(),
+            3 ^ 3u64.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        assert!(
+            back.data
+                .iter()
+                .zip(&direct.data)
+                .all(|(a, b)| (a - b).abs() <= 0.5 / 255.0 + 1e-6)
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The judge's measurements: caption retrieval (which of all the world's captions an image
 //! matches best) and CLIP score, with a CLIP that was never used as a reward.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::captions::Composition;
@@ -108,8 +108,11 @@ impl<B: Backend> Judge<B> {
             top5 += usize::from(distinct.contains(&target.canonical()));
             score += 100.0 * row[self.index(target)];
         }
-        let distinct: std::collections::HashSet<Composition> =
-            self.compositions.iter().map(Composition::canonical).collect();
+        let distinct: std::collections::HashSet<Composition> = self
+            .compositions
+            .iter()
+            .map(Composition::canonical)
+            .collect();
         Retrieval {
             images: n,
             top1: top1 as f32 / n.max(1) as f32,
@@ -124,4 +127,3 @@ impl<B: Backend> Judge<B> {
         &self.model
     }
 }
-

@@ -46,7 +46,10 @@ fn create(dir: &Path) -> Result<(), LoadError> {
 fn metadata(what: &str) -> HashMap<String, String> {
     HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("generator".to_string(), format!("rewardsds tiny_world ({what})")),
+        (
+            "generator".to_string(),
+            format!("rewardsds tiny_world ({what})"),
+        ),
     ])
 }
 
@@ -62,7 +65,12 @@ pub fn write_clip<B: Backend>(
     value["architectures"] = json!(["CLIPModel"]);
     value["model_type"] = json!("clip");
     write_json(&dir.join("config.json"), &value)?;
-    save_safetensors(model, &dir.join("model.safetensors"), DType::F16, metadata("clip"))?;
+    save_safetensors(
+        model,
+        &dir.join("model.safetensors"),
+        DType::F16,
+        metadata("clip"),
+    )?;
     write_tokenizer(dir)
 }
 
@@ -80,7 +88,12 @@ pub fn write_text_encoder<B: Backend>(
     let text = CLIPTextModel {
         text_model: clip.text_model.clone(),
     };
-    save_safetensors(&text, &dir.join("model.safetensors"), DType::F16, metadata("text encoder"))
+    save_safetensors(
+        &text,
+        &dir.join("model.safetensors"),
+        DType::F16,
+        metadata("text encoder"),
+    )
 }
 
 /// A diffusers `unet/` folder.
@@ -103,7 +116,10 @@ pub fn write_unet<B: Backend>(
 pub fn write_pipeline_files(root: &Path, scheduler: &DDIMSchedulerConfig) -> Result<(), LoadError> {
     write_tokenizer(&root.join("tokenizer"))?;
     create(&root.join("scheduler"))?;
-    write_json(&root.join("scheduler").join("scheduler_config.json"), scheduler)?;
+    write_json(
+        &root.join("scheduler").join("scheduler_config.json"),
+        scheduler,
+    )?;
     write_json(
         &root.join("model_index.json"),
         &json!({

@@ -239,13 +239,31 @@ pub fn run_recipe<B: AutodiffBackend>(
 
     if let Some(data) = data.as_ref().filter(|_| phases.reward) {
         let cfg = scale.reward_clip();
-        let clip = train_clip::<B>("reward", &cfg, data, &tokenizer, &config.reward, config.seed + 1, device, &mut log)?;
+        let clip = train_clip::<B>(
+            "reward",
+            &cfg,
+            data,
+            &tokenizer,
+            &config.reward,
+            config.seed + 1,
+            device,
+            &mut log,
+        )?;
         write_clip(&out.join("reward"), &clip, &cfg)?;
         write_text_encoder(&out.join("text_encoder"), &clip, &cfg)?;
     }
     if let Some(data) = data.as_ref().filter(|_| phases.judge) {
         let cfg = scale.judge_clip();
-        let clip = train_clip::<B>("judge", &cfg, data, &tokenizer, &config.judge, config.seed + 2, device, &mut log)?;
+        let clip = train_clip::<B>(
+            "judge",
+            &cfg,
+            data,
+            &tokenizer,
+            &config.judge,
+            config.seed + 2,
+            device,
+            &mut log,
+        )?;
         write_clip(&out.join("judge"), &clip, &cfg)?;
     }
     let scheduler = DDIMScheduler::new(scheduler_config)?;
@@ -253,7 +271,11 @@ pub fn run_recipe<B: AutodiffBackend>(
         // The encoder as shipped (f16 weights), so the UNet learns the embeddings users get.
         let (text_encoder, _) =
             CLIPTextModel::<B::InnerBackend>::from_folder(&out.join("text_encoder"), &inner)?;
-        let allowed: Vec<bool> = data.compositions.iter().map(|c| !split.is_held_out(c)).collect();
+        let allowed: Vec<bool> = data
+            .compositions
+            .iter()
+            .map(|c| !split.is_held_out(c))
+            .collect();
         let unet_config = scale.unet();
         let unet_dir = out.join("unet");
         let mut saved = Ok(());
@@ -300,8 +322,12 @@ pub fn evaluate<B: Backend>(
     device: &B::Device,
 ) -> Result<EvalReport, RecipeError> {
     let (text_encoder, _) = CLIPTextModel::<B>::from_folder(&out.join("text_encoder"), device)?;
-    let unet_config = crate::models::unet_2d::UNet2DConditionModelConfig::from_file(out.join("unet/config.json"))
-        .map_err(|e| LoadError::BadConfig { path: out.join("unet/config.json"), reason: e.to_string() })?;
+    let unet_config =
+        crate::models::unet_2d::UNet2DConditionModelConfig::from_file(out.join("unet/config.json"))
+            .map_err(|e| LoadError::BadConfig {
+                path: out.join("unet/config.json"),
+                reason: e.to_string(),
+            })?;
     let unet = unet_config
         .init::<B>(device)
         .load_weights(&crate::weights::weight_files(&out.join("unet"))?, device)?
@@ -338,7 +364,12 @@ pub fn evaluate<B: Backend>(
             )?);
         }
         let samples = burn::tensor::Tensor::cat(images, 0);
-        let truth = Dataset::render(group, 1, seed, std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let truth = Dataset::render(
+            group,
+            1,
+            seed,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
         let indices: Vec<usize> = (0..group.len()).collect();
         Ok((samples, truth.images::<B>(&indices, device)))
     };
@@ -369,7 +400,9 @@ fn vstack(rows: &[RgbImage]) -> RgbImage {
     let mut data = Vec::new();
     for r in rows {
         for y in 0..r.height as usize {
-            data.extend_from_slice(&r.data[3 * y * r.width as usize..3 * (y + 1) * r.width as usize]);
+            data.extend_from_slice(
+                &r.data[3 * y * r.width as usize..3 * (y + 1) * r.width as usize],
+            );
             data.extend(std::iter::repeat_n(1.0, 3 * (width - r.width) as usize));
         }
     }

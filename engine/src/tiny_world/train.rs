@@ -164,8 +164,14 @@ pub fn sibling(c: &Composition, rng: &mut impl Rng) -> Composition {
         Composition::Single(a) => Composition::Single(change(a, rng)),
         Composition::And(a, b) | Composition::OnTopOf(a, b) => {
             let swap_colors = (
-                Item { color: b.color, ..a },
-                Item { color: a.color, ..b },
+                Item {
+                    color: b.color,
+                    ..a
+                },
+                Item {
+                    color: a.color,
+                    ..b
+                },
             );
             let (a2, b2) = match rng.random_range(0..4) {
                 0 => swap_colors,
@@ -254,13 +260,24 @@ pub fn train_clip<B: AutodiffBackend>(
             .iter()
             .map(|&c| c + captions * rng.random_range(0..per_caption))
             .collect();
-        let prompts: Vec<String> = chosen.iter().map(|&c| data.compositions[c].caption()).collect();
-        let pixels = clip_preprocess(data.images::<B>(&images, device), config.vision_config.image_size)
-            .expect("dataset images are [n, 3, s, s]");
+        let prompts: Vec<String> = chosen
+            .iter()
+            .map(|&c| data.compositions[c].caption())
+            .collect();
+        let pixels = clip_preprocess(
+            data.images::<B>(&images, device),
+            config.vision_config.image_size,
+        )
+        .expect("dataset images are [n, 3, s, s]");
         let text = l2_normalize(model.get_text_features(ids::<B>(tokenizer, &prompts, device)?));
         let image = l2_normalize(model.get_image_features(pixels));
         // CLIP clamps the learned temperature at 100.
-        let scale = model.logit_scale.val().clamp_max(100f32.ln()).exp().unsqueeze::<2>();
+        let scale = model
+            .logit_scale
+            .val()
+            .clamp_max(100f32.ln())
+            .exp()
+            .unsqueeze::<2>();
         let logits = image.matmul(text.transpose()) * scale;
         let ce = |l: Tensor<B, 2>| -(log_softmax(l, 1) * eye.clone()).sum() / batch as f32;
         let loss = (ce(logits.clone()) + ce(logits.transpose())) * 0.5;
@@ -313,7 +330,9 @@ pub fn train_unet<B: AutodiffBackend>(
     log: &mut dyn FnMut(&LogEntry),
     checkpoint: &mut dyn FnMut(&UNet2DConditionModel<B::InnerBackend>, usize),
 ) -> Result<UNet2DConditionModel<B::InnerBackend>, TrainError> {
-    let images: Vec<usize> = (0..data.len()).filter(|&i| allowed[data.caption[i]]).collect();
+    let images: Vec<usize> = (0..data.len())
+        .filter(|&i| allowed[data.caption[i]])
+        .collect();
     if images.is_empty() {
         return Err(TrainError::BadConfig {
             phase: "unet".into(),
@@ -357,7 +376,10 @@ pub fn train_unet<B: AutodiffBackend>(
         let inner = device.clone();
         let context = text_encoder.prompt_embeds(ids(tokenizer, &prompts, &inner)?, 0);
         let context = Tensor::<B, 3>::from_inner(context);
-        let t: Vec<usize> = batch.iter().map(|_| rng.random_range(0..timesteps)).collect();
+        let t: Vec<usize> = batch
+            .iter()
+            .map(|_| rng.random_range(0..timesteps))
+            .collect();
         let coef = |f: fn(f32) -> f32| {
             let v: Vec<f32> = t.iter().map(|&t| f(scheduler.alphas_cumprod[t])).collect();
             Tensor::<B, 4>::from_data(TensorData::new(v, [t.len(), 1, 1, 1]), device)
@@ -392,7 +414,6 @@ pub fn train_unet<B: AutodiffBackend>(
     }
     Ok(model.valid())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -56,11 +56,15 @@ pub fn write_tokenizer(dir: &Path) -> Result<(), LoadError> {
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     tokenizer.add_special_tokens(&[BOS, EOS, UNK].map(|t| AddedToken::from(t, true)));
     tokenizer.save(&path, true).map_err(|e| fail(&e))?;
-    let specials = json!({ "bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": UNK });
+    let specials =
+        json!({ "bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": UNK });
     let mut config = specials.clone();
     config["model_max_length"] = json!(MAX_LENGTH);
     config["tokenizer_class"] = json!("PreTrainedTokenizerFast");
-    for (name, value) in [("special_tokens_map.json", specials), ("tokenizer_config.json", config)] {
+    for (name, value) in [
+        ("special_tokens_map.json", specials),
+        ("tokenizer_config.json", config),
+    ] {
         let file = dir.join(name);
         let text = serde_json::to_string_pretty(&value).expect("json values serialise");
         std::fs::write(&file, text).map_err(|e| io(&file, e))?;
@@ -90,7 +94,9 @@ mod tests {
         assert_eq!(tokenizer.vocab_size(), vocabulary().len());
         let words = vocabulary();
         let id = |w: &str| words.iter().position(|v| v == w).unwrap() as u32;
-        let t = tokenizer.encode("A red cube on top of a blue torus, back view").unwrap();
+        let t = tokenizer
+            .encode("A red cube on top of a blue torus, back view")
+            .unwrap();
         let expect: Vec<u32> = [
             "a", "red", "cube", "on", "top", "of", "a", "blue", "torus", ",", "back", "view",
         ]

@@ -19,8 +19,8 @@ pub use load::{
     KeyPolicy, KeyRemap, LoadOptions, LoadReport, load_safetensors, load_safetensors_with,
     tensor_shapes,
 };
-pub use save::save_safetensors;
 pub use resolve::{
-    PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset, read_json, resolve_model,
-    resolve_model_in, weight_files,
+    PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset,
+    read_json, resolve_model, resolve_model_in, weight_files,
 };
+pub use save::save_safetensors;
