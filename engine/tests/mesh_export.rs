@@ -4,13 +4,14 @@
 
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use burn::backend::{Autodiff, NdArray};
 use glam::Vec3;
 use rewardsds_engine::burn;
-use rewardsds_engine::export::{ExportConfig, ExportError, glb_bytes, write_atomic, write_glb};
+use rewardsds_engine::export::{
+    ExportConfig, ExportError, Validation, ValidatorError, glb_bytes, write_atomic, write_glb,
+};
 use rewardsds_engine::mesh::{
     Aabb, BakeConfig, ColorMode, DensityGrid, IsoLevel, MeshConfig, MeshError, NerfField,
     Pointwise, SimplifyConfig, TriMesh, connected_components, extract_mesh, extract_surface,
@@ -43,67 +44,21 @@ fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// What the Khronos validator said about one file.
-#[derive(Debug)]
-struct Validation {
-    errors: u64,
-    warnings: u64,
-    messages: String,
-}
-
-/// Runs the Khronos glTF validator on `path`; `None` (with a note) when node or the
+/// The Khronos validator's report on `path`; `None` (with a note) when node or the
 /// `gltf-validator` package is missing and `CI` is unset.
 fn khronos_validate(path: &Path) -> Option<Validation> {
-    // The npm package is a library: a few lines of node drive it and print its counts.
-    const SCRIPT: &str = r#"
-let validator;
-try { validator = require('gltf-validator'); } catch (e) { console.error(String(e)); process.exit(3); }
-const bytes = new Uint8Array(require('fs').readFileSync(process.argv[1]));
-validator.validateBytes(bytes, { maxIssues: 50 }).then((r) => {
-  const i = r.issues;
-  console.log(JSON.stringify({ errors: i.numErrors, warnings: i.numWarnings,
-    messages: i.messages.map((m) => `${m.severity} ${m.code} ${m.pointer || ''}: ${m.message}`) }));
-}).catch((e) => { console.error(String(e)); process.exit(2); });
-"#;
-    let node_path = std::env::var("GLTF_VALIDATOR_NODE_PATH").ok().or_else(|| {
-        let out = Command::new("npm").args(["root", "-g"]).output().ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    });
-    let mut command = Command::new("node");
-    command.arg("-e").arg(SCRIPT).arg(path);
-    if let Some(node_path) = node_path {
-        command.env("NODE_PATH", node_path);
+    match rewardsds_engine::export::khronos_validate(path) {
+        Ok(v) => Some(v),
+        Err(ValidatorError::Missing(why)) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI requires the Khronos glTF validator: {why}"
+            );
+            eprintln!("note: skipping the Khronos glTF validator: {why}");
+            None
+        }
+        Err(e) => panic!("{e}"),
     }
-    let missing = |why: String| {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI requires the Khronos glTF validator: {why} (npm install -g gltf-validator)"
-        );
-        eprintln!("note: skipping the Khronos glTF validator: {why}");
-        None
-    };
-    let out = match command.output() {
-        Ok(out) => out,
-        Err(e) => return missing(format!("cannot run node: {e}")),
-    };
-    if out.status.code() == Some(3) {
-        return missing(format!(
-            "node cannot load gltf-validator: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    assert!(
-        out.status.success(),
-        "validator failed on {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    Some(Validation {
-        errors: report["errors"].as_u64().unwrap(),
-        warnings: report["warnings"].as_u64().unwrap(),
-        messages: report["messages"].to_string(),
-    })
 }
 
 /// Validates `path` (zero errors) and reads it back with the `gltf` crate: the counts and the

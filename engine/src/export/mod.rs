@@ -10,9 +10,11 @@
 
 mod atomic;
 mod glb;
+mod validator;
 
 pub use atomic::write_atomic;
 pub use glb::glb_bytes;
+pub use validator::{Validation, ValidatorError, khronos_validate};
 
 use std::path::{Path, PathBuf};
 

@@ -47,6 +47,9 @@ pub enum GenerateError {
     /// Writing the asset failed.
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// The operating system could not start the generation's thread.
+    #[error("cannot start the generation thread: {0}")]
+    Thread(std::io::Error),
     /// The loss became NaN or infinite; the NeRF is the last good one.
     #[error("loss became {loss} at step {step}: stopped, keeping the result of step {step}")]
     NonFinite {

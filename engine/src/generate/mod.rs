@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod generator;
+pub mod job;
 
 pub use config::{GenerateConfig, PRESETS};
 pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, slug,
 };
+pub use job::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewMesh};

@@ -1,0 +1,383 @@
+//! A whole generation (load, optimise, extract, write the `.glb`) on its own thread, for hosts
+//! that must never block: the Bevy plugin, GUIs, servers. Start it with a [`JobRequest`],
+//! poll its [`JobEvent`]s, cancel it; dropping the handle cancels too.
+//!
+//! A dedicated thread rather than a shared task pool: one step is seconds of blocking
+//! compute, and a generation runs for minutes, which would starve a pool's few threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::GenerateConfig;
+use super::generator::{GenerateError, Generator, Progress};
+use crate::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use crate::export::{ExportError, place_on_ground, write_atomic};
+use crate::mesh::{ColorMode, MeshConfig, MeshError, NerfField, SimplifyConfig, TriMesh};
+
+/// What to generate, where, and how often to send a preview.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// The generation.
+    pub config: GenerateConfig,
+    /// Where the compute runs.
+    pub backend: BackendKind,
+    /// The `.glb` to write; a `.json` with the config and timings goes beside it.
+    pub output: PathBuf,
+    /// Steps between preview meshes (0: none).
+    pub preview_every: usize,
+    /// Grid samples along the preview's longest side (coarse: it is redrawn often).
+    pub preview_resolution: u32,
+}
+
+impl JobRequest {
+    /// A request with a preview every 10 steps on a 40-sample grid.
+    pub fn new(config: GenerateConfig, backend: BackendKind, output: impl Into<PathBuf>) -> Self {
+        Self {
+            config,
+            backend,
+            output: output.into(),
+            preview_every: 10,
+            preview_resolution: 40,
+        }
+    }
+}
+
+/// A coarse mesh of the field as it is now, placed and scaled as the final asset will be.
+#[derive(Debug, Clone)]
+pub struct PreviewMesh {
+    /// Steps done when it was taken.
+    pub step: usize,
+    /// Positions in metres (y up, standing on y = 0), normals, linear vertex colours.
+    pub mesh: TriMesh,
+}
+
+/// What a finished job wrote and how long it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// The `.glb`.
+    pub path: PathBuf,
+    /// The `.json` beside it (prompt, seed, full config, timings).
+    pub sidecar: PathBuf,
+    /// The prompt.
+    pub prompt: String,
+    /// Steps run.
+    pub steps: usize,
+    /// Seconds loading models.
+    pub load_seconds: f64,
+    /// Seconds optimising.
+    pub optimize_seconds: f64,
+    /// Seconds extracting and writing the mesh.
+    pub export_seconds: f64,
+    /// Triangles written.
+    pub triangles: usize,
+    /// Vertices written.
+    pub vertices: usize,
+    /// File size in bytes.
+    pub bytes: usize,
+    /// The asset's extent in metres.
+    pub size: [f32; 3],
+}
+
+/// What a running job reports, in order: `Started`, then `Progress`/`Preview`, then exactly
+/// one of `Finished`, `Cancelled` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// Models are loaded; optimisation begins.
+    Started {
+        /// The backend in use.
+        backend: BackendKind,
+        /// Seconds loading took.
+        load_seconds: f64,
+    },
+    /// A step finished.
+    Progress(Progress),
+    /// A new coarse mesh of the result so far.
+    Preview(PreviewMesh),
+    /// The `.glb` is written (atomically: a watcher never sees half a file).
+    Finished(JobReport),
+    /// Cancelled between steps; nothing was written.
+    Cancelled {
+        /// Steps done.
+        step: usize,
+    },
+    /// The job could not run or stopped on an error; nothing was written.
+    Failed {
+        /// What went wrong, naming the thing at fault.
+        reason: String,
+    },
+}
+
+impl JobEvent {
+    /// Whether this is the last event of a job.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Finished(_) | Self::Cancelled { .. } | Self::Failed { .. }
+        )
+    }
+}
+
+/// A running generation. Dropping it cancels the work (the thread finishes its current step
+/// and exits without writing).
+#[derive(Debug)]
+pub struct GenerationJob {
+    events: Receiver<JobEvent>,
+    cancel: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    done: bool,
+}
+
+impl GenerationJob {
+    /// Checks the config, then starts the job on a new thread. Config errors are returned
+    /// here; load and run errors arrive as [`JobEvent::Failed`].
+    pub fn spawn(request: JobRequest) -> Result<Self, GenerateError> {
+        request.config.validate()?;
+        let (sender, events) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!(
+                "rewardsds-generate-{}",
+                super::slug(&request.config.prompt)
+            ))
+            .spawn(move || run_job(request, flag, sender))
+            .map_err(GenerateError::Thread)?;
+        Ok(Self {
+            events,
+            cancel,
+            thread: Some(thread),
+            done: false,
+        })
+    }
+
+    /// The next event if one is waiting; never blocks. After the terminal event, or if the
+    /// thread died without one, returns `None` forever (a lost thread becomes `Failed`).
+    pub fn try_next(&mut self) -> Option<JobEvent> {
+        if self.done {
+            return None;
+        }
+        let event = match self.events.try_recv() {
+            Ok(event) => event,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => JobEvent::Failed {
+                reason: "the generation thread stopped without a result".into(),
+            },
+        };
+        self.done = event.is_terminal();
+        Some(event)
+    }
+
+    /// The next event, waiting for it (`None` once the job is over).
+    pub fn next_blocking(&mut self) -> Option<JobEvent> {
+        if self.done {
+            return None;
+        }
+        let event = self.events.recv().unwrap_or_else(|_| JobEvent::Failed {
+            reason: "the generation thread stopped without a result".into(),
+        });
+        self.done = event.is_terminal();
+        Some(event)
+    }
+
+    /// Asks the job to stop after its current step.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the terminal event has been received.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+impl Drop for GenerationJob {
+    fn drop(&mut self) {
+        self.cancel();
+        // Not joined: the owner may be a frame that must not wait for a step to finish.
+        drop(self.thread.take());
+    }
+}
+
+fn run_job(request: JobRequest, cancel: Arc<AtomicBool>, sender: Sender<JobEvent>) {
+    let backend = request.backend;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_on(
+            backend,
+            Job {
+                request,
+                cancel,
+                sender: sender.clone(),
+            },
+        )
+    }));
+    let last = match outcome {
+        Ok(Ok(Ok(event))) => event,
+        Ok(Ok(Err(error))) => JobEvent::Failed {
+            reason: error_chain(&error),
+        },
+        Ok(Err(error)) => JobEvent::Failed {
+            reason: error.to_string(),
+        },
+        Err(panic) => JobEvent::Failed {
+            reason: format!("the generation panicked: {}", panic_message(&panic)),
+        },
+    };
+    // The receiver may be gone (the host dropped the job): nothing left to tell.
+    let _ = sender.send(last);
+}
+
+struct Job {
+    request: JobRequest,
+    cancel: Arc<AtomicBool>,
+    sender: Sender<JobEvent>,
+}
+
+impl BackendTask for Job {
+    type Output = Result<JobEvent, GenerateError>;
+
+    fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let Job {
+            request,
+            cancel,
+            sender,
+        } = self;
+        let start = Instant::now();
+        let mut generator = Generator::<B>::load(request.config.clone(), &device)?;
+        let load_seconds = start.elapsed().as_secs_f64();
+        let _ = sender.send(JobEvent::Started {
+            backend: request.backend,
+            load_seconds,
+        });
+
+        let start = Instant::now();
+        let total = generator.config().steps;
+        while generator.steps_done() < total {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(JobEvent::Cancelled {
+                    step: generator.steps_done(),
+                });
+            }
+            let progress = generator.step()?;
+            let step = progress.step;
+            let _ = sender.send(JobEvent::Progress(progress));
+            let every = request.preview_every;
+            if every > 0 && (step % every == 0 || step == total) {
+                match preview_mesh(&generator, request.preview_resolution) {
+                    Ok(Some(mesh)) => {
+                        let _ = sender.send(JobEvent::Preview(PreviewMesh { step, mesh }));
+                    }
+                    // Early on there is often nothing above the level yet.
+                    Ok(None) => {}
+                    // A preview is a courtesy: the run goes on without it.
+                    Err(e) => log::warn!("preview mesh at step {step} failed: {e}"),
+                }
+            }
+        }
+        let optimize_seconds = start.elapsed().as_secs_f64();
+
+        let start = Instant::now();
+        if let Some(dir) = request
+            .output
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+                action: "create the folder",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let (export, mesh) = generator.export_glb(&request.output)?;
+        let export_seconds = start.elapsed().as_secs_f64();
+        let report = JobReport {
+            path: export.path.clone(),
+            sidecar: request.output.with_extension("json"),
+            prompt: request.config.prompt.clone(),
+            steps: generator.steps_done(),
+            load_seconds,
+            optimize_seconds,
+            export_seconds,
+            triangles: export.triangles,
+            vertices: export.vertices,
+            bytes: export.bytes,
+            size: export.size,
+        };
+        write_sidecar(&report, &request.config, mesh.iso_level)?;
+        Ok(JobEvent::Finished(report))
+    }
+}
+
+/// The field's surface on a coarse grid, vertex-coloured, placed like the exported asset;
+/// `None` while nothing is above the iso-level.
+pub fn preview_mesh<B: EngineAutodiffBackend>(
+    generator: &Generator<B>,
+    resolution: u32,
+) -> Result<Option<TriMesh>, GenerateError> {
+    let config = generator.config();
+    let mesh_config = MeshConfig {
+        resolution: resolution.max(8),
+        coarse_resolution: (resolution / 2).max(8),
+        color: ColorMode::VertexColors,
+        simplify: SimplifyConfig {
+            target_triangles: 8_000,
+            ..SimplifyConfig::default()
+        },
+        ..config.mesh.clone()
+    };
+    let field = NerfField::from_autodiff(generator.nerf()).with_chunk(mesh_config.chunk);
+    let bounds = field.bounds();
+    let extracted = match crate::mesh::extract_mesh(&field, Some(&field), bounds, &mesh_config) {
+        Ok(extracted) => extracted,
+        Err(MeshError::EmptyField { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let (placed, _) = place_on_ground(&extracted.mesh, Some(config.asset_size))?;
+    Ok(Some(placed))
+}
+
+/// `<asset>.json`: what made the asset (prompt, seed, the exact config) and the timings.
+fn write_sidecar(
+    report: &JobReport,
+    config: &GenerateConfig,
+    iso_level: f32,
+) -> Result<(), GenerateError> {
+    let json = serde_json::json!({
+        "generator": concat!("rewardsds ", env!("CARGO_PKG_VERSION")),
+        "prompt": config.prompt,
+        "seed": config.seed,
+        "report": report,
+        "iso_level": iso_level,
+        "config": config,
+    });
+    let text = serde_json::to_string_pretty(&json).expect("JSON values serialise");
+    Ok(write_atomic(&report.sidecar, text.as_bytes())?)
+}
+
+/// An error and its causes, one after another: the host shows one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}

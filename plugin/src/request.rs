@@ -1,0 +1,119 @@
+//! `GenerateAsset`: the component that asks for a prop.
+
+use bevy::prelude::*;
+use rewardsds_engine::generate::{GenerateConfig, slug};
+
+use crate::settings::RewardSdsSettings;
+
+/// Generate a prop from `prompt` where this entity stands. Adding it queues the work;
+/// changing it restarts it; removing it (or despawning) cancels it.
+#[derive(Component, Debug, Clone, PartialEq)]
+#[require(Transform, Visibility)]
+pub struct GenerateAsset {
+    /// What to make.
+    pub prompt: String,
+    /// A preset name (`None`: the plugin's).
+    pub preset: Option<String>,
+    /// A whole config, instead of a preset (its prompt is replaced by `prompt`).
+    pub config: Option<GenerateConfig>,
+    /// Optimisation steps (`None`: the preset's).
+    pub steps: Option<usize>,
+    /// Seed (`None`: the preset's).
+    pub seed: Option<u64>,
+    /// Diffusion prior: preset, folder or repo id (`None`: the plugin's, then the preset's).
+    pub prior: Option<String>,
+    /// Reward model (`None`: the plugin's, then the preset's).
+    pub reward: Option<String>,
+    /// File name of the result without `.glb` (`None`: the prompt's slug). Regenerating the
+    /// same name replaces the file, and every instance of it reloads.
+    pub name: Option<String>,
+}
+
+impl GenerateAsset {
+    /// A request for `prompt` with the plugin's defaults.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            preset: None,
+            config: None,
+            steps: None,
+            seed: None,
+            prior: None,
+            reward: None,
+            name: None,
+        }
+    }
+
+    /// Use a preset: `fast`, `quality`, `fast-sds`, `quality-sds`.
+    pub fn with_preset(mut self, preset: impl Into<String>) -> Self {
+        self.preset = Some(preset.into());
+        self
+    }
+
+    /// Use a whole config (from a TOML file, say).
+    pub fn with_config(mut self, config: GenerateConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Set the number of optimisation steps.
+    pub fn with_steps(mut self, steps: usize) -> Self {
+        self.steps = Some(steps);
+        self
+    }
+
+    /// Set the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Use this diffusion prior (preset, folder or repo id).
+    pub fn with_prior(mut self, prior: impl Into<String>) -> Self {
+        self.prior = Some(prior.into());
+        self
+    }
+
+    /// Use this reward model (preset, folder or repo id).
+    pub fn with_reward(mut self, reward: impl Into<String>) -> Self {
+        self.reward = Some(reward.into());
+        self
+    }
+
+    /// Name the output file (it is made file-name safe).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The output file's name (without `.glb`): safe, never a path.
+    pub fn file_name(&self) -> String {
+        slug(self.name.as_deref().unwrap_or(&self.prompt))
+    }
+
+    /// The full config this request runs with; the error names what is wrong.
+    pub fn resolve(&self, settings: &RewardSdsSettings) -> Result<GenerateConfig, String> {
+        let mut config = match &self.config {
+            Some(config) => config.clone(),
+            None => {
+                let preset = self.preset.as_deref().unwrap_or(&settings.preset);
+                GenerateConfig::preset(preset).map_err(|e| e.to_string())?
+            }
+        };
+        config.prompt = self.prompt.clone();
+        if let Some(steps) = self.steps {
+            config.steps = steps;
+        }
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        if let Some(prior) = self.prior.as_ref().or(settings.prior.as_ref()) {
+            config.prior = prior.clone();
+        }
+        if let Some(reward) = self.reward.as_ref().or(settings.reward.as_ref()) {
+            config.reward = Some(reward.clone());
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}

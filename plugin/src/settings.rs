@@ -1,0 +1,65 @@
+//! What every generation of the app shares: backend, models, where results go, how many run.
+
+use std::path::PathBuf;
+
+use bevy::prelude::*;
+use rewardsds_engine::backend::BackendKind;
+
+/// Plugin-wide settings (a resource; changes apply to jobs started afterwards).
+#[derive(Resource, Debug, Clone, PartialEq)]
+pub struct RewardSdsSettings {
+    /// Where the compute runs (`cpu` works everywhere; `cuda` or `wgpu` on a GPU).
+    pub backend: BackendKind,
+    /// The preset of requests that name none: `fast`, `quality`, `fast-sds`, `quality-sds`.
+    pub preset: String,
+    /// The diffusion prior of requests that name none (`None`: the preset's, Tiny World).
+    pub prior: Option<String>,
+    /// The reward model of requests that name none (`None`: the preset's).
+    pub reward: Option<String>,
+    /// The asset root on disk (`None`: the AssetServer's own, found when the app starts).
+    pub assets_folder: Option<PathBuf>,
+    /// Folder under the asset root that results are written to.
+    pub output_folder: String,
+    /// Generations running at once; further requests wait in order.
+    pub max_concurrent: usize,
+    /// Steps between preview meshes (0: no preview).
+    pub preview_every: usize,
+    /// Grid samples along the preview's longest side.
+    pub preview_resolution: u32,
+}
+
+impl Default for RewardSdsSettings {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::default(),
+            preset: "fast".into(),
+            prior: None,
+            reward: None,
+            assets_folder: None,
+            output_folder: "generated".into(),
+            max_concurrent: 1,
+            preview_every: 10,
+            preview_resolution: 40,
+        }
+    }
+}
+
+impl RewardSdsSettings {
+    /// The folder results are written to.
+    pub fn output_dir(&self) -> PathBuf {
+        self.assets_folder
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("assets"))
+            .join(&self.output_folder)
+    }
+
+    /// The AssetServer path of the result named `name`.
+    pub fn asset_path(&self, name: &str) -> String {
+        let folder = self.output_folder.trim_matches('/');
+        if folder.is_empty() {
+            format!("{name}.glb")
+        } else {
+            format!("{folder}/{name}.glb")
+        }
+    }
+}

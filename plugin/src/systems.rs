@@ -1,0 +1,338 @@
+//! The systems: cancel removed requests, queue new ones, start jobs within the concurrency
+//! limit, and turn job events into progress, previews, scenes and messages. Nothing here
+//! blocks: jobs run on their own threads and are polled without waiting.
+
+use std::collections::{HashMap, VecDeque};
+
+use bevy::ecs::system::SystemParam;
+use bevy::gltf::GltfAssetLabel;
+use bevy::pbr::MeshMaterial3d;
+use bevy::platform::cell::SyncCell;
+use bevy::prelude::*;
+use bevy::world_serialization::{WorldAsset, WorldAssetRoot};
+use rewardsds_engine::generate::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewMesh};
+
+use crate::messages::{
+    GenerationCancelled, GenerationFailed, GenerationFinished, GenerationStarted,
+};
+use crate::preview::{GenerationPreview, preview_material, preview_to_bevy_mesh};
+use crate::progress::{GeneratedAsset, GenerationProgress, GenerationState};
+use crate::request::GenerateAsset;
+use crate::settings::RewardSdsSettings;
+
+/// Marks the child that holds a finished generation's glTF scene.
+#[derive(Component, Debug, Clone, Copy)]
+pub struct GeneratedScene;
+
+/// Requests waiting for a slot, and the jobs running.
+#[derive(Resource, Default)]
+pub(crate) struct Jobs {
+    queue: VecDeque<Entity>,
+    running: HashMap<Entity, Running>,
+}
+
+struct Running {
+    // SyncCell: the job's event receiver is Send but not Sync; systems reach it through
+    // `ResMut` only.
+    job: SyncCell<GenerationJob>,
+    prompt: String,
+    name: String,
+    preview: Option<Entity>,
+}
+
+#[derive(SystemParam)]
+pub(crate) struct Outbox<'w> {
+    started: MessageWriter<'w, GenerationStarted>,
+    finished: MessageWriter<'w, GenerationFinished>,
+    failed: MessageWriter<'w, GenerationFailed>,
+}
+
+impl Jobs {
+    /// Stops `entity`'s job (dropping it cancels the thread's work) and its queue place;
+    /// returns whether there was one. Its preview child is despawned.
+    fn stop(&mut self, entity: Entity, commands: &mut Commands) -> bool {
+        let queued = self.queue.len();
+        self.queue.retain(|e| *e != entity);
+        let was_queued = self.queue.len() != queued;
+        match self.running.remove(&entity) {
+            Some(mut running) => {
+                running.job.get().cancel();
+                if let Some(preview) = running.preview
+                    && let Ok(mut preview) = commands.get_entity(preview)
+                {
+                    preview.despawn();
+                }
+                true
+            }
+            None => was_queued,
+        }
+    }
+}
+
+pub(crate) fn cancel_removed(
+    mut removed: RemovedComponents<GenerateAsset>,
+    still_requested: Query<(), With<GenerateAsset>>,
+    mut jobs: ResMut<Jobs>,
+    mut commands: Commands,
+    mut cancelled: MessageWriter<GenerationCancelled>,
+) {
+    for entity in removed.read() {
+        if still_requested.contains(entity) {
+            continue; // removed and added again: `enqueue_requests` restarts it
+        }
+        if jobs.stop(entity, &mut commands) {
+            cancelled.write(GenerationCancelled { entity });
+            if let Ok(mut e) = commands.get_entity(entity) {
+                e.remove::<GenerationProgress>();
+            }
+        }
+    }
+}
+
+pub(crate) fn enqueue_requests(
+    requests: Query<Entity, Changed<GenerateAsset>>,
+    mut jobs: ResMut<Jobs>,
+    mut commands: Commands,
+) {
+    for entity in &requests {
+        // A changed request restarts: whatever ran for the old one is dropped.
+        jobs.stop(entity, &mut commands);
+        jobs.queue.push_back(entity);
+        commands
+            .entity(entity)
+            .insert(GenerationProgress::default());
+    }
+}
+
+pub(crate) fn start_jobs(
+    settings: Res<RewardSdsSettings>,
+    mut jobs: ResMut<Jobs>,
+    requests: Query<&GenerateAsset>,
+    mut progress: Query<&mut GenerationProgress>,
+    mut failed: MessageWriter<GenerationFailed>,
+) {
+    while jobs.running.len() < settings.max_concurrent.max(1) {
+        let Some(entity) = jobs.queue.pop_front() else {
+            break;
+        };
+        let Ok(request) = requests.get(entity) else {
+            continue;
+        };
+        let name = request.file_name();
+        let started = request.resolve(&settings).and_then(|config| {
+            let total = config.steps;
+            let output = settings.output_dir().join(format!("{name}.glb"));
+            let mut job = JobRequest::new(config, settings.backend, output);
+            job.preview_every = settings.preview_every;
+            job.preview_resolution = settings.preview_resolution;
+            GenerationJob::spawn(job)
+                .map(|job| (job, total))
+                .map_err(|e| e.to_string())
+        });
+        match started {
+            Ok((job, total)) => {
+                if let Ok(mut p) = progress.get_mut(entity) {
+                    p.state = GenerationState::Loading;
+                    p.total = total;
+                }
+                jobs.running.insert(
+                    entity,
+                    Running {
+                        job: SyncCell::new(job),
+                        prompt: request.prompt.clone(),
+                        name,
+                        preview: None,
+                    },
+                );
+            }
+            Err(reason) => fail(entity, &request.prompt, reason, &mut progress, &mut failed),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply_job_events(
+    mut commands: Commands,
+    mut jobs: ResMut<Jobs>,
+    settings: Res<RewardSdsSettings>,
+    asset_server: Res<AssetServer>,
+    mut meshes: Option<ResMut<Assets<Mesh>>>,
+    mut materials: Option<ResMut<Assets<StandardMaterial>>>,
+    mut progress: Query<&mut GenerationProgress>,
+    scenes: Query<(Entity, &ChildOf), With<GeneratedScene>>,
+    mut outbox: Outbox,
+    mut preview_material_handle: Local<Option<Handle<StandardMaterial>>>,
+) {
+    let mut over = Vec::new();
+    for (&entity, running) in jobs.running.iter_mut() {
+        let mut latest_preview = None;
+        while let Some(event) = running.job.get().try_next() {
+            match event {
+                JobEvent::Started { .. } => {
+                    if let Ok(mut p) = progress.get_mut(entity) {
+                        p.state = GenerationState::Running;
+                    }
+                    outbox.started.write(GenerationStarted {
+                        entity,
+                        prompt: running.prompt.clone(),
+                    });
+                }
+                JobEvent::Progress(step) => {
+                    if let Ok(mut p) = progress.get_mut(entity) {
+                        p.apply(&step);
+                    }
+                }
+                // Only the newest preview of this frame is worth a mesh upload.
+                JobEvent::Preview(preview) => latest_preview = Some(preview),
+                JobEvent::Finished(report) => {
+                    show_result(
+                        entity,
+                        running,
+                        report,
+                        &settings,
+                        &asset_server,
+                        &scenes,
+                        &mut commands,
+                        &mut progress,
+                        &mut outbox.finished,
+                    );
+                    over.push(entity);
+                }
+                JobEvent::Cancelled { .. } => over.push(entity),
+                JobEvent::Failed { reason } => {
+                    fail(
+                        entity,
+                        &running.prompt,
+                        reason,
+                        &mut progress,
+                        &mut outbox.failed,
+                    );
+                    over.push(entity);
+                }
+            }
+        }
+        if let (Some(preview), Some(meshes), Some(materials)) = (
+            latest_preview,
+            meshes.as_deref_mut(),
+            materials.as_deref_mut(),
+        ) && !over.contains(&entity)
+        {
+            let material = preview_material_handle
+                .get_or_insert_with(|| materials.add(preview_material()))
+                .clone();
+            show_preview(entity, running, preview, meshes, material, &mut commands);
+        }
+    }
+    for entity in over {
+        jobs.stop(entity, &mut commands);
+    }
+}
+
+fn show_preview(
+    entity: Entity,
+    running: &mut Running,
+    preview: PreviewMesh,
+    meshes: &mut Assets<Mesh>,
+    material: Handle<StandardMaterial>,
+    commands: &mut Commands,
+) {
+    let mesh = Mesh3d(meshes.add(preview_to_bevy_mesh(&preview.mesh)));
+    let marker = GenerationPreview { step: preview.step };
+    match running.preview {
+        // Replacing the handle frees the previous mesh.
+        Some(child) => {
+            if let Ok(mut child) = commands.get_entity(child) {
+                child.insert((mesh, marker));
+            }
+        }
+        None => {
+            if commands.get_entity(entity).is_ok() {
+                let child = commands
+                    .spawn((
+                        marker,
+                        mesh,
+                        MeshMaterial3d(material),
+                        Transform::default(),
+                        ChildOf(entity),
+                    ))
+                    .id();
+                running.preview = Some(child);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn show_result(
+    entity: Entity,
+    running: &Running,
+    report: JobReport,
+    settings: &RewardSdsSettings,
+    asset_server: &AssetServer,
+    scenes: &Query<(Entity, &ChildOf), With<GeneratedScene>>,
+    commands: &mut Commands,
+    progress: &mut Query<&mut GenerationProgress>,
+    finished: &mut MessageWriter<GenerationFinished>,
+) {
+    let asset_path = settings.asset_path(&running.name);
+    let scene_path = GltfAssetLabel::Scene(0).from_asset(asset_path.clone());
+    // A file the server has loaded before is reloaded, so every instance of it updates
+    // (with `file_watcher` the watcher would do it too; a second reload is harmless).
+    let known = asset_server
+        .get_handle::<WorldAsset>(scene_path.clone())
+        .is_some();
+    let handle: Handle<WorldAsset> = asset_server.load(scene_path);
+    if known {
+        asset_server.reload(asset_path.clone());
+    }
+    for (old, parent) in scenes {
+        if parent.parent() == entity {
+            commands.entity(old).despawn();
+        }
+    }
+    if let Ok(mut e) = commands.get_entity(entity) {
+        e.insert(GeneratedAsset {
+            file: report.path.clone(),
+            asset_path: asset_path.clone(),
+            report: report.clone(),
+        });
+        e.with_child((GeneratedScene, WorldAssetRoot(handle), Transform::default()));
+    }
+    if let Ok(mut p) = progress.get_mut(entity) {
+        p.state = GenerationState::Finished;
+        p.step = p.total.max(report.steps);
+        p.eta_seconds = 0.0;
+    }
+    info!(
+        "generated '{}' -> {} ({} triangles, {} bytes)",
+        running.prompt,
+        report.path.display(),
+        report.triangles,
+        report.bytes
+    );
+    finished.write(GenerationFinished {
+        entity,
+        prompt: running.prompt.clone(),
+        file: report.path.clone(),
+        asset_path,
+        report,
+    });
+}
+
+fn fail(
+    entity: Entity,
+    prompt: &str,
+    reason: String,
+    progress: &mut Query<&mut GenerationProgress>,
+    failed: &mut MessageWriter<GenerationFailed>,
+) {
+    warn!("generation of '{prompt}' failed: {reason}");
+    if let Ok(mut p) = progress.get_mut(entity) {
+        p.state = GenerationState::Failed(reason.clone());
+    }
+    failed.write(GenerationFailed {
+        entity,
+        prompt: prompt.to_string(),
+        reason,
+    });
+}

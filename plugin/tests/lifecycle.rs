@@ -1,0 +1,286 @@
+//! The plugin in a headless app (no window, no renderer) on the shipped Tiny World prior:
+//! request -> progress -> live preview -> finished message -> a valid .glb on disk, loaded
+//! back as a scene under the entity; requests queue; cancelling stops the job and writes
+//! nothing; a bad model path fails with a message and the app keeps running.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bevy::asset::AssetPlugin;
+use bevy::gltf::GltfPlugin;
+use bevy::mesh::MeshPlugin;
+use bevy::prelude::*;
+use bevy::world_serialization::{WorldAssetRoot, WorldSerializationPlugin};
+use bevy_rewardsds::engine::export::{ValidatorError, khronos_validate};
+use bevy_rewardsds::engine::generate::GenerateConfig;
+use bevy_rewardsds::prelude::*;
+use bevy_rewardsds::{GeneratedScene, GenerationPreview};
+
+/// Each test's own asset root.
+fn asset_root(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rewardsds-plugin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A few SDS steps at a small size: the whole lifecycle in seconds.
+fn small_config(steps: usize) -> GenerateConfig {
+    let mut config = GenerateConfig::preset("fast-sds").unwrap();
+    config.steps = steps;
+    config.render_size = 16;
+    config.renderer.num_samples_per_ray = 16;
+    config.mesh.resolution = 40;
+    config.mesh.coarse_resolution = 20;
+    config
+}
+
+/// Everything a game would see, collected each frame.
+#[derive(Resource, Default)]
+struct Seen {
+    started: Vec<Entity>,
+    finished: Vec<GenerationFinished>,
+    failed: Vec<GenerationFailed>,
+    cancelled: Vec<Entity>,
+}
+
+fn collect(
+    mut seen: ResMut<Seen>,
+    mut started: MessageReader<GenerationStarted>,
+    mut finished: MessageReader<GenerationFinished>,
+    mut failed: MessageReader<GenerationFailed>,
+    mut cancelled: MessageReader<GenerationCancelled>,
+) {
+    seen.started.extend(started.read().map(|m| m.entity));
+    seen.finished.extend(finished.read().cloned());
+    seen.failed.extend(failed.read().cloned());
+    seen.cancelled.extend(cancelled.read().map(|m| m.entity));
+}
+
+fn headless_app(root: &Path, settings: RewardSdsSettings) -> App {
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: root.to_string_lossy().into_owned(),
+            ..default()
+        },
+        WorldSerializationPlugin,
+        MeshPlugin,
+        GltfPlugin::default(),
+        RewardSdsPlugin::new(settings),
+    ))
+    // The preview's material without the renderer.
+    .init_asset::<StandardMaterial>()
+    .init_resource::<Seen>()
+    .add_systems(Update, collect.after(RewardSdsSystems));
+    app.finish();
+    app.cleanup();
+    app
+}
+
+/// Updates the app until `done` holds after an update (a few ms between frames, as a game would pace them).
+fn run_until(app: &mut App, limit: Duration, mut done: impl FnMut(&mut App) -> bool) {
+    let start = Instant::now();
+    loop {
+        app.update();
+        if done(app) {
+            return;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn progress(app: &mut App, entity: Entity) -> GenerationProgress {
+    app.world()
+        .get::<GenerationProgress>(entity)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn request_runs_to_a_loaded_scene_and_queues_the_next() {
+    let root = asset_root("lifecycle");
+    let settings = RewardSdsSettings {
+        preview_every: 2,
+        preview_resolution: 16,
+        ..default()
+    };
+    let mut app = headless_app(&root, settings);
+    let config = small_config(6);
+    let first = app
+        .world_mut()
+        .spawn((
+            GenerateAsset::new("a red cube and a blue sphere").with_config(config.clone()),
+            Transform::from_xyz(2.0, 0.0, 0.0),
+        ))
+        .id();
+    let second = app
+        .world_mut()
+        .spawn(
+            GenerateAsset::new("a green cone")
+                .with_config(config)
+                .with_seed(7),
+        )
+        .id();
+
+    // The first runs; the second waits its turn (one at a time by default).
+    let mut steps_seen = Vec::new();
+    let mut preview_steps = Vec::new();
+    run_until(&mut app, Duration::from_secs(600), |app| {
+        let p = progress(app, first);
+        if steps_seen.last() != Some(&p.step) {
+            steps_seen.push(p.step);
+        }
+        if p.state != GenerationState::Finished {
+            assert_eq!(progress(app, second).state, GenerationState::Queued);
+        }
+        let mut previews = app
+            .world_mut()
+            .query::<(&GenerationPreview, &ChildOf, &Mesh3d)>();
+        for (preview, parent, mesh) in previews.iter(app.world()) {
+            if parent.parent() == first && preview_steps.last() != Some(&preview.step) {
+                let meshes = app.world().resource::<Assets<Mesh>>();
+                let vertices = meshes.get(&mesh.0).map(|m| m.count_vertices()).unwrap_or(0);
+                assert!(
+                    vertices > 0,
+                    "an empty preview mesh at step {}",
+                    preview.step
+                );
+                preview_steps.push(preview.step);
+            }
+        }
+        !app.world().resource::<Seen>().finished.is_empty()
+    });
+    assert!(steps_seen.len() >= 3, "progress advanced: {steps_seen:?}");
+    assert!(steps_seen.windows(2).all(|w| w[0] < w[1]), "{steps_seen:?}");
+    assert!(!preview_steps.is_empty(), "a live preview was shown");
+    assert_eq!(app.world().resource::<Seen>().started.first(), Some(&first));
+
+    let finished = app.world().resource::<Seen>().finished[0].clone();
+    assert_eq!(finished.entity, first);
+    assert_eq!(
+        finished.asset_path,
+        "generated/a-red-cube-and-a-blue-sphere.glb"
+    );
+    assert_eq!(finished.file, root.join(&finished.asset_path));
+    assert!(finished.file.is_file());
+    assert!(
+        finished.file.with_extension("json").is_file(),
+        "the sidecar JSON"
+    );
+    assert!(finished.report.triangles > 0);
+    match khronos_validate(&finished.file) {
+        Ok(v) => assert_eq!(v.errors, 0, "{}", v.messages),
+        Err(ValidatorError::Missing(why)) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs the validator: {why}"
+            );
+            eprintln!("note: skipping the Khronos validator: {why}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    assert_eq!(progress(&mut app, first).state, GenerationState::Finished);
+    assert!(app.world().get::<GeneratedAsset>(first).is_some());
+
+    // The preview gives way to the glTF scene, which the AssetServer loads and spawns: a
+    // mesh entity appears below the requesting entity.
+    run_until(&mut app, Duration::from_secs(60), |app| {
+        let world = app.world_mut();
+        let mut meshes = world.query_filtered::<Entity, With<Mesh3d>>();
+        let mesh_entities: Vec<Entity> = meshes.iter(world).collect();
+        mesh_entities.into_iter().any(|e| {
+            let mut ancestor = e;
+            while let Some(parent) = world.get::<ChildOf>(ancestor) {
+                ancestor = parent.parent();
+                if world.get::<GeneratedScene>(ancestor).is_some() {
+                    return world.get::<ChildOf>(ancestor).map(|p| p.parent()) == Some(first);
+                }
+            }
+            false
+        })
+    });
+    let mut previews = app.world_mut().query::<&GenerationPreview>();
+    assert_eq!(previews.iter(app.world()).count(), 0, "the preview is gone");
+    let mut roots = app.world_mut().query::<(&WorldAssetRoot, &ChildOf)>();
+    assert_eq!(
+        roots
+            .iter(app.world())
+            .filter(|(_, p)| p.parent() == first)
+            .count(),
+        1
+    );
+
+    // Then the queued request runs.
+    run_until(&mut app, Duration::from_secs(600), |app| {
+        app.world().resource::<Seen>().finished.len() == 2
+    });
+    assert_eq!(app.world().resource::<Seen>().finished[1].entity, second);
+    assert!(root.join("generated/a-green-cone.glb").is_file());
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn despawning_cancels_and_writes_nothing() {
+    let root = asset_root("cancel");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    let entity = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a blue sphere").with_config(small_config(200)))
+        .id();
+    run_until(&mut app, Duration::from_secs(300), |app| {
+        progress(app, entity).step >= 1
+    });
+    app.world_mut().entity_mut(entity).despawn();
+    app.update();
+    assert_eq!(app.world().resource::<Seen>().cancelled, vec![entity]);
+    // The job stops after its current step; give it time to, then check it wrote nothing.
+    for _ in 0..100 {
+        app.update();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(app.world().resource::<Seen>().finished.is_empty());
+    assert!(!root.join("generated/a-blue-sphere.glb").exists());
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn bad_model_path_fails_with_a_reason_and_the_app_goes_on() {
+    let root = asset_root("failure");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    let missing = root.join("no-such-model");
+    let entity = app
+        .world_mut()
+        .spawn(
+            GenerateAsset::new("a red cube")
+                .with_config(small_config(4))
+                .with_prior(missing.to_string_lossy()),
+        )
+        .id();
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        !app.world().resource::<Seen>().failed.is_empty()
+    });
+    let failed = app.world().resource::<Seen>().failed[0].clone();
+    assert_eq!(failed.entity, entity);
+    assert!(failed.reason.contains("no-such-model"), "{}", failed.reason);
+    assert!(matches!(
+        progress(&mut app, entity).state,
+        GenerationState::Failed(_)
+    ));
+    // A config error is reported the same way, and the app keeps running.
+    let bad = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a red cube").with_steps(0))
+        .id();
+    for _ in 0..5 {
+        app.update();
+    }
+    let failed = app.world().resource::<Seen>().failed.clone();
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[1].entity, bad);
+    assert!(failed[1].reason.contains("steps"), "{}", failed[1].reason);
+    assert!(!root.join("generated").join("a-red-cube.glb").exists());
+    std::fs::remove_dir_all(&root).ok();
+}
