@@ -162,7 +162,7 @@ pub fn conv_algorithm() -> ConvAlgorithm {
 ///
 /// Auto: true for burn-ndarray only. There the Tiny World UNet runs 4x faster forward and 19x
 /// faster forward + backward with im2col (docs/benchmarks.md). burn-flex's own im2col + gemm
-/// convolution beats this lowering on flex (2x, same page). GPU backends keep their
+/// convolution beats this lowering on flex (1.5-2x, same page). GPU backends keep their
 /// implicit-GEMM kernels: the lowering was not measured there and costs memory traffic.
 /// `name` is e.g. `ndarray` or `autodiff<ndarray>`; a string, because burn exposes no backend
 /// identity that generic code can match on.
