@@ -8,6 +8,10 @@
 //!    --input DIR/inputs.safetensors --output DIR/out_burn.safetensors`
 //! `--small` swaps in a tiny config with the same structure (the script's `--small` too), so
 //! the whole path can be checked on a CPU in seconds.
+//!
+//! The Tiny World UNet on the CPU, forward and forward+backward, both convolution paths:
+//!   `cargo run --release --example bench_unet -- --tiny-world --tokens 16 --dtypes f32
+//!    --backward --conv im2col,backend`
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -17,13 +21,14 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn;
+use rewardsds::engine::models::conv::{ConvAlgorithm, set_conv_algorithm};
 use rewardsds::engine::models::unet_2d::{
     DownBlockType, PerBlock, UNet2DConditionModel, UNet2DConditionModelConfig, UpBlockType,
     num_params_lazy,
 };
 use rewardsds::engine::weights::{KeyPolicy, LoadOptions, load_safetensors_with, tensor_shapes};
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, FloatDType, Tensor};
 
@@ -31,7 +36,7 @@ use burn::tensor::{Distribution, FloatDType, Tensor};
 #[derive(Parser, Debug, Clone)]
 #[command(about = "SD 2.1-base UNet forward timings and parity with PyTorch")]
 struct Args {
-    /// Backends to time, comma-separated (cpu, wgpu, cuda).
+    /// Backends to time, comma-separated (cpu, wgpu, cuda, flex).
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Tiny config of the same structure (what `unet_reference.py --small` builds).
@@ -63,10 +68,27 @@ struct Args {
     /// Where to write burn's f32 output on `--input` (safetensors, tensor `out`).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// The shipped Tiny World UNet (`assets/models/tiny-world/unet`), instead of `--weights`.
+    #[arg(long)]
+    tiny_world: bool,
+    /// Also time forward + backward (gradients of every parameter and of the sample).
+    #[arg(long)]
+    backward: bool,
+    /// Convolution paths to time, comma-separated: auto, im2col, backend (see
+    /// `models::conv::ConvAlgorithm`).
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    conv: Vec<String>,
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.tiny_world {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tiny-world/unet");
+        args.weights = Some(root.join("diffusion_pytorch_model.safetensors"));
+    }
+    for conv in &args.conv {
+        conv_algorithm(conv)?;
+    }
     for dtype in &args.dtypes {
         if dtype != "f32" && dtype != "f16" {
             bail!("unknown --dtypes entry '{dtype}': expected f32 or f16");
@@ -91,9 +113,13 @@ fn main() -> Result<()> {
     let size = config.sample_size.unwrap_or(64);
     println!();
     println!(
-        "{} UNet, {size}x{size} latents, {} tokens, mean of {} forwards after {} warm-up",
-        if args.small {
+        "{} UNet, {size}x{size} samples, {} tokens, mean of {} runs after {} warm-up",
+        if args.tiny_world {
+            "Tiny World"
+        } else if args.small {
             "tiny (--small)"
+        } else if args.weights.is_some() {
+            "loaded"
         } else {
             "SD 2.1-base"
         },
@@ -102,8 +128,8 @@ fn main() -> Result<()> {
         args.warmup
     );
     println!();
-    println!("| backend | dtype | batch | forward (ms) |");
-    println!("|---|---|---|---|");
+    println!("| backend | conv | dtype | batch | forward (ms) | forward+backward (ms) |");
+    println!("|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }
@@ -184,48 +210,63 @@ impl BackendTask for Bench {
 
         let size = config.sample_size.unwrap_or(64);
         let cross = config.cross_attention_dim.get(0);
+        let channels = config.in_channels;
         let mut rows = Vec::new();
-        for dtype in &args.dtypes {
-            let model = if dtype == "f16" {
-                // Not every backend has f16 kernels (ndarray has none): report instead of dying.
-                match quiet(|| cast_module(unet.clone(), FloatDType::F16)) {
-                    Ok(m) => {
-                        if let Some(input) = &args.input {
-                            let f16 = FloatDType::F16;
-                            match quiet(|| parity::<B<AB>>(&m, input, None, f16, &device)) {
-                                Ok(line) => parity_lines.push(line?),
-                                Err(reason) => parity_lines.push(format!("f16 parity: {reason}")),
+        for conv in &args.conv {
+            set_conv_algorithm(conv_algorithm(conv)?);
+            for dtype in &args.dtypes {
+                let model = if dtype == "f16" {
+                    // Not every backend has f16 kernels (ndarray has none): report instead of dying.
+                    match quiet(|| cast_module(unet.clone(), FloatDType::F16)) {
+                        Ok(m) => {
+                            if let Some(input) = &args.input {
+                                let f16 = FloatDType::F16;
+                                match quiet(|| parity::<B<AB>>(&m, input, None, f16, &device)) {
+                                    Ok(line) => parity_lines.push(line?),
+                                    Err(reason) => {
+                                        parity_lines.push(format!("f16 parity: {reason}"))
+                                    }
+                                }
                             }
+                            m
                         }
-                        m
+                        Err(reason) => {
+                            rows.push(format!("| {conv} | f16 | - | n/a: {reason} | |"));
+                            continue;
+                        }
                     }
-                    Err(reason) => {
-                        rows.push(format!("| f16 | - | n/a: {reason} |"));
-                        continue;
-                    }
-                }
-            } else {
-                unet.clone()
-            };
-            for &batch in &args.batches {
-                let ms = quiet(|| {
-                    time_forward::<B<AB>>(
-                        &model,
-                        batch,
-                        size,
-                        args.tokens,
-                        cross,
-                        dtype,
-                        &args,
-                        &device,
-                    )
-                });
-                match ms {
-                    Ok(ms) => rows.push(format!("| {dtype} | {batch} | {ms:.1} |")),
-                    Err(reason) => rows.push(format!("| {dtype} | {batch} | failed: {reason} |")),
+                } else {
+                    unet.clone()
+                };
+                let shape = Shape {
+                    channels,
+                    size,
+                    tokens: args.tokens,
+                    cross,
+                };
+                for &batch in &args.batches {
+                    let forward = quiet(|| {
+                        time_forward::<B<AB>>(&model, batch, shape, dtype, &args, &device)
+                    });
+                    // Gradients in f32 only: the CPU backend has no f16.
+                    let backward = (args.backward && dtype == "f32").then(|| {
+                        let model =
+                            trainable(UNet2DConditionModel::<AB>::from_inner(model.clone()));
+                        quiet(|| time_forward_backward::<AB>(&model, batch, shape, &args, &device))
+                    });
+                    let cell = |r: std::result::Result<f64, String>| match r {
+                        Ok(ms) => format!("{ms:.1}"),
+                        Err(reason) => format!("failed: {reason}"),
+                    };
+                    let backward = backward.map(cell).unwrap_or_else(|| "-".into());
+                    rows.push(format!(
+                        "| {conv} | {dtype} | {batch} | {} | {backward} |",
+                        cell(forward)
+                    ));
                 }
             }
         }
+        set_conv_algorithm(ConvAlgorithm::Auto);
         Ok(Report {
             parity: parity_lines,
             rows,
@@ -233,14 +274,40 @@ impl BackendTask for Bench {
     }
 }
 
-/// Mean forward time in ms at `batch`, after `args.warmup` untimed runs.
-#[allow(clippy::too_many_arguments)]
-fn time_forward<B: Backend>(
-    unet: &UNet2DConditionModel<B>,
-    batch: usize,
+/// Input sizes of a timing run.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    channels: usize,
     size: usize,
     tokens: usize,
     cross: usize,
+}
+
+/// Random `(sample, timesteps, context)` for one batch.
+fn inputs<B: Backend>(
+    batch: usize,
+    shape: Shape,
+    float: FloatDType,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let Shape {
+        channels,
+        size,
+        tokens,
+        cross,
+    } = shape;
+    let sample = Tensor::<B, 4>::random([batch, channels, size, size], normal, device).cast(float);
+    let context = Tensor::<B, 3>::random([batch, tokens, cross], normal, device).cast(float);
+    let timesteps = Tensor::<B, 1>::full([batch], 500.0, device);
+    (sample, timesteps, context)
+}
+
+/// Mean forward time in ms at `batch`, after `args.warmup` untimed runs.
+fn time_forward<B: Backend>(
+    unet: &UNet2DConditionModel<B>,
+    batch: usize,
+    shape: Shape,
     dtype: &str,
     args: &Args,
     device: &B::Device,
@@ -250,21 +317,52 @@ fn time_forward<B: Backend>(
     } else {
         FloatDType::F32
     };
-    let normal = Distribution::Normal(0.0, 1.0);
-    let sample = Tensor::<B, 4>::random([batch, 4, size, size], normal, device).cast(float);
-    let context = Tensor::<B, 3>::random([batch, tokens, cross], normal, device).cast(float);
-    let timesteps = Tensor::<B, 1>::full([batch], 500.0, device);
-    let mut total = 0.0;
-    for i in 0..args.warmup + args.iters {
-        let start = Instant::now();
+    let (sample, timesteps, context) = inputs::<B>(batch, shape, float, device);
+    mean_ms(args, || {
         let out = unet.forward(sample.clone(), timesteps.clone(), context.clone());
         B::sync(device).expect("device sync");
         drop(out);
+    })
+}
+
+/// Mean time in ms of a forward and the backward of `sum(output)` into every parameter and
+/// the sample (f32).
+fn time_forward_backward<B: AutodiffBackend>(
+    unet: &UNet2DConditionModel<B>,
+    batch: usize,
+    shape: Shape,
+    args: &Args,
+    device: &B::Device,
+) -> f64 {
+    let (sample, timesteps, context) = inputs::<B>(batch, shape, FloatDType::F32, device);
+    let sample = sample.require_grad();
+    mean_ms(args, || {
+        let out = unet.forward(sample.clone(), timesteps.clone(), context.clone());
+        let grads = out.sum().backward();
+        let grad = sample.grad(&grads).expect("the sample has a gradient");
+        let weight_grad = (unet.conv_in.weight.grad(&grads)).expect("parameters have gradients");
+        B::InnerBackend::sync(device).expect("device sync");
+        drop((grad, weight_grad));
+    })
+}
+
+/// Mean wall time in ms of `run` over `args.iters` calls, after `args.warmup` untimed ones.
+fn mean_ms(args: &Args, mut run: impl FnMut()) -> f64 {
+    let mut total = 0.0;
+    for i in 0..args.warmup + args.iters {
+        let start = Instant::now();
+        run();
         if i >= args.warmup {
             total += start.elapsed().as_secs_f64() * 1e3;
         }
     }
     total / args.iters.max(1) as f64
+}
+
+/// `--conv` entry to algorithm.
+fn conv_algorithm(name: &str) -> Result<ConvAlgorithm> {
+    ConvAlgorithm::from_name(name)
+        .with_context(|| format!("unknown --conv entry '{name}': expected auto, im2col or backend"))
 }
 
 /// Runs `f`, turning a panic (e.g. an unsupported dtype) into its message.
@@ -302,6 +400,17 @@ fn cast_module<B: Backend>(
     // Materialise now so the cast is not charged to the first timed forward.
     let _ = num_params_lazy::<B, _>(&unet);
     unet
+}
+
+/// Every parameter tracked by autodiff (loaded weights come in untracked).
+fn trainable<B: AutodiffBackend>(unet: UNet2DConditionModel<B>) -> UNet2DConditionModel<B> {
+    struct RequireGrad;
+    impl<B: AutodiffBackend> ModuleMapper<B> for RequireGrad {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.map(|t| t.set_require_grad(true))
+        }
+    }
+    unet.map(&mut RequireGrad)
 }
 
 /// The parity inputs, read through the engine's loader: a module whose parameters are the

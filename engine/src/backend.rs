@@ -23,11 +23,14 @@ pub enum BackendKind {
     Wgpu,
     /// NVIDIA GPUs through CUDA: the fast path (cargo feature `cuda`).
     Cuda,
+    /// CPU through burn's `flex` backend (cargo feature `flex`): opt-in, for comparison with
+    /// `cpu` (docs/benchmarks.md).
+    Flex,
 }
 
 impl BackendKind {
     /// All kinds, in the order they are listed to users.
-    pub const ALL: [BackendKind; 3] = [Self::Cpu, Self::Wgpu, Self::Cuda];
+    pub const ALL: [BackendKind; 4] = [Self::Cpu, Self::Wgpu, Self::Cuda, Self::Flex];
 
     /// The name used in configs and on the command line.
     pub fn name(self) -> &'static str {
@@ -35,6 +38,7 @@ impl BackendKind {
             Self::Cpu => "cpu",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
+            Self::Flex => "flex",
         }
     }
 
@@ -44,6 +48,7 @@ impl BackendKind {
             Self::Cpu => cfg!(feature = "cpu"),
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::Cuda => cfg!(feature = "cuda"),
+            Self::Flex => cfg!(feature = "flex"),
         }
     }
 }
@@ -70,7 +75,7 @@ impl FromStr for BackendKind {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {
     /// The name matches no backend.
-    #[error("unknown backend '{0}': expected one of cpu, wgpu, cuda")]
+    #[error("unknown backend '{0}': expected one of cpu, wgpu, cuda, flex")]
     Unknown(String),
     /// The backend's cargo feature is off in this build.
     #[error(
@@ -145,6 +150,13 @@ pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, B
             probe::<B>(kind, &device)?;
             Ok(task.run::<B>(device))
         }
+        #[cfg(feature = "flex")]
+        BackendKind::Flex => {
+            type B = burn::backend::Autodiff<burn::backend::Flex>;
+            let device = Default::default();
+            probe::<B>(kind, &device)?;
+            Ok(task.run::<B>(device))
+        }
         #[allow(unreachable_patterns)]
         _ => Err(BackendError::NotCompiled(kind, compiled_backends())),
     }
@@ -201,7 +213,7 @@ mod tests {
         let e = "metal".parse::<BackendKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown backend 'metal': expected one of cpu, wgpu, cuda"
+            "unknown backend 'metal': expected one of cpu, wgpu, cuda, flex"
         );
         let k: BackendKind = serde_json::from_str("\"wgpu\"").unwrap();
         assert_eq!(k, BackendKind::Wgpu);

@@ -13,7 +13,6 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{
     Dropout, DropoutConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
@@ -23,6 +22,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
+use super::conv::Conv2d;
 use super::resnet::conv1x1;
 
 /// Settings of [`Attention`]; defaults are diffusers' `Attention` constructor defaults.

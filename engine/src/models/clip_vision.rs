@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -14,6 +13,7 @@ use super::clip::{
     CLIPConfig, CLIPEncoder, ClipCheckpoint, EncoderDims, HiddenAct, clip_load_options,
     read_tower_config,
 };
+use super::conv::{Conv2d, Conv2dConfig};
 use crate::weights::{LoadError, LoadReport, load_safetensors_with, read_json, weight_files};
 
 /// `config.json` of a CLIP vision tower (transformers' `CLIPVisionConfig`; defaults are its

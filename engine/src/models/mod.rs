@@ -5,6 +5,7 @@ pub mod attention;
 pub mod clip;
 pub mod clip_text;
 pub mod clip_vision;
+pub mod conv;
 pub mod embeddings;
 pub mod resnet;
 pub mod reward;

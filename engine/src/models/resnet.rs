@@ -6,12 +6,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, backend::Backend};
+
+use super::conv::{Conv2d, Conv2dConfig};
 
 /// A 3x3 convolution with padding 1 (the shape-preserving convolution used throughout SD).
 pub(crate) fn conv3x3<B: Backend>(
@@ -20,7 +21,7 @@ pub(crate) fn conv3x3<B: Backend>(
     device: &B::Device,
 ) -> Conv2d<B> {
     Conv2dConfig::new([in_channels, out_channels], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_padding([1, 1, 1, 1])
         .init(device)
 }
 
@@ -163,12 +164,8 @@ impl Downsample2DConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Downsample2D<B> {
         let out = self.out_channels.unwrap_or(self.channels);
         let p = self.padding;
-        // PaddingConfig2d::Explicit is (top, left, bottom, right).
-        let padding = if p == 0 {
-            PaddingConfig2d::Explicit(0, 0, 1, 1)
-        } else {
-            PaddingConfig2d::Explicit(p, p, p, p)
-        };
+        // [top, left, bottom, right]; diffusers pads (0, 1, 0, 1) by hand when padding=0.
+        let padding = if p == 0 { [0, 0, 1, 1] } else { [p, p, p, p] };
         Downsample2D {
             conv: Conv2dConfig::new([self.channels, out], [3, 3])
                 .with_stride([2, 2])
@@ -234,11 +231,21 @@ impl<B: Backend> Upsample2D<B> {
         hidden_states: Tensor<B, 4>,
         output_size: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
-        let [_, _, h, w] = hidden_states.dims();
+        let [b, c, h, w] = hidden_states.dims();
         let size = output_size.unwrap_or([2 * h, 2 * w]);
-        let options = InterpolateOptions::new(InterpolateMode::Nearest).with_align_corners(false);
         // [batch, channels, 2h, 2w]
-        let hidden_states = interpolate(hidden_states, size, options);
+        let hidden_states = if size == [2 * h, 2 * w] {
+            // Exact doubling repeats each pixel 2x2: a broadcast, whose backward is a sum;
+            // burn-ndarray's interpolate kernels are several times slower both ways.
+            hidden_states
+                .reshape([b, c, h, 1, w, 1])
+                .expand([b, c, h, 2, w, 2])
+                .reshape([b, c, 2 * h, 2 * w])
+        } else {
+            let options =
+                InterpolateOptions::new(InterpolateMode::Nearest).with_align_corners(false);
+            interpolate(hidden_states, size, options)
+        };
         self.conv.forward(hidden_states)
     }
 }
@@ -287,5 +294,16 @@ mod tests {
             .init::<B>(&device);
         assert_eq!(up.forward(x.clone(), None).dims(), [1, 6, 14, 16]);
         assert_eq!(up.forward(x, Some([13, 15])).dims(), [1, 6, 13, 15]);
+    }
+
+    #[test]
+    fn doubling_matches_nearest_interpolation() {
+        let device = Default::default();
+        let x = Tensor::<B, 4>::random([2, 3, 5, 4], Distribution::Default, &device);
+        let up = Upsample2DConfig::new(3).init::<B>(&device);
+        let options = InterpolateOptions::new(InterpolateMode::Nearest).with_align_corners(false);
+        let reference = up.conv.forward(interpolate(x.clone(), [10, 8], options));
+        let err: f32 = (up.forward(x, None) - reference).abs().max().into_scalar();
+        assert!(err < 1e-5, "differs by {err}");
     }
 }

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with};
 
 use super::attention::Projection;
+use super::conv::Conv2d;
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps, TimestepsConfig};
 use super::resnet::conv3x3;
 use super::unet_2d_blocks::{UNetBlockConfig, UNetDownBlock, UNetMidBlock2DCrossAttn, UNetUpBlock};

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Distribution, Tensor, backend::Backend};
@@ -23,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with};
 
+use super::conv::Conv2d;
 use super::resnet::{conv1x1, conv3x3};
 use super::unet_2d::{DiffusersConfigError, read_config_json, reject_unsupported};
 use super::unet_2d_blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, VaeBlockConfig};

@@ -316,23 +316,32 @@ pub fn tensor_backward<B: Backend>(
     table.into_primitive().tensor()
 }
 
-#[cfg(feature = "cpu")]
-impl HashGridBackend for burn::backend::NdArray<f32> {
-    fn hash_grid_encode(
-        table: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        layout: &GridLayout,
-    ) -> FloatTensor<Self> {
-        host_encode::<Self>(table, x, layout)
-    }
-    fn hash_grid_encode_backward(
-        grad: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        layout: &GridLayout,
-    ) -> FloatTensor<Self> {
-        host_backward::<Self>(grad, x, layout)
-    }
+/// CPU backends: both passes are host loops over the tensor's data.
+macro_rules! host_path {
+    ($backend:ty) => {
+        impl HashGridBackend for $backend {
+            fn hash_grid_encode(
+                table: FloatTensor<Self>,
+                x: FloatTensor<Self>,
+                layout: &GridLayout,
+            ) -> FloatTensor<Self> {
+                host_encode::<Self>(table, x, layout)
+            }
+            fn hash_grid_encode_backward(
+                grad: FloatTensor<Self>,
+                x: FloatTensor<Self>,
+                layout: &GridLayout,
+            ) -> FloatTensor<Self> {
+                host_backward::<Self>(grad, x, layout)
+            }
+        }
+    };
 }
+
+#[cfg(feature = "cpu")]
+host_path!(burn::backend::NdArray<f32>);
+#[cfg(feature = "flex")]
+host_path!(burn::backend::Flex);
 
 /// GPU backends: the forward gathers on the device; the backward runs the host loops (its
 /// scatter-add has no fast burn op; a CubeCL kernel with atomic adds replaces this next).
