@@ -1,9 +1,12 @@
-//! The generation loop, headless: [`GenerateConfig`] (every knob, presets, TOML) and
-//! [`Generator`] (step by step, progress events, snapshots, cancellation).
+//! The generation loop, headless: [`GenerateConfig`] (every knob, presets, TOML),
+//! [`Generator`] (step by step, progress events, snapshots, cancellation) and its
+//! [`checkpoint`]s.
 
+pub mod checkpoint;
 pub mod config;
 pub mod generator;
 
+pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
 pub use config::{GenerateConfig, PRESETS};
 pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, slug,
