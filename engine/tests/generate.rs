@@ -241,3 +241,25 @@ fn a_diverging_run_stops_and_names_the_last_good_checkpoint() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn unknown_models_are_rejected_naming_the_field() {
+    let device = Default::default();
+    for field in ["prior", "reward"] {
+        let mut config = small(1);
+        match field {
+            "prior" => config.prior = "no-such-prior".into(),
+            _ => config.reward = Some("no-such-reward".into()),
+        }
+        let err = Generator::<B>::load(config, &device).unwrap_err();
+        assert!(
+            matches!(&err, GenerateError::Model { field: f, .. } if *f == field),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("`{field}` = `no-such-{field}`")),
+            "{err}"
+        );
+    }
+}

@@ -286,5 +286,22 @@ mod tests {
         assert_eq!(err.field, "steps");
         let err = GenerateConfig::from_toml("stepz = 3").unwrap_err();
         assert!(err.reason.contains("stepz"), "{err}");
+        // Unknown names of a scoring mode or weighting strategy: the message shows the key.
+        for (from, to, key) in [
+            (
+                "scoring = \"one_step\"",
+                "scoring = \"two_step\"",
+                "scoring",
+            ),
+            ("type = \"min_max\"", "type = \"max_min\"", "type"),
+        ] {
+            let text = base.to_toml();
+            assert!(text.contains(from), "{text}");
+            let err = GenerateConfig::from_toml(&text.replace(from, to)).unwrap_err();
+            assert!(
+                err.reason.contains(key) && err.reason.contains(&to[key.len() + 4..]),
+                "{err}"
+            );
+        }
     }
 }

@@ -37,6 +37,16 @@ pub enum GenerateError {
     /// A model could not be found or loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A model named in the config (`prior`, `reward`) could not be found or loaded.
+    #[error("invalid `{field}` = `{spec}`: {source}")]
+    Model {
+        /// The config field naming the model.
+        field: &'static str,
+        /// Its value.
+        spec: String,
+        /// Why it could not be loaded.
+        source: LoadError,
+    },
     /// The guidance failed.
     #[error(transparent)]
     Guidance(#[from] GuidanceError),
@@ -184,19 +194,14 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
     device: &B::Device,
 ) -> Result<Guidance<B>, GenerateError> {
     config.validate()?;
-    let prior =
-        DiffusionPrior::<B::InnerBackend>::from_folder(&resolve_model(&config.prior)?, device)?;
+    let prior = load_prior::<B::InnerBackend>(&config.prior, device)?;
     let wants_reward = config
         .guidance
         .reward
         .as_ref()
         .is_some_and(|r| r.strategy.uses_rewards());
     let reward: Option<BoxedReward<B>> = match (&config.reward, wants_reward) {
-        (Some(spec), true) => {
-            let (score, _) =
-                ClipScore::<B::InnerBackend>::from_folder(&resolve_model(spec)?, device)?;
-            Some(Box::new(score))
-        }
+        (Some(spec), true) => Some(Box::new(load_reward::<B::InnerBackend>(spec, device)?)),
         _ => None,
     };
     Ok(Guidance::new(
@@ -206,6 +211,34 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
         reward,
         config.steps,
     )?)
+}
+
+/// The prior named by the config's `prior` (the error names the field).
+pub fn load_prior<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<DiffusionPrior<B>, GenerateError> {
+    let model = |source| GenerateError::Model {
+        field: "prior",
+        spec: spec.into(),
+        source,
+    };
+    DiffusionPrior::from_folder(&resolve_model(spec).map_err(model)?, device).map_err(model)
+}
+
+/// The CLIPScore reward named by the config's `reward` (the error names the field).
+pub fn load_reward<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<ClipScore<B>, GenerateError> {
+    let model = |source| GenerateError::Model {
+        field: "reward",
+        spec: spec.into(),
+        source,
+    };
+    let (score, _) =
+        ClipScore::from_folder(&resolve_model(spec).map_err(model)?, device).map_err(model)?;
+    Ok(score)
 }
 
 impl<B: EngineAutodiffBackend> Generator<B> {

@@ -1,6 +1,5 @@
 //! The generation loop, headless: [`GenerateConfig`] (every knob, presets, TOML),
-//! [`Generator`] (step by step, progress events, snapshots, cancellation) and its
-//! [`checkpoint`]s.
+//! [`Generator`] (step by step, progress events, snapshots, cancellation), its
 
 pub mod checkpoint;
 pub mod config;
@@ -9,5 +8,6 @@ pub mod generator;
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
 pub use config::{GenerateConfig, PRESETS};
 pub use generator::{
-    GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, slug,
+    GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
+    load_reward, slug,
 };
