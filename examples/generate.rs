@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release --example generate -- --prompt "a red cube and a blue sphere"`
 //! runs on the CPU with the built-in Tiny World prior; `--preset quality --backend cuda
-//! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU.
+//! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU. Checkpoints go to
+//! `<out>/checkpoint` every `checkpoint_every` steps; `--resume <out>/checkpoint` continues
+//! an interrupted run exactly.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -13,7 +15,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn::tensor::Tensor;
-use rewardsds::engine::generate::{GenerateConfig, GenerateEvent, Generator, Progress, slug};
+use rewardsds::engine::generate::{
+    GenerateConfig, GenerateEvent, Generator, Progress, checkpoint_config, slug,
+};
 use rewardsds::engine::models::clip::CLIPModel;
 use rewardsds::engine::models::tokenizer::CLIPTokenizer;
 use rewardsds::engine::rgb_image::RgbImage;
@@ -52,27 +56,53 @@ struct Args {
     /// Output folder (default `out/generate/<slug>`).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the run checkpointed in this folder, with its exact config (the options
+    /// above that change the config are not allowed with it).
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed"])]
+    resume: Option<PathBuf>,
 }
 
 struct Generate {
     config: GenerateConfig,
     out: PathBuf,
+    resume: Option<PathBuf>,
 }
 
 impl BackendTask for Generate {
     type Output = Result<()>;
 
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let Generate { config, out } = self;
+        let Generate {
+            config,
+            out,
+            resume,
+        } = self;
         let start = Instant::now();
-        let mut generator = Generator::<B>::load(config.clone(), &device)
-            .context("loading the prior and reward")?;
+        let mut generator = match &resume {
+            Some(dir) => Generator::<B>::resume(dir, &device)
+                .with_context(|| format!("resuming from {}", dir.display()))?,
+            None => {
+                let mut g = Generator::<B>::load(config.clone(), &device)
+                    .context("loading the prior and reward")?;
+                g.checkpoint_to(out.join("checkpoint"));
+                g
+            }
+        };
         println!(
-            "loaded {} in {:.1}s",
+            "loaded {} in {:.1}s{}",
             config.prior,
-            start.elapsed().as_secs_f64()
+            start.elapsed().as_secs_f64(),
+            match &resume {
+                Some(dir) => format!(
+                    "; resuming at step {} from {}",
+                    generator.steps_done(),
+                    dir.display()
+                ),
+                None => String::new(),
+            }
         );
         let bar = ProgressBar::new(config.steps as u64);
+        bar.set_position(generator.steps_done() as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
                 .expect("a valid template"),
@@ -94,6 +124,9 @@ impl BackendTask for Generate {
                 if let Err(e) = preview.save_png(out.join("preview.png")) {
                     snapshot_error = Some(e);
                 }
+            }
+            GenerateEvent::Checkpoint { step, path } => {
+                bar.println(format!("step {step}: checkpoint {}", path.display()));
             }
         })?;
         bar.finish();
@@ -160,6 +193,23 @@ fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let kind: BackendKind = args.backend.parse().context("--backend")?;
+    if let Some(dir) = &args.resume {
+        let config = checkpoint_config(dir)?;
+        let out = args
+            .out
+            .unwrap_or_else(|| PathBuf::from("out/generate").join(slug(&config.prompt)));
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let resume = Some(dir.clone());
+        return run_on(
+            kind,
+            Generate {
+                config,
+                out,
+                resume,
+            },
+        )?;
+    }
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -189,11 +239,17 @@ fn main() -> Result<()> {
         config.seed = seed;
     }
     config.validate()?;
-    let kind: BackendKind = args.backend.parse().context("--backend")?;
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from("out/generate").join(slug(&config.prompt)));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("config.toml"), config.to_toml())?;
-    run_on(kind, Generate { config, out })?
+    run_on(
+        kind,
+        Generate {
+            config,
+            out,
+            resume: None,
+        },
+    )?
 }

@@ -9,6 +9,7 @@ use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder, RecorderError};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
@@ -131,5 +132,31 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedOptimizer<M, B> {
             };
         }
         module
+    }
+
+    /// The state of every parameter (Adam's moments and step count) as bytes: burn's named
+    /// MessagePack record at full precision, keyed by parameter id, so a restored module must
+    /// keep its ids (burn's module records do).
+    pub fn state_bytes(&self) -> Result<Vec<u8>, RecorderError> {
+        let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+        match &self.inner {
+            Inner::Adam(o) => Recorder::<B>::record(&recorder, o.to_record(), ()),
+            Inner::AdamW(o) => Recorder::<B>::record(&recorder, o.to_record(), ()),
+        }
+    }
+
+    /// Restores the state written by [`state_bytes`](Self::state_bytes) by an optimiser of the
+    /// same kind.
+    pub fn load_state_bytes(
+        self,
+        bytes: Vec<u8>,
+        device: &B::Device,
+    ) -> Result<Self, RecorderError> {
+        let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+        let inner = match self.inner {
+            Inner::Adam(o) => Inner::Adam(o.load_record(recorder.load(bytes, device)?)),
+            Inner::AdamW(o) => Inner::AdamW(o.load_record(recorder.load(bytes, device)?)),
+        };
+        Ok(Self { inner })
     }
 }

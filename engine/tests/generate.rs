@@ -1,10 +1,16 @@
 //! A short generation on the shipped Tiny World prior runs end to end on the CPU and writes a
-//! valid .glb; the same seed gives the same result.
+//! valid .glb; the same seed gives the same result; a run checkpointed and resumed equals an
+//! uninterrupted one; a diverging run stops and names its last good checkpoint.
 
 use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
-use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use rewardsds_engine::generate::{
+    CheckpointError, CheckpointState, GenerateConfig, GenerateError, GenerateEvent, Generator,
+    StopReason, latest_checkpoint,
+};
 
 type B = Autodiff<NdArray>;
 
@@ -49,6 +55,7 @@ fn short_generation_writes_a_valid_glb() {
                 snapshots += 1;
                 assert_eq!((preview.width, preview.height), (4 * 16, 16));
             }
+            GenerateEvent::Checkpoint { .. } => panic!("no checkpoint folder was given"),
         })
         .unwrap();
     assert_eq!(reason, StopReason::Finished);
@@ -88,4 +95,171 @@ fn same_seed_same_result_and_cancel_stops() {
     let mut g = Generator::<B>::load(small(3), &device).unwrap();
     let reason = g.run(&AtomicBool::new(true), &mut |_| {}).unwrap();
     assert_eq!((reason, g.steps_done()), (StopReason::Cancelled, 0));
+}
+
+/// Every float parameter of the NeRF, in visiting order.
+fn parameters(generator: &Generator<B>) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0
+                .push(param.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    generator.nerf().visit(&mut collect);
+    collect.0
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rewardsds-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+#[test]
+fn resuming_from_a_checkpoint_repeats_the_uninterrupted_run_bit_for_bit() {
+    let _turn = serial();
+    let device = Default::default();
+    let (total, split) = (6, 2);
+    let mut config = small(total);
+    config.checkpoint_every = 0;
+    config.snapshot_every = 0;
+
+    let mut whole = Generator::<B>::load(config.clone(), &device).unwrap();
+    whole.run(&AtomicBool::new(false), &mut |_| {}).unwrap();
+
+    let dir = temp_dir("resume");
+    let mut first = Generator::<B>::load(config.clone(), &device).unwrap();
+    for _ in 0..split {
+        first.step().unwrap();
+    }
+    let saved = first.save_checkpoint(&dir).unwrap();
+    assert_eq!(saved, dir.join("step-0000002"));
+    drop(first);
+
+    let mut resumed = Generator::<B>::resume(&dir, &device).unwrap();
+    assert_eq!(resumed.steps_done(), split);
+    assert_eq!(resumed.config(), &config, "the config comes back exactly");
+    let mut steps = Vec::new();
+    resumed
+        .run(&AtomicBool::new(false), &mut |e| {
+            if let GenerateEvent::Progress(p) = e {
+                steps.push(p.step);
+            }
+        })
+        .unwrap();
+    assert_eq!(steps, (split + 1..=total).collect::<Vec<_>>());
+    // Same parameters, same Adam moments and step counts, same per-step draws: identical.
+    assert_eq!(parameters(&resumed), parameters(&whole));
+    assert_eq!(
+        resumed.turntable(2, 16).unwrap(),
+        whole.turntable(2, 16).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_checkpoints_periodically_and_keeps_only_the_latest() {
+    let _turn = serial();
+    let device = Default::default();
+    let mut config = small(5);
+    config.checkpoint_every = 2;
+    config.snapshot_every = 0;
+    let dir = temp_dir("periodic");
+    let mut generator = Generator::<B>::load(config, &device).unwrap();
+    generator.checkpoint_to(&dir);
+    let mut written = Vec::new();
+    generator
+        .run(&AtomicBool::new(false), &mut |e| {
+            if let GenerateEvent::Checkpoint { step, path } = e {
+                written.push((step, path));
+            }
+        })
+        .unwrap();
+    // Every 2 steps and after the last.
+    let steps: Vec<usize> = written.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [2, 4, 5]);
+    assert_eq!(latest_checkpoint(&dir).unwrap(), dir.join("step-0000005"));
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["latest", "step-0000005"],
+        "no temporary or older folders remain"
+    );
+    let state: CheckpointState =
+        serde_json::from_slice(&std::fs::read(dir.join("step-0000005/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state.step, 5);
+    // A finished run resumes as finished.
+    let resumed = Generator::<B>::resume(&dir, &device).unwrap();
+    assert_eq!(resumed.steps_done(), 5);
+    assert!(matches!(
+        Generator::<B>::resume(&dir.join("nothing-here"), &device),
+        Err(GenerateError::Checkpoint(CheckpointError::NotFound(_)))
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_diverging_run_stops_and_names_the_last_good_checkpoint() {
+    let _turn = serial();
+    let device = Default::default();
+    let mut config = small(20);
+    config.checkpoint_every = 1;
+    config.snapshot_every = 0;
+    // Absurd learning rates: densities overflow within a few steps.
+    config.learning_rates.encoding = 1e30;
+    config.learning_rates.network = 1e30;
+    let dir = temp_dir("diverge");
+    let mut generator = Generator::<B>::load(config, &device).unwrap();
+    generator.checkpoint_to(&dir);
+    let err = generator
+        .run(&AtomicBool::new(false), &mut |_| {})
+        .unwrap_err();
+    let GenerateError::NonFinite {
+        step, checkpoint, ..
+    } = &err
+    else {
+        panic!("expected a non-finite stop, got {err}");
+    };
+    assert_eq!(
+        generator.steps_done(),
+        *step,
+        "the bad step was not applied"
+    );
+    let last = latest_checkpoint(&dir).unwrap();
+    assert_eq!(checkpoint.as_ref(), Some(&last));
+    assert!(err.to_string().contains("last good checkpoint"), "{err}");
+    assert!(
+        err.to_string().contains(&last.display().to_string()),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unknown_models_are_rejected_naming_the_field() {
+    let device = Default::default();
+    for field in ["prior", "reward"] {
+        let mut config = small(1);
+        match field {
+            "prior" => config.prior = "no-such-prior".into(),
+            _ => config.reward = Some("no-such-reward".into()),
+        }
+        let err = Generator::<B>::load(config, &device).unwrap_err();
+        assert!(
+            matches!(&err, GenerateError::Model { field: f, .. } if *f == field),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("`{field}` = `no-such-{field}`")),
+            "{err}"
+        );
+    }
 }

@@ -45,6 +45,10 @@ pub struct GenerateConfig {
     pub render_size: u32,
     /// Steps between preview snapshots (0: none).
     pub snapshot_every: usize,
+    /// Steps between checkpoints (0: none), written when the generator has a checkpoint
+    /// folder ([`Generator::checkpoint_to`](super::Generator::checkpoint_to)); the last
+    /// step is always checkpointed then.
+    pub checkpoint_every: usize,
     /// Surface extraction of the result.
     pub mesh: MeshConfig,
     /// Length in metres of the exported asset's longest side.
@@ -127,6 +131,7 @@ impl GenerateConfig {
             views_per_step: 1,
             render_size: 32,
             snapshot_every: 25,
+            checkpoint_every: 50,
             // The small NeRF is cheap to query: 96^3 keeps extraction to seconds on a CPU.
             mesh: MeshConfig {
                 resolution: 96,
@@ -153,6 +158,7 @@ impl GenerateConfig {
             views_per_step: 4,
             render_size: 64,
             snapshot_every: 50,
+            checkpoint_every: 100,
             mesh: MeshConfig::default(),
             ..fast
         }
@@ -280,5 +286,22 @@ mod tests {
         assert_eq!(err.field, "steps");
         let err = GenerateConfig::from_toml("stepz = 3").unwrap_err();
         assert!(err.reason.contains("stepz"), "{err}");
+        // Unknown names of a scoring mode or weighting strategy: the message shows the key.
+        for (from, to, key) in [
+            (
+                "scoring = \"one_step\"",
+                "scoring = \"two_step\"",
+                "scoring",
+            ),
+            ("type = \"min_max\"", "type = \"max_min\"", "type"),
+        ] {
+            let text = base.to_toml();
+            assert!(text.contains(from), "{text}");
+            let err = GenerateConfig::from_toml(&text.replace(from, to)).unwrap_err();
+            assert!(
+                err.reason.contains(key) && err.reason.contains(&to[key.len() + 4..]),
+                "{err}"
+            );
+        }
     }
 }

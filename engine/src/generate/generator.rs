@@ -1,6 +1,7 @@
 //! The generation loop: render views of the NeRF, take a guidance step, update the NeRF;
 //! step by step, with progress events, preview snapshots and cancellation.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::ElementConversion;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::CheckpointError;
 use super::config::GenerateConfig;
 use crate::backend::EngineAutodiffBackend;
 use crate::export::{ExportConfig, ExportError, ExportReport, write_glb};
@@ -35,6 +37,16 @@ pub enum GenerateError {
     /// A model could not be found or loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A model named in the config (`prior`, `reward`) could not be found or loaded.
+    #[error("invalid `{field}` = `{spec}`: {source}")]
+    Model {
+        /// The config field naming the model.
+        field: &'static str,
+        /// Its value.
+        spec: String,
+        /// Why it could not be loaded.
+        source: LoadError,
+    },
     /// The guidance failed.
     #[error(transparent)]
     Guidance(#[from] GuidanceError),
@@ -50,14 +62,31 @@ pub enum GenerateError {
     /// The operating system could not start the generation's thread.
     #[error("cannot start the generation thread: {0}")]
     Thread(std::io::Error),
-    /// The loss became NaN or infinite; the NeRF is the last good one.
-    #[error("loss became {loss} at step {step}: stopped, keeping the result of step {step}")]
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The loss became NaN or infinite; the NeRF is the last good one (the step was not
+    /// applied), and so is the last checkpoint, if any was written.
+    #[error(
+        "loss became {loss} at step {step}: stopped, the NeRF is kept as it was after step \
+         {step}; {}",
+        kept_checkpoint(.checkpoint)
+    )]
     NonFinite {
-        /// The step.
+        /// The step (0-based) whose loss was not finite.
         step: usize,
         /// The loss.
         loss: f32,
+        /// The last good checkpoint, if one was written: resume from here.
+        checkpoint: Option<std::path::PathBuf>,
     },
+}
+
+fn kept_checkpoint(checkpoint: &Option<std::path::PathBuf>) -> String {
+    match checkpoint {
+        Some(path) => format!("the last good checkpoint is {}", path.display()),
+        None => "no checkpoint was written".into(),
+    }
 }
 
 /// One step's report.
@@ -111,6 +140,13 @@ pub enum StopReason {
 /// What [`Generator::run`] reports.
 #[derive(Debug, Clone)]
 pub enum GenerateEvent {
+    /// A checkpoint was written (complete: it is what `latest` names).
+    Checkpoint {
+        /// Steps done.
+        step: usize,
+        /// Its folder.
+        path: std::path::PathBuf,
+    },
     /// A step finished.
     Progress(Progress),
     /// A preview: views around the object.
@@ -122,17 +158,28 @@ pub enum GenerateEvent {
     },
 }
 
+/// Xored into a step's seed for its cameras and its ray jitter (the guidance uses the seed
+/// itself and `POSTERIOR_STREAM`), so the streams never overlap.
+const CAMERA_STREAM: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const JITTER_STREAM: u64 = 0x1656_67B1_9E37_79F9;
+
 /// Generates one asset: a NeRF optimised with SDS or RewardSDS.
+///
+/// Every random draw of step `k` (cameras, ray jitter, timestep, noises) is seeded from
+/// `(seed, k)`, so a run split by a checkpoint repeats an uninterrupted one exactly.
 pub struct Generator<B: EngineAutodiffBackend> {
-    config: GenerateConfig,
-    guidance: Guidance<B>,
-    nerf: Nerf<B>,
-    optimizer: GroupedOptimizer<Nerf<B>, B>,
+    pub(super) config: GenerateConfig,
+    pub(super) guidance: Guidance<B>,
+    pub(super) nerf: Nerf<B>,
+    pub(super) optimizer: GroupedOptimizer<Nerf<B>, B>,
     renderer: VolumeRenderer,
-    cameras: CameraSampler,
-    step: usize,
-    elapsed: f64,
-    device: B::Device,
+    pub(super) step: usize,
+    pub(super) elapsed: f64,
+    pub(super) device: B::Device,
+    /// Where [`run`](Self::run) writes checkpoints.
+    pub(super) checkpoint_dir: Option<PathBuf>,
+    /// The newest checkpoint written or resumed from.
+    pub(super) last_checkpoint: Option<PathBuf>,
 }
 
 impl<B: EngineAutodiffBackend> std::fmt::Debug for Generator<B> {
@@ -150,19 +197,14 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
     device: &B::Device,
 ) -> Result<Guidance<B>, GenerateError> {
     config.validate()?;
-    let prior =
-        DiffusionPrior::<B::InnerBackend>::from_folder(&resolve_model(&config.prior)?, device)?;
+    let prior = load_prior::<B::InnerBackend>(&config.prior, device)?;
     let wants_reward = config
         .guidance
         .reward
         .as_ref()
         .is_some_and(|r| r.strategy.uses_rewards());
     let reward: Option<BoxedReward<B>> = match (&config.reward, wants_reward) {
-        (Some(spec), true) => {
-            let (score, _) =
-                ClipScore::<B::InnerBackend>::from_folder(&resolve_model(spec)?, device)?;
-            Some(Box::new(score))
-        }
+        (Some(spec), true) => Some(Box::new(load_reward::<B::InnerBackend>(spec, device)?)),
         _ => None,
     };
     Ok(Guidance::new(
@@ -172,6 +214,34 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
         reward,
         config.steps,
     )?)
+}
+
+/// The prior named by the config's `prior` (the error names the field).
+pub fn load_prior<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<DiffusionPrior<B>, GenerateError> {
+    let model = |source| GenerateError::Model {
+        field: "prior",
+        spec: spec.into(),
+        source,
+    };
+    DiffusionPrior::from_folder(&resolve_model(spec).map_err(model)?, device).map_err(model)
+}
+
+/// The CLIPScore reward named by the config's `reward` (the error names the field).
+pub fn load_reward<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<ClipScore<B>, GenerateError> {
+    let model = |source| GenerateError::Model {
+        field: "reward",
+        spec: spec.into(),
+        source,
+    };
+    let (score, _) =
+        ClipScore::from_folder(&resolve_model(spec).map_err(model)?, device).map_err(model)?;
+    Ok(score)
 }
 
 impl<B: EngineAutodiffBackend> Generator<B> {
@@ -199,18 +269,38 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             nerf
         };
         let optimizer = config.optimizer.init::<B, Nerf<B>>();
-        let cameras = CameraSampler::new(config.camera.clone(), config.seed)?;
         Ok(Self {
             renderer: VolumeRenderer::new(config.renderer.clone()),
             config,
             guidance,
             nerf,
             optimizer,
-            cameras,
             step: 0,
             elapsed: 0.0,
             device: device.clone(),
+            checkpoint_dir: None,
+            last_checkpoint: None,
         })
+    }
+
+    /// Makes [`run`](Self::run) write a checkpoint into `dir` every `checkpoint_every` steps
+    /// and after the last one (see [`save_checkpoint`](Self::save_checkpoint)).
+    pub fn checkpoint_to(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.checkpoint_dir = Some(dir.into());
+        self
+    }
+
+    /// The newest checkpoint written (or resumed from).
+    pub fn last_checkpoint(&self) -> Option<&Path> {
+        self.last_checkpoint.as_deref()
+    }
+
+    /// The seed of every random draw of `step`.
+    fn step_seed(&self, step: usize) -> u64 {
+        self.config
+            .seed
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(step as u64)
     }
 
     /// The settings.
@@ -232,25 +322,26 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     pub fn step(&mut self) -> Result<Progress, GenerateError> {
         let start = Instant::now();
         let size = self.config.render_size;
-        let cameras: Vec<Camera> = self
-            .cameras
-            .sample(self.config.views_per_step, size, size)?;
+        // One seed per step: nothing drawn at step k depends on how the run was split.
+        let seed = self.step_seed(self.step);
+        let cameras: Vec<Camera> = CameraSampler::new(
+            self.config.camera.clone(),
+            seed ^ CAMERA_STREAM,
+        )?
+        .sample(self.config.views_per_step, size, size)?;
         let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
         let rays = crate::scene::camera::Rays::of_cameras(&cameras);
-        let out = self.renderer.render(&self.nerf, &rays, true, &self.device);
+        let out =
+            self.renderer
+                .render_seeded(&self.nerf, &rays, seed ^ JITTER_STREAM, &self.device);
         let images = RenderOutput::images(out.rgb, cameras.len(), size as usize, size as usize);
-        // One seed per step: the noises of step k do not depend on how the run was split.
-        let seed = self
-            .config
-            .seed
-            .wrapping_mul(0x9E37_79B9)
-            .wrapping_add(self.step as u64);
         let guided = self.guidance.step(images, &views, self.step, seed)?;
         let loss: f32 = guided.loss.clone().into_scalar().elem();
         if !loss.is_finite() {
             return Err(GenerateError::NonFinite {
                 step: self.step,
                 loss,
+                checkpoint: self.last_checkpoint.clone(),
             });
         }
         let mut grads = guided.loss.backward();
@@ -274,8 +365,11 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         })
     }
 
-    /// Run the remaining steps, reporting each and a snapshot every `snapshot_every` steps;
-    /// stops between steps when `cancel` is raised.
+    /// Run the remaining steps, reporting each, a snapshot every `snapshot_every` steps and,
+    /// with a [checkpoint folder](Self::checkpoint_to), a checkpoint every `checkpoint_every`
+    /// steps and after the last; stops between steps when `cancel` is raised. A non-finite
+    /// loss stops the run with [`GenerateError::NonFinite`], which names the last good
+    /// checkpoint.
     pub fn run(
         &mut self,
         cancel: &AtomicBool,
@@ -294,6 +388,14 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                     step,
                     preview: RgbImage::hstack(&self.turntable(4, self.config.render_size)?),
                 });
+            }
+            let every = self.config.checkpoint_every;
+            if let Some(dir) = self.checkpoint_dir.clone()
+                && every > 0
+                && (step % every == 0 || step == self.config.steps)
+            {
+                let path = self.save_checkpoint(&dir)?;
+                on_event(GenerateEvent::Checkpoint { step, path });
             }
         }
         Ok(StopReason::Finished)

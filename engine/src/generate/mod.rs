@@ -1,12 +1,18 @@
-//! The generation loop, headless: [`GenerateConfig`] (every knob, presets, TOML) and
-//! [`Generator`] (step by step, progress events, snapshots, cancellation).
+//! The generation loop, headless: [`GenerateConfig`] (every knob, presets, TOML),
+//! [`Generator`] (step by step, progress events, snapshots, cancellation), its
+//! [`checkpoint`]s, and [`image2d`], the same guidance optimising an image directly.
 
+pub mod checkpoint;
 pub mod config;
 pub mod generator;
 pub mod job;
+pub mod image2d;
 
+pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
 pub use config::{GenerateConfig, PRESETS};
 pub use generator::{
-    GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, slug,
+    GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
+    load_reward, slug,
 };
 pub use job::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewMesh};
+pub use image2d::{Image2dConfig, Image2dGenerator, ImageProgress};

@@ -57,6 +57,17 @@ pub trait RewardModel<B: Backend> {
     fn name(&self) -> &'static str;
 }
 
+/// A shared model scores as the model: one copy can guide RewardSDS and also score its result.
+impl<B: Backend, R: RewardModel<B> + ?Sized> RewardModel<B> for std::sync::Arc<R> {
+    fn score(&self, images: Tensor<B, 4>, prompt: &str) -> Result<Tensor<B, 1>, RewardError> {
+        (**self).score(images, prompt)
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+}
+
 /// Resize `[n, 3, h, w]` images in `[0, 1]` to `size x size` (bilinear, half-pixel centres like
 /// `torch.nn.functional.interpolate(align_corners=False)`, no antialiasing) and normalise with
 /// CLIP's mean and std.

@@ -4,6 +4,8 @@
 
 use burn::config::Config;
 use burn::tensor::{Distribution, Tensor, TensorData, backend::Backend};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::scene::camera::{Camera, Rays};
 use crate::scene::nerf::{HashGridBackend, Nerf};
@@ -92,6 +94,40 @@ impl VolumeRenderer {
         stratified: bool,
         device: &B::Device,
     ) -> RenderOutput<B> {
+        let shape = [rays.len(), self.config.num_samples_per_ray];
+        let offset = if stratified {
+            Tensor::random(shape, Distribution::Uniform(0.0, 1.0), device)
+        } else {
+            Tensor::full(shape, 0.5, device)
+        };
+        self.render_with_offsets(nerf, rays, offset, device)
+    }
+
+    /// Renders rays with stratified jitter drawn on the host from `seed`, so the render is a
+    /// pure function of the field, the rays and the seed (the backend's process-wide generator
+    /// is not involved): a generation resumed from a checkpoint repeats it exactly.
+    pub fn render_seeded<B: HashGridBackend>(
+        &self,
+        nerf: &Nerf<B>,
+        rays: &Rays,
+        seed: u64,
+        device: &B::Device,
+    ) -> RenderOutput<B> {
+        let shape = [rays.len(), self.config.num_samples_per_ray];
+        let mut rng = StdRng::seed_from_u64(seed);
+        let jitter: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random()).collect();
+        let offset = Tensor::from_data(TensorData::new(jitter, shape), device);
+        self.render_with_offsets(nerf, rays, offset, device)
+    }
+
+    /// `offset`: `[rays, samples]`, each sample's position inside its bin, in `[0, 1)`.
+    fn render_with_offsets<B: HashGridBackend>(
+        &self,
+        nerf: &Nerf<B>,
+        rays: &Rays,
+        offset: Tensor<B, 2>,
+        device: &B::Device,
+    ) -> RenderOutput<B> {
         let n = rays.len();
         let s = self.config.num_samples_per_ray;
         let (near, far) = sphere_bounds(rays, nerf.radius());
@@ -108,11 +144,6 @@ impl VolumeRenderer {
             device,
         )
         .reshape([1, s]);
-        let offset = if stratified {
-            Tensor::random([n, s], Distribution::Uniform(0.0, 1.0), device)
-        } else {
-            Tensor::full([n, s], 0.5, device)
-        };
         let step = span.clone().div_scalar(s as f32); // [n, 1]
         let t = near + (offset + bins) * step.clone();
 
