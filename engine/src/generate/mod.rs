@@ -5,8 +5,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod generator;
-pub mod job;
 pub mod image2d;
+pub mod job;
 
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
 pub use config::{GenerateConfig, PRESETS};
@@ -14,5 +14,5 @@ pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
     load_reward, slug,
 };
-pub use job::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewMesh};
 pub use image2d::{Image2dConfig, Image2dGenerator, ImageProgress};
+pub use job::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewMesh};
