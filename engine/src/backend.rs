@@ -10,6 +10,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
+use crate::render::splat::SplatBackend;
 use crate::scene::nerf::HashGridBackend;
 
 /// The compute backends the engine can run on.
@@ -92,9 +93,10 @@ pub enum BackendError {
     },
 }
 
-/// A backend with every custom operation the engine needs (today: the hash-grid encoding).
-pub trait EngineBackend: HashGridBackend {}
-impl<T: HashGridBackend> EngineBackend for T {}
+/// A backend with every custom operation the engine needs: the hash-grid encoding and the
+/// Gaussian rasteriser.
+pub trait EngineBackend: HashGridBackend + SplatBackend {}
+impl<T: HashGridBackend + SplatBackend> EngineBackend for T {}
 
 /// An autodiff backend whose inner backend is an [`EngineBackend`] too: what training runs on.
 pub trait EngineAutodiffBackend:

@@ -1,0 +1,191 @@
+//! The rasteriser as a custom burn operation: `[views, N, PACK]` per-view Gaussians ->
+//! `[views * height * width, OUT]` pixels, with a hand-written backward registered through
+//! burn's autodiff `Backward` trait.
+
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+
+use super::host::{self, HostState};
+use super::{OUT, PACK, RasterSize};
+
+/// Backends that can rasterise Gaussians.
+pub trait SplatBackend: Backend {
+    /// What the forward leaves for the backward (tile lists, final transmittance, ...).
+    type SplatState: Clone + Send + std::fmt::Debug + 'static;
+
+    /// `gaussians [views, N, PACK]` -> `([views * height * width, OUT], state)`.
+    fn splat_forward(
+        gaussians: FloatTensor<Self>,
+        size: RasterSize,
+    ) -> (FloatTensor<Self>, Self::SplatState);
+
+    /// Gradient of the input `[views, N, PACK]` from the output's `[views * h * w, OUT]`.
+    fn splat_backward(
+        gaussians: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        state: &Self::SplatState,
+        size: RasterSize,
+    ) -> FloatTensor<Self>;
+}
+
+/// Rasterises per-view Gaussians `[views, N, PACK]` (see [`super::PACK`]) into pixels
+/// `[views * height * width, OUT]`, camera-major like [`crate::scene::camera::Rays`].
+pub fn rasterize<B: SplatBackend>(gaussians: Tensor<B, 3>, size: RasterSize) -> Tensor<B, 2> {
+    let [views, _, pack] = gaussians.dims();
+    assert_eq!(
+        pack, PACK,
+        "rasterize: the last dimension must be PACK = {PACK}"
+    );
+    assert_eq!(
+        views, size.views,
+        "rasterize: {views} views but size says {}",
+        size.views
+    );
+    let (out, _) = B::splat_forward(gaussians.into_primitive().tensor(), size);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+fn to_host<B: Backend, const D: usize>(t: FloatTensor<B>) -> (Vec<f32>, [usize; D], B::Device) {
+    let t = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(t));
+    let (dims, device) = (t.dims(), t.device());
+    let data = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("float tensor data");
+    (data, dims, device)
+}
+
+fn to_device<B: Backend, const D: usize>(
+    data: Vec<f32>,
+    dims: [usize; D],
+    device: &B::Device,
+) -> FloatTensor<B> {
+    Tensor::<B, D>::from_data(TensorData::new(data, dims), device)
+        .into_primitive()
+        .tensor()
+}
+
+/// The host kernels behind any backend: download, run [`host`], upload.
+fn host_forward<B: Backend>(
+    gaussians: FloatTensor<B>,
+    size: RasterSize,
+) -> (FloatTensor<B>, Arc<HostState>) {
+    let (data, [_, n, _], device) = to_host::<B, 3>(gaussians);
+    let (out, state) = host::forward(&data, n, size);
+    let rows = size.views * size.pixels();
+    (
+        to_device::<B, 2>(out, [rows, OUT], &device),
+        Arc::new(state),
+    )
+}
+
+fn host_backward<B: Backend>(
+    gaussians: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    state: &HostState,
+    size: RasterSize,
+) -> FloatTensor<B> {
+    let (data, [views, n, _], device) = to_host::<B, 3>(gaussians);
+    let (grad, _, _) = to_host::<B, 2>(grad);
+    let out = host::backward(&data, n, size, state, &grad);
+    to_device::<B, 3>(out, [views, n, PACK], &device)
+}
+
+/// Backends whose rasteriser runs the host kernels. The CPU backends by design; GPU backends
+/// until their CubeCL kernels land.
+macro_rules! host_splat {
+    ($backend:ty) => {
+        impl SplatBackend for $backend {
+            type SplatState = Arc<HostState>;
+            fn splat_forward(
+                gaussians: FloatTensor<Self>,
+                size: RasterSize,
+            ) -> (FloatTensor<Self>, Arc<HostState>) {
+                host_forward::<Self>(gaussians, size)
+            }
+            fn splat_backward(
+                gaussians: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                state: &Arc<HostState>,
+                size: RasterSize,
+            ) -> FloatTensor<Self> {
+                host_backward::<Self>(gaussians, grad, state, size)
+            }
+        }
+    };
+}
+
+#[cfg(feature = "cpu")]
+host_splat!(burn::backend::NdArray<f32>);
+#[cfg(feature = "flex")]
+host_splat!(burn::backend::Flex);
+#[cfg(feature = "wgpu")]
+host_splat!(burn::backend::Wgpu<f32, i32>);
+#[cfg(feature = "cuda")]
+host_splat!(burn::backend::Cuda<f32, i32>);
+
+#[derive(Debug)]
+struct RasterizeBackward;
+
+impl<B: SplatBackend> Backward<B, 1> for RasterizeBackward {
+    type State = (FloatTensor<B>, B::SplatState, RasterSize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let (gaussians, state, size) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(parent) = &ops.parents[0] {
+            let input_grad = B::splat_backward(gaussians, grad, &state, size);
+            grads.register::<B>(parent.id, input_grad);
+        }
+    }
+}
+
+impl<B: SplatBackend, C: CheckpointStrategy> SplatBackend for Autodiff<B, C> {
+    type SplatState = B::SplatState;
+
+    fn splat_forward(
+        gaussians: FloatTensor<Self>,
+        size: RasterSize,
+    ) -> (FloatTensor<Self>, Self::SplatState) {
+        match RasterizeBackward
+            .prepare::<C>([gaussians.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let input = gaussians.primitive;
+                let (out, state) = B::splat_forward(input.clone(), size);
+                (prep.finish((input, state.clone(), size), out), state)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, state) = B::splat_forward(gaussians.primitive, size);
+                (prep.finish(out), state)
+            }
+        }
+    }
+
+    fn splat_backward(
+        gaussians: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        state: &Self::SplatState,
+        size: RasterSize,
+    ) -> FloatTensor<Self> {
+        // No second derivatives: the gradient is a constant of the graph.
+        let out = B::splat_backward(gaussians.primitive, grad.primitive, state, size);
+        <Self as AutodiffBackend>::from_inner(out)
+    }
+}

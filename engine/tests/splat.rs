@@ -1,0 +1,291 @@
+//! The Gaussian rasteriser (custom op with a hand-written backward) against the dense tensor
+//! reference: forward values and gradients, directly on per-view Gaussians and through the
+//! projection from 3D parameters; empty scenes, bad input.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{Distribution, Tensor, TensorData};
+use glam::Vec3;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rewardsds_engine::render::splat::dense::rasterize_dense;
+use rewardsds_engine::render::splat::{
+    OUT, PACK, RasterSize, SplatError, SplatRenderer, project, rasterize,
+};
+use rewardsds_engine::scene::camera::Camera;
+use rewardsds_engine::scene::gaussians::{Gaussians, GaussiansConfig, GaussiansError};
+
+type B = NdArray<f32>;
+type A = Autodiff<B>;
+
+fn max_abs(a: Tensor<B, 2>, b: Tensor<B, 2>) -> f32 {
+    (a - b).abs().max().into_scalar()
+}
+
+fn scale(t: &Tensor<B, 2>) -> f32 {
+    t.clone().abs().max().into_scalar().max(1e-6)
+}
+
+/// Random screen-space Gaussians: some behind the camera, some nearly opaque (capped alpha),
+/// elongated and rotated ellipses of 1-8 px.
+fn random_packed(views: usize, n: usize, size: RasterSize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut data = Vec::with_capacity(views * n * PACK);
+    for _ in 0..views * n {
+        let (sx, sy) = (rng.random_range(1.0..8.0f32), rng.random_range(1.0..8.0f32));
+        let theta = rng.random_range(0.0..std::f32::consts::PI);
+        let (c, s) = (theta.cos(), theta.sin());
+        // covariance R diag(sx^2, sy^2) R^T, then its inverse
+        let (a, b, cc) = (
+            c * c * sx * sx + s * s * sy * sy,
+            c * s * (sx * sx - sy * sy),
+            s * s * sx * sx + c * c * sy * sy,
+        );
+        let det = a * cc - b * b;
+        let depth = if rng.random::<f32>() < 0.1 {
+            -1.0
+        } else {
+            rng.random_range(0.5..5.0f32)
+        };
+        let opacity = if rng.random::<f32>() < 0.2 {
+            0.995
+        } else {
+            rng.random_range(0.05..0.9f32)
+        };
+        data.extend_from_slice(&[
+            rng.random_range(-4.0..size.width as f32 + 4.0),
+            rng.random_range(-4.0..size.height as f32 + 4.0),
+            cc / det,
+            -b / det,
+            a / det,
+            rng.random(),
+            rng.random(),
+            rng.random(),
+            opacity,
+            depth,
+        ]);
+    }
+    data
+}
+
+#[test]
+fn op_matches_dense_reference_forward_and_gradients() {
+    let device = Default::default();
+    // Not a multiple of the tile size, several views, enough Gaussians to overlap deeply.
+    let size = RasterSize {
+        views: 3,
+        width: 37,
+        height: 29,
+    };
+    let n = 120;
+    let packed = random_packed(size.views, n, size, 7);
+    let leaf = || {
+        Tensor::<A, 3>::from_data(
+            TensorData::new(packed.clone(), [size.views, n, PACK]),
+            &device,
+        )
+        .require_grad()
+    };
+    let rows = size.views * size.pixels();
+    let weights = Tensor::<A, 2>::random([rows, OUT], Distribution::Uniform(-1.0, 1.0), &device);
+
+    let input = leaf();
+    let out = rasterize(input.clone(), size);
+    let grads = (out.clone() * weights.clone()).sum().backward();
+    let grad_op = input.grad(&grads).unwrap().reshape([size.views * n, PACK]);
+
+    let input = leaf();
+    let reference = rasterize_dense(input.clone(), size);
+    let grads = (reference.clone() * weights).sum().backward();
+    let grad_dense = input.grad(&grads).unwrap().reshape([size.views * n, PACK]);
+
+    let forward = max_abs(out.inner(), reference.inner());
+    let backward = max_abs(grad_op.clone(), grad_dense.clone());
+    let relative = backward / scale(&grad_dense);
+    println!(
+        "forward max abs error {forward:e}; gradient max abs error {backward:e} ({relative:e} of the largest)"
+    );
+    // The images are not trivial: something is drawn and something is opaque.
+    let opacity = out_opacity_max(&packed, size, n);
+    assert!(
+        opacity > 0.9,
+        "nothing opaque in the test scene ({opacity})"
+    );
+    assert!(forward < 1e-4, "forward differs by {forward}");
+    assert!(
+        relative < 1e-3,
+        "gradients differ by {backward} ({relative} relative)"
+    );
+}
+
+fn out_opacity_max(packed: &[f32], size: RasterSize, n: usize) -> f32 {
+    let device = Default::default();
+    let input = Tensor::<B, 3>::from_data(
+        TensorData::new(packed.to_vec(), [size.views, n, PACK]),
+        &device,
+    );
+    rasterize(input, size).narrow(1, 4, 1).max().into_scalar()
+}
+
+fn cameras(size: u32) -> Vec<Camera> {
+    [(20.0f32, 15.0f32), (140.0, 30.0)]
+        .iter()
+        .map(|&(az, el)| Camera::orbit(az, el, 2.5, 45.0, size, size).unwrap())
+        .collect()
+}
+
+/// Gradients of the 3D parameters through projection + op equal those through projection +
+/// dense reference.
+#[test]
+fn parameter_gradients_match_dense_reference() {
+    let device = Default::default();
+    let config = GaussiansConfig::new()
+        .with_num_points(200)
+        .with_sh_degree(1)
+        .with_scale_of_spacing(1.0);
+    let inner: Gaussians<B> = config.init(3, &device).unwrap();
+    // Anisotropic, rotated Gaussians and some view-dependent colour.
+    let mut inner = inner;
+    inner.log_scales = inner.log_scales.clone()
+        + Tensor::random(
+            inner.log_scales.dims(),
+            Distribution::Uniform(-0.7, 0.7),
+            &device,
+        );
+    inner.rotations = Tensor::random(
+        inner.rotations.dims(),
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    inner.sh_rest = inner
+        .sh_rest
+        .map(|r| Tensor::random(r.dims(), Distribution::Uniform(-0.3, 0.3), &device));
+    let cams = cameras(24);
+    let size = RasterSize {
+        views: 2,
+        width: 24,
+        height: 24,
+    };
+    let weights = Tensor::<A, 2>::random(
+        [size.views * size.pixels(), OUT],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+
+    let run = |dense: bool| {
+        let g = Gaussians::<A>::tracked(&inner);
+        let packed = project(&g, &cams, None);
+        let out = if dense {
+            rasterize_dense(packed, size)
+        } else {
+            rasterize(packed, size)
+        };
+        let grads = (out * weights.clone()).sum().backward();
+        g.grads(&grads)
+    };
+    let (op, dense) = (run(false), run(true));
+    let pairs = [
+        ("means", op.means, dense.means),
+        ("log_scales", op.log_scales, dense.log_scales),
+        ("rotations", op.rotations, dense.rotations),
+        ("opacity_logits", op.opacity_logits, dense.opacity_logits),
+        ("sh_dc", op.sh_dc, dense.sh_dc),
+        (
+            "sh_rest",
+            op.sh_rest.unwrap().reshape([200, 9]),
+            dense.sh_rest.unwrap().reshape([200, 9]),
+        ),
+    ];
+    for (name, a, b) in pairs {
+        let (err, s) = (max_abs(a, b.clone()), scale(&b));
+        println!("{name}: max abs error {err:e} (largest gradient {s:e})");
+        assert!(s > 1e-4, "{name}: no gradient reached the parameters");
+        assert!(
+            err <= 2e-3 * s,
+            "{name}: gradients differ by {err} (largest {s})"
+        );
+    }
+}
+
+#[test]
+fn no_gaussians_render_the_background() {
+    let device = Default::default();
+    let config = GaussiansConfig::new().with_num_points(0);
+    let empty: Gaussians<B> = config.init(0, &device).unwrap();
+    assert!(empty.is_empty());
+    let background =
+        Tensor::<B, 2>::from_data(TensorData::new(vec![0.2f32, 0.4, 0.6], [1, 3]), &device);
+    let out = SplatRenderer
+        .render(&empty, &cameras(16), background, false)
+        .unwrap();
+    let rgb: Vec<f32> = out.render.rgb.into_data().to_vec().unwrap();
+    assert_eq!(rgb.len(), 2 * 16 * 16 * 3);
+    for px in rgb.chunks(3) {
+        assert_eq!(px, [0.2, 0.4, 0.6]);
+    }
+    assert_eq!(out.render.opacity.max().into_scalar(), 0.0);
+}
+
+#[test]
+fn bad_input_is_named() {
+    let device = Default::default();
+    let mut g: Gaussians<B> = GaussiansConfig::new()
+        .with_num_points(10)
+        .init(0, &device)
+        .unwrap();
+    g.log_scales = g.log_scales.clone().slice_assign(
+        [4..5, 1..2],
+        Tensor::from_data(TensorData::new(vec![f32::NAN], [1, 1]), &device),
+    );
+    match g.check_finite() {
+        Err(GaussiansError::NonFinite {
+            attribute, index, ..
+        }) => {
+            assert_eq!((attribute, index), ("log_scales", 4));
+        }
+        other => panic!("expected a NonFinite error, got {other:?}"),
+    }
+    let err = GaussiansConfig::new()
+        .with_sh_degree(4)
+        .init::<B>(0, &device)
+        .unwrap_err();
+    assert!(err.to_string().contains("sh_degree"), "{err}");
+
+    let mut cams = cameras(16);
+    cams[1] = cams[1].with_size(8, 8).unwrap();
+    let bg = Tensor::<B, 2>::zeros([1, 3], &device);
+    let ok: Gaussians<B> = GaussiansConfig::new()
+        .with_num_points(10)
+        .init(0, &device)
+        .unwrap();
+    let err = SplatRenderer.render(&ok, &cams, bg, false).unwrap_err();
+    assert!(
+        matches!(err, SplatError::MixedSizes { index: 1, .. }),
+        "{err}"
+    );
+}
+
+/// A single Gaussian at the origin shows up where the camera projects the origin.
+#[test]
+fn a_gaussian_lands_where_the_camera_projects_it() {
+    let device = Default::default();
+    let config = GaussiansConfig::new().with_opacity(0.9);
+    let g: Gaussians<B> = config
+        .from_points(&[[0.0, 0.0, 0.0]], &[[1.0, 0.0, 0.0]], 0.05, &device)
+        .unwrap();
+    let cam = Camera::orbit(30.0, 20.0, 2.0, 40.0, 32, 32).unwrap();
+    let (px, py, _) = cam.project(Vec3::ZERO).unwrap();
+    let bg = Tensor::<B, 2>::zeros([1, 3], &device);
+    let out = SplatRenderer
+        .render(&g, std::slice::from_ref(&cam), bg, false)
+        .unwrap();
+    let opacity: Vec<f32> = out.render.opacity.into_data().to_vec().unwrap();
+    let best = (0..opacity.len())
+        .max_by(|&a, &b| opacity[a].total_cmp(&opacity[b]))
+        .unwrap();
+    let (bx, by) = ((best % 32) as f32 + 0.5, (best / 32) as f32 + 0.5);
+    assert!(
+        (bx - px).abs() <= 1.0 && (by - py).abs() <= 1.0,
+        "peak at ({bx}, {by}), projection ({px}, {py})"
+    );
+    assert!(opacity[best] > 0.6, "peak opacity {}", opacity[best]);
+}
