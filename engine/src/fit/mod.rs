@@ -1,6 +1,10 @@
-//! Photometric fitting of a NeRF to posed images: the check that the renderer and its
-//! gradients are right before any diffusion prior is involved, and the `fit_scene` example's
-//! engine.
+//! Photometric fitting of a NeRF (here) or Gaussians ([`gaussians`]) to posed images: the
+//! check that the renderers and their gradients are right before any diffusion prior is
+//! involved, and the `fit_scene` example's engine.
+
+pub mod gaussians;
+
+pub use gaussians::{GaussianFitConfig, GaussianFitStep, fit_gaussians, render_gaussian_views};
 
 use crate::backend::EngineAutodiffBackend;
 use burn::module::AutodiffModule;
