@@ -1,4 +1,4 @@
-//! Writing meshes as glTF binary (.glb).
+//! Writing meshes as glTF binary (.glb), and Gaussian splat clouds as 3DGS `.ply`.
 //!
 //! [`write_glb`] places a [`TriMesh`] on the ground (x and z centred, its lowest point at
 //! y = 0), scales it to [`ExportConfig::target_size`] metres, and writes one `.glb` with
@@ -10,10 +10,12 @@
 
 mod atomic;
 mod glb;
+mod ply;
 mod validator;
 
 pub use atomic::write_atomic;
 pub use glb::glb_bytes;
+pub use ply::{splat_ply_bytes, write_splat_ply};
 pub use validator::{Validation, ValidatorError, khronos_validate};
 
 use std::path::{Path, PathBuf};
