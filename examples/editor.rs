@@ -430,7 +430,8 @@ fn refresh_library(
 
 fn housekeeping(
     mut commands: Commands,
-    time: Res<Time>,
+    // Wall-clock: the virtual clock clamps slow frames (software rendering) at 250 ms.
+    time: Res<Time<Real>>,
     args: Res<Args>,
     mut form: ResMut<Form>,
     mut exit: MessageWriter<AppExit>,

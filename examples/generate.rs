@@ -15,8 +15,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn::tensor::Tensor;
+use rewardsds::engine::export::write_splat_ply;
 use rewardsds::engine::generate::{
-    GenerateConfig, GenerateEvent, Generator, Progress, checkpoint_config, slug,
+    GenerateConfig, GenerateEvent, Generator, Progress, SceneKind, checkpoint_config, slug,
 };
 use rewardsds::engine::models::clip::CLIPModel;
 use rewardsds::engine::models::tokenizer::CLIPTokenizer;
@@ -50,6 +51,9 @@ struct Args {
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Scene representation: nerf or gaussians (the preset's or config's when unset).
+    #[arg(long)]
+    scene: Option<SceneKind>,
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -58,7 +62,7 @@ struct Args {
     out: Option<PathBuf>,
     /// Continue the run checkpointed in this folder, with its exact config (the options
     /// above that change the config are not allowed with it).
-    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed"])]
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene"])]
     resume: Option<PathBuf>,
 }
 
@@ -84,7 +88,10 @@ impl BackendTask for Generate {
             None => {
                 let mut g = Generator::<B>::load(config.clone(), &device)
                     .context("loading the prior and reward")?;
-                g.checkpoint_to(out.join("checkpoint"));
+                // Checkpoints cover NeRF scenes so far.
+                if config.scene == SceneKind::Nerf {
+                    g.checkpoint_to(out.join("checkpoint"));
+                }
                 g
             }
         };
@@ -148,6 +155,11 @@ impl BackendTask for Generate {
                 (t.sample + t.extract + t.cleanup + t.simplify + t.color).as_secs_f64()
             }
         );
+        if let Some(gaussians) = generator.gaussians() {
+            let ply = out.join(format!("{}.ply", slug(&config.prompt)));
+            write_splat_ply(&gaussians.to_cloud(), &ply).context("writing the splat cloud")?;
+            println!("wrote {} ({} Gaussians)", ply.display(), gaussians.len());
+        }
         let views = generator.turntable(8, config.render_size)?;
         RgbImage::hstack(&views)
             .save_png(out.join("turntable.png"))
@@ -237,6 +249,9 @@ fn main() -> Result<()> {
     }
     if let Some(seed) = args.seed {
         config.seed = seed;
+    }
+    if let Some(scene) = args.scene {
+        config.scene = scene;
     }
     config.validate()?;
     let out = args

@@ -218,7 +218,8 @@ fn show_status(
 
 fn measure_frames(
     mut commands: Commands,
-    time: Res<Time>,
+    // Wall-clock time: the default (virtual) clock clamps each frame's delta at 250 ms.
+    time: Res<Time<Real>>,
     args: Res<Args>,
     spawner: Res<Spawner>,
     progress: Query<&GenerationProgress>,

@@ -44,6 +44,7 @@ pub mod prelude {
         GenerationProgress, GenerationStarted, GenerationState, RewardSdsPlugin, RewardSdsSettings,
         RewardSdsSystems,
     };
+    pub use rewardsds_engine::generate::SceneKind;
 }
 
 /// Adds generation to an app. Needs `AssetPlugin` (and `GltfPlugin` to show the results;

@@ -1,7 +1,7 @@
 //! `GenerateAsset`: the component that asks for a prop.
 
 use bevy::prelude::*;
-use rewardsds_engine::generate::{GenerateConfig, slug};
+use rewardsds_engine::generate::{GenerateConfig, SceneKind, slug};
 
 use crate::settings::RewardSdsSettings;
 
@@ -24,6 +24,8 @@ pub struct GenerateAsset {
     pub prior: Option<String>,
     /// Reward model (`None`: the plugin's, then the preset's).
     pub reward: Option<String>,
+    /// Scene representation (`None`: the preset's, a NeRF): Gaussians are the faster path.
+    pub scene: Option<SceneKind>,
     /// File name of the result without `.glb` (`None`: the prompt's slug). Regenerating the
     /// same name replaces the file, and every instance of it reloads.
     pub name: Option<String>,
@@ -40,6 +42,7 @@ impl GenerateAsset {
             seed: None,
             prior: None,
             reward: None,
+            scene: None,
             name: None,
         }
     }
@@ -80,6 +83,12 @@ impl GenerateAsset {
         self
     }
 
+    /// Optimise this representation: `SceneKind::Gaussians` or `SceneKind::Nerf`.
+    pub fn with_scene(mut self, scene: SceneKind) -> Self {
+        self.scene = Some(scene);
+        self
+    }
+
     /// Name the output file (it is made file-name safe).
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -106,6 +115,9 @@ impl GenerateAsset {
         }
         if let Some(seed) = self.seed {
             config.seed = seed;
+        }
+        if let Some(scene) = self.scene {
+            config.scene = scene;
         }
         if let Some(prior) = self.prior.as_ref().or(settings.prior.as_ref()) {
             config.prior = prior.clone();

@@ -27,6 +27,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::GenerateConfig;
+use super::generator::SceneState;
 use super::generator::{GenerateError, Generator, load_guidance};
 use crate::backend::EngineAutodiffBackend;
 use crate::export::write_atomic;
@@ -67,6 +68,11 @@ pub enum CheckpointError {
         /// Why.
         reason: String,
     },
+    /// Checkpoints cover NeRF scenes so far.
+    #[error(
+        "checkpoints are not implemented for {0} scenes yet; set checkpoint_every = 0 or use the NeRF"
+    )]
+    Unsupported(&'static str),
     /// The parameters are not finite: such a state is never saved over a good one.
     #[error("not checkpointing step {step}: a NeRF parameter is NaN or infinite")]
     NonFinite {
@@ -158,8 +164,14 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     /// and returns its folder; older checkpoints in `dir` are removed once it is complete.
     /// Refuses (leaving the previous checkpoint) when a parameter is not finite.
     pub fn save_checkpoint(&mut self, dir: &Path) -> Result<PathBuf, GenerateError> {
+        let SceneState::Nerf {
+            nerf, optimizer, ..
+        } = &self.scene
+        else {
+            return Err(CheckpointError::Unsupported("Gaussian").into());
+        };
         let mut check = NonFiniteParams(0);
-        self.nerf.visit(&mut check);
+        nerf.visit(&mut check);
         if check.0 > 0 {
             return Err(CheckpointError::NonFinite { step: self.step }.into());
         }
@@ -173,10 +185,9 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             .suffix(".tmp")
             .tempdir_in(dir)
             .map_err(io("create a temporary folder in", dir))?;
-        let nerf_bytes = Recorder::<B>::record(&recorder(), self.nerf.clone().into_record(), ())
+        let nerf_bytes = Recorder::<B>::record(&recorder(), nerf.clone().into_record(), ())
             .map_err(|e| invalid(&staging.path().join(NERF_FILE), e))?;
-        let optimizer_bytes = self
-            .optimizer
+        let optimizer_bytes = optimizer
             .state_bytes()
             .map_err(|e| invalid(&staging.path().join(OPTIMIZER_FILE), e))?;
         let state = CheckpointState {
@@ -273,17 +284,21 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         }
 
         let mut generator = Self::new(config, guidance, device)?;
+        let fresh_optimizer = generator.config.optimizer.init::<B, Nerf<B>>();
+        let SceneState::Nerf {
+            nerf, optimizer, ..
+        } = &mut generator.scene
+        else {
+            return Err(CheckpointError::Unsupported("Gaussian").into());
+        };
         let nerf_path = folder.join(NERF_FILE);
         let record: <Nerf<B> as Module<B>>::Record = recorder()
             .load(read(NERF_FILE)?, device)
             .map_err(|e| invalid(&nerf_path, e))?;
-        generator.nerf = generator.nerf.load_record(record);
+        *nerf = nerf.clone().load_record(record);
         let optimizer_path = folder.join(OPTIMIZER_FILE);
-        let optimizer = std::mem::replace(
-            &mut generator.optimizer,
-            generator.config.optimizer.init::<B, Nerf<B>>(),
-        );
-        generator.optimizer = optimizer
+        let old = std::mem::replace(optimizer, fresh_optimizer);
+        *optimizer = old
             .load_state_bytes(read(OPTIMIZER_FILE)?, device)
             .map_err(|e| invalid(&optimizer_path, e))?;
         generator.step = state.step;

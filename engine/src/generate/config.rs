@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::gaussian_scene::GaussianSceneConfig;
 use crate::guidance::{ConfigError, GuidanceConfig, RewardSdsConfig, ScoringMode, WeightStrategy};
 use crate::mesh::MeshConfig;
 use crate::optim::OptimizerConfig;
@@ -11,6 +12,41 @@ use crate::scene::camera::OrbitConfig;
 use crate::scene::nerf::{
     BackgroundConfig, BackgroundKind, HashGridConfig, NerfConfig, NerfLearningRates,
 };
+
+/// The scene representation a generation optimises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SceneKind {
+    /// A hash-grid NeRF (DreamFusion / threestudio): smooth surfaces, slower.
+    #[default]
+    Nerf,
+    /// 3D Gaussians (DreamGaussian): fast, densified as they are optimised.
+    Gaussians,
+}
+
+impl SceneKind {
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nerf => "nerf",
+            Self::Gaussians => "gaussians",
+        }
+    }
+}
+
+impl std::str::FromStr for SceneKind {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "nerf" => Ok(Self::Nerf),
+            "gaussians" => Ok(Self::Gaussians),
+            other => Err(ConfigError::new(
+                "scene",
+                format!("`{other}`: expected nerf or gaussians"),
+            )),
+        }
+    }
+}
 
 /// A whole generation: prompt, prior, reward, guidance, scene, schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,8 +65,12 @@ pub struct GenerateConfig {
     pub reward: Option<String>,
     /// SDS / RewardSDS settings.
     pub guidance: GuidanceConfig,
-    /// The NeRF.
+    /// Which representation is optimised: `nerf` (settings below) or `gaussians`.
+    pub scene: SceneKind,
+    /// The NeRF (when `scene = "nerf"`).
     pub nerf: NerfConfig,
+    /// The Gaussians (when `scene = "gaussians"`).
+    pub gaussians: GaussianSceneConfig,
     /// Volume rendering.
     pub renderer: VolumeRendererConfig,
     /// Learning rates per parameter group.
@@ -107,6 +147,8 @@ impl GenerateConfig {
                 }),
                 ..GuidanceConfig::default()
             },
+            scene: SceneKind::Nerf,
+            gaussians: GaussianSceneConfig::default(),
             nerf: NerfConfig::new()
                 .with_encoding(
                     HashGridConfig::new()
@@ -206,6 +248,7 @@ impl GenerateConfig {
         self.nerf
             .validate()
             .map_err(|e| ConfigError::new("nerf", e))?;
+        self.gaussians.validate()?;
         self.learning_rates
             .validate()
             .map_err(|e| ConfigError::new("learning_rates", e))?;

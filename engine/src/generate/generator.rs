@@ -11,18 +11,21 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::CheckpointError;
 use super::config::GenerateConfig;
+use super::config::SceneKind;
+use super::gaussian_scene::GaussianScene;
 use crate::backend::EngineAutodiffBackend;
 use crate::export::{ExportConfig, ExportError, ExportReport, write_glb};
 use crate::fit::render_views;
 use crate::guidance::{
     BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceError, ViewAngles,
 };
-use crate::mesh::{MeshError, MeshReport, NerfField, extract_mesh};
+use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, MeshReport, NerfField, extract_mesh};
 use crate::models::reward::ClipScore;
 use crate::optim::GroupedOptimizer;
 use crate::render::{RenderOutput, VolumeRenderer};
 use crate::rgb_image::RgbImage;
 use crate::scene::camera::{Camera, CameraError, CameraSampler, evaluation_orbit};
+use crate::scene::gaussians::Gaussians;
 use crate::scene::nerf::Nerf;
 use crate::weights::{LoadError, resolve_model};
 
@@ -163,16 +166,26 @@ pub enum GenerateEvent {
 const CAMERA_STREAM: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const JITTER_STREAM: u64 = 0x1656_67B1_9E37_79F9;
 
-/// Generates one asset: a NeRF optimised with SDS or RewardSDS.
+/// What a generation optimises.
+pub(super) enum SceneState<B: EngineAutodiffBackend> {
+    /// A NeRF, trained with burn's grouped Adam.
+    Nerf {
+        nerf: Nerf<B>,
+        optimizer: GroupedOptimizer<Nerf<B>, B>,
+        renderer: VolumeRenderer,
+    },
+    /// 3D Gaussians.
+    Gaussians(GaussianScene<B>),
+}
+
+/// Generates one asset: a NeRF or 3D Gaussians optimised with SDS or RewardSDS.
 ///
 /// Every random draw of step `k` (cameras, ray jitter, timestep, noises) is seeded from
 /// `(seed, k)`, so a run split by a checkpoint repeats an uninterrupted one exactly.
 pub struct Generator<B: EngineAutodiffBackend> {
     pub(super) config: GenerateConfig,
     pub(super) guidance: Guidance<B>,
-    pub(super) nerf: Nerf<B>,
-    pub(super) optimizer: GroupedOptimizer<Nerf<B>, B>,
-    renderer: VolumeRenderer,
+    pub(super) scene: SceneState<B>,
     pub(super) step: usize,
     pub(super) elapsed: f64,
     pub(super) device: B::Device,
@@ -260,21 +273,31 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         config.validate()?;
         // The backend's generator is process-wide: seed and draw under one lock, so generators
         // started together stay deterministic (random draws elsewhere can still interleave).
-        let nerf = {
-            let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            B::seed(device, config.seed);
-            let nerf = config.nerf.init::<B>(device);
-            // Parameters are lazy: draw their values now, under the lock.
-            nerf.visit(&mut crate::guidance::prior::Materialize);
-            nerf
+        let scene = match config.scene {
+            SceneKind::Nerf => {
+                let nerf = {
+                    let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+                    B::seed(device, config.seed);
+                    let nerf = config.nerf.init::<B>(device);
+                    // Parameters are lazy: draw their values now, under the lock.
+                    nerf.visit(&mut crate::guidance::prior::Materialize);
+                    nerf
+                };
+                SceneState::Nerf {
+                    nerf,
+                    optimizer: config.optimizer.init::<B, Nerf<B>>(),
+                    renderer: VolumeRenderer::new(config.renderer.clone()),
+                }
+            }
+            // Seeded on the host: no process-wide generator involved.
+            SceneKind::Gaussians => {
+                SceneState::Gaussians(GaussianScene::new(&config.gaussians, config.seed, device)?)
+            }
         };
-        let optimizer = config.optimizer.init::<B, Nerf<B>>();
         Ok(Self {
-            renderer: VolumeRenderer::new(config.renderer.clone()),
             config,
             guidance,
-            nerf,
-            optimizer,
+            scene,
             step: 0,
             elapsed: 0.0,
             device: device.clone(),
@@ -313,9 +336,20 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         self.step
     }
 
-    /// The NeRF as it is now.
-    pub fn nerf(&self) -> &Nerf<B> {
-        &self.nerf
+    /// The NeRF as it is now (`None` for a Gaussian scene).
+    pub fn nerf(&self) -> Option<&Nerf<B>> {
+        match &self.scene {
+            SceneState::Nerf { nerf, .. } => Some(nerf),
+            SceneState::Gaussians(_) => None,
+        }
+    }
+
+    /// The Gaussians as they are now (`None` for a NeRF scene).
+    pub fn gaussians(&self) -> Option<&Gaussians<B::InnerBackend>> {
+        match &self.scene {
+            SceneState::Nerf { .. } => None,
+            SceneState::Gaussians(g) => Some(g.gaussians()),
+        }
     }
 
     /// One optimisation step.
@@ -330,11 +364,19 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         )?
         .sample(self.config.views_per_step, size, size)?;
         let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
-        let rays = crate::scene::camera::Rays::of_cameras(&cameras);
-        let out =
-            self.renderer
-                .render_seeded(&self.nerf, &rays, seed ^ JITTER_STREAM, &self.device);
-        let images = RenderOutput::images(out.rgb, cameras.len(), size as usize, size as usize);
+        let (images, pending) = match &self.scene {
+            SceneState::Nerf { nerf, renderer, .. } => {
+                let rays = crate::scene::camera::Rays::of_cameras(&cameras);
+                let out = renderer.render_seeded(nerf, &rays, seed ^ JITTER_STREAM, &self.device);
+                let images =
+                    RenderOutput::images(out.rgb, cameras.len(), size as usize, size as usize);
+                (images, None)
+            }
+            SceneState::Gaussians(g) => {
+                let (images, pending) = g.render(&cameras, self.step, &self.device)?;
+                (images, Some(pending))
+            }
+        };
         let guided = self.guidance.step(images, &views, self.step, seed)?;
         let loss: f32 = guided.loss.clone().into_scalar().elem();
         if !loss.is_finite() {
@@ -345,10 +387,23 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             });
         }
         let mut grads = guided.loss.backward();
-        let groups = self
-            .nerf
-            .param_groups(&mut grads, &self.config.learning_rates);
-        self.nerf = self.optimizer.step(self.nerf.clone(), groups);
+        match (&mut self.scene, pending) {
+            (
+                SceneState::Nerf {
+                    nerf, optimizer, ..
+                },
+                _,
+            ) => {
+                let groups = nerf.param_groups(&mut grads, &self.config.learning_rates);
+                *nerf = optimizer.step(nerf.clone(), groups);
+            }
+            (SceneState::Gaussians(g), Some(pending)) => {
+                g.update(pending, &grads, self.step + 1, seed);
+            }
+            (SceneState::Gaussians(_), None) => {
+                unreachable!("a Gaussian render leaves a pending step")
+            }
+        }
         self.step += 1;
         let seconds = start.elapsed().as_secs_f64();
         self.elapsed += seconds;
@@ -406,17 +461,34 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         let fov = 40.0f32;
         let distance = self.config.camera.camera_distance(0.9, fov);
         let cameras = evaluation_orbit(n, 15.0, distance, fov, size, size)?;
-        Ok(render_views(
-            &self.nerf,
-            &self.renderer,
-            &cameras,
-            &self.device,
-        ))
+        match &self.scene {
+            SceneState::Nerf { nerf, renderer, .. } => {
+                Ok(render_views(nerf, renderer, &cameras, &self.device))
+            }
+            SceneState::Gaussians(g) => g.render_views(&cameras, &self.device),
+        }
     }
 
-    /// The NeRF without autodiff (for mesh extraction).
-    pub fn nerf_inner(&self) -> Nerf<B::InnerBackend> {
-        self.nerf.valid()
+    /// The NeRF without autodiff (for mesh extraction); `None` for a Gaussian scene.
+    pub fn nerf_inner(&self) -> Option<Nerf<B::InnerBackend>> {
+        self.nerf().map(|n| n.valid())
+    }
+
+    /// The scene's surface with `mesh` settings: the NeRF's density, or the Gaussians'
+    /// opacity-weighted sum, sampled and meshed.
+    pub fn surface(&self, mesh: &MeshConfig) -> Result<ExtractedMesh, MeshError> {
+        match &self.scene {
+            SceneState::Nerf { nerf, .. } => {
+                let field = NerfField::from_autodiff(nerf).with_chunk(mesh.chunk);
+                let bounds = field.bounds();
+                extract_mesh(&field, Some(&field), bounds, mesh)
+            }
+            SceneState::Gaussians(g) => {
+                let (cloud, bounds) = g.cloud();
+                let fields = cloud.fields();
+                extract_mesh(&fields, Some(&fields), bounds, mesh)
+            }
+        }
     }
 
     /// Extract the surface and write it to `path` as a `.glb` (atomically), with the prompt,
@@ -425,13 +497,12 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         &self,
         path: &std::path::Path,
     ) -> Result<(ExportReport, MeshReport), GenerateError> {
-        let field = NerfField::from_autodiff(&self.nerf).with_chunk(self.config.mesh.chunk);
-        let bounds = field.bounds();
-        let extracted = extract_mesh(&field, Some(&field), bounds, &self.config.mesh)?;
+        let extracted = self.surface(&self.config.mesh)?;
         let mut extras = serde_json::Map::new();
         extras.insert("seed".into(), self.config.seed.into());
         extras.insert("steps".into(), self.step.into());
         extras.insert("prior".into(), self.config.prior.clone().into());
+        extras.insert("scene".into(), self.config.scene.name().into());
         let config = ExportConfig {
             target_size: Some(self.config.asset_size),
             name: slug(&self.config.prompt),

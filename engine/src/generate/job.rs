@@ -18,7 +18,7 @@ use super::config::GenerateConfig;
 use super::generator::{GenerateError, Generator, Progress};
 use crate::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use crate::export::{ExportError, place_on_ground, write_atomic};
-use crate::mesh::{ColorMode, MeshConfig, MeshError, NerfField, SimplifyConfig, TriMesh};
+use crate::mesh::{ColorMode, MeshConfig, MeshError, SimplifyConfig, TriMesh};
 
 /// What to generate, where, and how often to send a preview.
 #[derive(Debug, Clone)]
@@ -330,9 +330,7 @@ pub fn preview_mesh<B: EngineAutodiffBackend>(
         },
         ..config.mesh.clone()
     };
-    let field = NerfField::from_autodiff(generator.nerf()).with_chunk(mesh_config.chunk);
-    let bounds = field.bounds();
-    let extracted = match crate::mesh::extract_mesh(&field, Some(&field), bounds, &mesh_config) {
+    let extracted = match generator.surface(&mesh_config) {
         Ok(extracted) => extracted,
         Err(MeshError::EmptyField { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),

@@ -1,15 +1,18 @@
-//! The generation loop, headless: [`GenerateConfig`] (every knob, presets, TOML),
+//! The generation loop, headless: [`GenerateConfig`] (every knob, presets, TOML; a NeRF or
+//! [Gaussians](gaussian_scene) as the scene),
 //! [`Generator`] (step by step, progress events, snapshots, cancellation), its
 //! [`checkpoint`]s, and [`image2d`], the same guidance optimising an image directly.
 
 pub mod checkpoint;
 pub mod config;
+pub mod gaussian_scene;
 pub mod generator;
 pub mod image2d;
 pub mod job;
 
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
-pub use config::{GenerateConfig, PRESETS};
+pub use config::{GenerateConfig, PRESETS, SceneKind};
+pub use gaussian_scene::{GaussianScene, GaussianSceneConfig};
 pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
     load_reward, slug,

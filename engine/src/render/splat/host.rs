@@ -34,6 +34,29 @@ pub struct HostState {
     pub last: Vec<u32>,
 }
 
+/// Per Gaussian, the exponent below which its alpha is under [`super::ALPHA_MIN`]
+/// (`o exp(p) >= 1/255` iff `p >= -ln(255 o)`), loosened a little so float rounding never
+/// skips what [`alpha_at`] would keep: most pixels of a tile fail this test, and it saves
+/// them the `exp`.
+fn power_cutoffs(gaussians: &[f32]) -> Vec<f32> {
+    gaussians
+        .chunks_exact(PACK)
+        .map(|g| -(255.0 * g[OPACITY]).max(1e-12).ln() - 1e-3)
+        .collect()
+}
+
+/// [`alpha_at`] behind the cheap exponent test.
+#[inline]
+fn alpha_fast(g: &[f32], cutoff: f32, px: f32, py: f32) -> Option<(f32, f32, f32, f32)> {
+    let dx = g[MEAN_X] - px;
+    let dy = g[MEAN_Y] - py;
+    let power = -0.5 * (g[CONIC_A] * dx * dx + g[CONIC_C] * dy * dy) - g[CONIC_B] * dx * dy;
+    if power < cutoff {
+        return None;
+    }
+    alpha_at(g, px, py)
+}
+
 /// Pixel rectangle (inclusive) of tile `t`, clipped to the image.
 fn tile_rect(t: usize, size: RasterSize) -> (usize, usize, usize, usize) {
     let (tiles_x, _) = size.tiles();
@@ -111,6 +134,7 @@ pub fn forward(gaussians: &[f32], n: usize, size: RasterSize) -> (Vec<f32>, Host
     let mut out = vec![0.0f32; size.views * pixels * OUT];
     let mut final_t = vec![1.0f32; size.views * pixels];
     let mut last = vec![0u32; size.views * pixels];
+    let cutoffs = power_cutoffs(gaussians);
 
     let results: Vec<Vec<(usize, [f32; OUT], f32, u32)>> = (0..size.views * tiles)
         .into_par_iter()
@@ -128,7 +152,8 @@ pub fn forward(gaussians: &[f32], n: usize, size: RasterSize) -> (Vec<f32>, Host
                     let mut count = 0u32;
                     for (k, &id) in list.iter().enumerate() {
                         let g = &view[id as usize * PACK..][..PACK];
-                        let Some((alpha, _, _, _)) = alpha_at(g, px, py) else {
+                        let cutoff = cutoffs[v * n + id as usize];
+                        let Some((alpha, _, _, _)) = alpha_fast(g, cutoff, px, py) else {
                             continue;
                         };
                         let next = transmittance * (1.0 - alpha);
@@ -178,6 +203,7 @@ pub fn backward(
     let (tiles_x, tiles_y) = size.tiles();
     let tiles = tiles_x * tiles_y;
     let pixels = size.pixels();
+    let cutoffs = power_cutoffs(gaussians);
 
     // One gradient slot per tile-list entry; split so each tile owns its slots.
     let mut slots = vec![0.0f32; bins.ids.len() * PACK];
@@ -205,7 +231,8 @@ pub fn backward(
                 for k in (0..state.last[p] as usize).rev() {
                     let id = list[k] as usize;
                     let g = &view[id * PACK..][..PACK];
-                    let Some((alpha, gauss, dx, dy)) = alpha_at(g, px, py) else {
+                    let Some((alpha, gauss, dx, dy)) = alpha_fast(g, cutoffs[v * n + id], px, py)
+                    else {
                         continue;
                     };
                     transmittance /= 1.0 - alpha; // T_k, before this Gaussian

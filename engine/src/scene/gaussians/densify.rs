@@ -141,6 +141,23 @@ impl DensifyConfig {
         let n = params.len();
         let device = params.means.device();
         let grads = stats.mean_grad();
+        if std::env::var_os("REWARDSDS_DEBUG_DENSIFY").is_some() {
+            let mut sorted: Vec<f32> = grads.iter().copied().filter(|g| *g > 0.0).collect();
+            sorted.sort_by(f32::total_cmp);
+            let q = |f: f32| {
+                sorted
+                    .get(((sorted.len() as f32 - 1.0) * f) as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            eprintln!(
+                "densify step {step}: grad quantiles 10/50/90/99% = {:.2e} {:.2e} {:.2e} {:.2e}",
+                q(0.1),
+                q(0.5),
+                q(0.9),
+                q(0.99)
+            );
+        }
         let log_scales = host(&params.log_scales);
         let max_scale: Vec<f32> = (0..n)
             .map(|i| {
