@@ -114,8 +114,22 @@ fn backward_kernel<S: GradSink>(
     let mut behind_d = 0.0f32;
     let mut behind_a = 0.0f32;
 
+    // Entries past every pixel's last contributor need no loading: start at the tile's max.
+    let mut counts = SharedMemory::<u32>::new(BATCH);
+    let mut tile_last = SharedMemory::<u32>::new(1usize);
+    counts[t] = count as u32;
+    sync_cube();
+    if t == 0 {
+        let mut most = 0u32;
+        for i in 0..BATCH {
+            most = max(most, counts[i]);
+        }
+        tile_last[0] = most;
+    }
+    sync_cube();
+
     // Batches from the back: [b0, b1), entry b1 - 1 - j in slot j.
-    let mut b1 = end;
+    let mut b1 = min(end, start + tile_last[0] as usize);
     while b1 > start {
         let b0 = select(b1 - start > BATCH, b1 - BATCH, start);
         if t < b1 - b0 {
@@ -222,6 +236,10 @@ pub(crate) fn backward<R: CubeRuntime>(
         geo.tiles,
     );
     let (cubes, dim) = (tile_cubes(geo), CubeDim::new_2d(TILE as u32, TILE as u32));
+    log::debug!(
+        "splat backward: {} float atomics",
+        if native { "native" } else { "compare-and-swap" }
+    );
     unsafe {
         if native {
             backward_kernel::launch_unchecked::<NativeAdd, R>(

@@ -2,7 +2,7 @@
 //! tile's sorted list is walked in batches that the cube loads into shared memory together,
 //! so each Gaussian is read from global memory once per tile instead of once per pixel.
 //! Per pixel the loop is `host::forward`'s: front to back, skip by `alpha_at`, stop before
-//! transmittance would fall below `T_MIN`.
+//! transmittance would fall below `T_MIN`; the cube stops loading once all its pixels stopped.
 
 use burn::tensor::DType;
 use burn_cubecl::CubeRuntime;
@@ -28,6 +28,8 @@ fn forward_kernel(
     geo: Geometry,
 ) {
     let mut batch = SharedMemory::<f32>::new(BATCH * PACK);
+    let mut flags = SharedMemory::<u32>::new(BATCH);
+    let mut all_done = SharedMemory::<u32>::new(1usize);
     let tile = CUBE_POS_X;
     let view = CUBE_POS_Y;
     let x = (tile % geo.tiles_x) * TILE as u32 + UNIT_POS_X;
@@ -89,8 +91,22 @@ fn forward_kernel(
             }
             j += 1;
         }
+        // Whole-tile early exit: stop loading once every pixel is done.
+        flags[t] = select(done, 1u32, 0u32);
         sync_cube();
-        b0 += BATCH;
+        if t == 0 {
+            let mut sum = 0u32;
+            for i in 0..BATCH {
+                sum += flags[i];
+            }
+            all_done[0] = sum;
+        }
+        sync_cube();
+        if all_done[0] == BATCH as u32 {
+            b0 = end;
+        } else {
+            b0 += BATCH;
+        }
     }
 
     if inside {
