@@ -195,6 +195,17 @@ fn backward_kernel<S: GradSink>(
     }
 }
 
+/// Whether the backward adds with native float atomics on this device (else compare-and-swap).
+/// `REWARDSDS_SPLAT_CAS_ATOMICS` forces the fallback, to test it where float atomics exist.
+pub(crate) fn native_float_atomics<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    let f32_type = Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32)));
+    client
+        .properties()
+        .atomic_type_usage(f32_type)
+        .contains(cubecl::features::AtomicUsage::Add)
+        && std::env::var_os("REWARDSDS_SPLAT_CAS_ATOMICS").is_none()
+}
+
 /// Gradient of `gaussians [views, n, PACK]` from the output gradient `[views * h * w, OUT]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<R: CubeRuntime>(
@@ -208,11 +219,7 @@ pub(crate) fn backward<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let (client, device) = (gaussians.client.clone(), gaussians.device.clone());
     let shape = gaussians.meta.shape().clone();
-    let f32_type = Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32)));
-    let native = client
-        .properties()
-        .atomic_type_usage(f32_type)
-        .contains(cubecl::features::AtomicUsage::Add);
+    let native = native_float_atomics(&client);
     // Zero bits are 0.0f32, so one zeroed buffer serves both sinks; it is read as f32 after.
     let grad = zeros_client(client.clone(), device, shape, DType::F32);
     let args = |grad: &CubeTensor<R>| {

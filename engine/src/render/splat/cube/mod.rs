@@ -92,6 +92,12 @@ fn tile_cubes(geo: Geometry) -> CubeCount {
     CubeCount::new_2d(geo.tiles, geo.views)
 }
 
+/// Whether the backward on `device` accumulates with native float atomics (true) or with
+/// the compare-and-swap fallback (false).
+pub fn native_float_atomics<R: CubeRuntime>(device: &R::Device) -> bool {
+    backward::native_float_atomics(&R::client(device))
+}
+
 /// What the backward needs from the forward, all on the device.
 #[derive(Debug)]
 pub struct CubeSplatState<R: CubeRuntime> {
