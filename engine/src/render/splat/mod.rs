@@ -6,6 +6,8 @@
 //! cost is O(pixels x overlapping Gaussians), which no dense tensor formulation reaches.
 //! [`dense`] is that dense formulation, kept as the reference the op is tested against.
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 pub mod dense;
 pub mod host;
 pub mod projection;

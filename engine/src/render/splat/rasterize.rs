@@ -100,8 +100,9 @@ fn host_backward<B: Backend>(
     to_device::<B, 3>(out, [views, n, PACK], &device)
 }
 
-/// Backends whose rasteriser runs the host kernels. The CPU backends by design; GPU backends
-/// until their CubeCL kernels land.
+/// Backends whose rasteriser runs the host kernels: the CPU backends by design, and the GPU
+/// backends behind burn's fusion (its custom-op plumbing is not wired up). The plain CubeCL
+/// backends (wgpu, CUDA) run [`super::cube`]'s device kernels.
 macro_rules! host_splat {
     ($backend:ty) => {
         impl SplatBackend for $backend {
@@ -128,9 +129,9 @@ macro_rules! host_splat {
 host_splat!(burn::backend::NdArray<f32>);
 #[cfg(feature = "flex")]
 host_splat!(burn::backend::Flex);
-#[cfg(feature = "wgpu")]
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
 host_splat!(burn::backend::Wgpu<f32, i32>);
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", feature = "fusion"))]
 host_splat!(burn::backend::Cuda<f32, i32>);
 
 #[derive(Debug)]
