@@ -1,12 +1,10 @@
 //! The splat rasteriser's CubeCL kernels on the wgpu backend (a real GPU, or Mesa's software
 //! Vulkan driver on a CPU-only machine) against the host kernels on NdArray: forward output
-//! and input gradients on random scenes, an empty scene, a fully culled scene; and a timing.
+//! and input gradients on random scenes, an empty scene, a fully culled scene. Timings: `bench_splat --backend wgpu`.
 //!
 //! Without a Vulkan device the tests say so and pass, except under CI (`CI` set), where
 //! .ci/run installs lavapipe and a missing device is a failure.
 #![cfg(all(feature = "wgpu", feature = "cpu"))]
-
-use std::time::Instant;
 
 use burn::backend::{Autodiff, NdArray, Wgpu};
 use burn::tensor::{Tensor, TensorData};
@@ -199,49 +197,5 @@ fn cube_kernels_empty_and_culled_scenes() {
     assert!(
         grad.iter().all(|&v| v == 0.0),
         "culled scene has a gradient"
-    );
-}
-
-/// Forward + backward wall time, after one warm-up run.
-fn time<B: SplatBackend + burn::tensor::backend::AutodiffBackend>(
-    packed: &[f32],
-    weights: &[f32],
-    n: usize,
-    size: RasterSize,
-    reps: usize,
-) -> f64 {
-    run::<B>(packed, weights, n, size);
-    let start = Instant::now();
-    for _ in 0..reps {
-        let (_, grad) = run::<B>(packed, weights, n, size);
-        assert_eq!(grad.len(), packed.len());
-    }
-    B::sync(&Default::default()).unwrap();
-    start.elapsed().as_secs_f64() / reps as f64
-}
-
-#[test]
-fn cube_kernels_timing() {
-    if !have_device() {
-        return;
-    }
-    let size = RasterSize {
-        views: 4,
-        width: 64,
-        height: 64,
-    };
-    let n = 5000;
-    let packed = random_packed(n, size, 21, 6.0, false);
-    let mut rng = StdRng::seed_from_u64(5);
-    let weights: Vec<f32> = (0..size.views * size.pixels() * OUT)
-        .map(|_| rng.random_range(-1.0..1.0f32))
-        .collect();
-    let host = time::<Cpu>(&packed, &weights, n, size, 3);
-    let cube = time::<Gpu>(&packed, &weights, n, size, 3);
-    println!(
-        "forward+backward, 4 views 64x64, {n} Gaussians (incl. upload/download): \
-         host (NdArray) {:.1} ms, cube (wgpu) {:.1} ms",
-        host * 1e3,
-        cube * 1e3
     );
 }
