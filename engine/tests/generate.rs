@@ -107,7 +107,7 @@ fn parameters(generator: &Generator<B>) -> Vec<Vec<f32>> {
         }
     }
     let mut collect = Collect(Vec::new());
-    generator.nerf().visit(&mut collect);
+    generator.nerf().expect("a NeRF scene").visit(&mut collect);
     collect.0
 }
 
