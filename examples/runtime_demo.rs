@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release --features gui --example runtime_demo`
 //!
-//! `--prior sd21-base --reward clip-vit-l-14 --backend cuda` for Stable Diffusion on a GPU.
+//! `--prior sd21-base --reward clip-vit-l-14 --backend cuda` for Stable Diffusion on a GPU;
+//! `--scene gaussians` for the faster Gaussian path.
 //! On exit it prints frame-time percentiles with and without a generation running.
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ struct Args {
     /// Reward model (preset, folder or repo id).
     #[arg(long)]
     reward: Option<String>,
+    /// Scene representation: nerf or gaussians (the preset's when unset).
+    #[arg(long)]
+    scene: Option<SceneKind>,
     /// Backend: cpu, wgpu, cuda.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
@@ -169,6 +173,9 @@ fn spawn_props(
     let n = spawner.prompts.len() as f32;
     let x = (spawner.next as f32 - (n - 1.0) / 2.0) * 2.2;
     let mut request = GenerateAsset::new(spawner.prompts[spawner.next].clone());
+    if let Some(scene) = args.scene {
+        request = request.with_scene(scene);
+    }
     if let Some(steps) = args.steps {
         request = request.with_steps(steps);
     }
