@@ -142,12 +142,7 @@ fn fit_gaussian_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -
     })?;
     let fit_time = start.elapsed().as_secs_f32();
     let predicted = render_gaussian_views::<B>(&gaussians, &heldout, config.background, &device)?;
-    let psnr: Vec<f32> = predicted
-        .iter()
-        .zip(&heldout_images)
-        .map(|(p, t)| p.psnr(t))
-        .collect();
-    let mean = psnr.iter().sum::<f32>() / psnr.len() as f32;
+    let (psnr, mean) = psnr(&predicted, &heldout_images);
     println!();
     println!(
         "| backend | scene | size | views | steps | views/step | Gaussians (start -> end) | final L1 | held-out PSNR (dB) | fit time (s) |"
@@ -157,14 +152,7 @@ fn fit_gaussian_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -
         "| {} | gaussians | {} | {} | {} | {} | {} -> {count} | {last:.5} | {mean:.2} | {fit_time:.1} |",
         args.backend, args.size, args.views, args.steps, args.views_per_step, args.points
     );
-    let per_view: Vec<String> = psnr.iter().map(|p| format!("{p:.2}")).collect();
-    println!("per view: {}", per_view.join(", "));
-    RgbImage::hstack(&predicted).save_png(args.out.join("turntable.png"))?;
-    RgbImage::hstack(&heldout_images).save_png(args.out.join("ground_truth.png"))?;
-    println!(
-        "wrote {}/turntable.png and ground_truth.png",
-        args.out.display()
-    );
+    write_views(&args, &psnr, &predicted, &heldout_images)?;
     if let Some(path) = &args.ply {
         write_splat_ply(&gaussians.to_cloud(), path)?;
         println!("wrote {}", path.display());
@@ -221,12 +209,7 @@ fn fit_nerf_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -> Re
 
     let renderer = VolumeRenderer::new(config.renderer.clone());
     let predicted = render_views(&nerf, &renderer, &heldout, &device);
-    let psnr: Vec<f32> = predicted
-        .iter()
-        .zip(&heldout_images)
-        .map(|(p, t)| p.psnr(t))
-        .collect();
-    let mean = psnr.iter().sum::<f32>() / psnr.len() as f32;
+    let (psnr, mean) = psnr(&predicted, &heldout_images);
 
     println!();
     println!(
@@ -245,16 +228,31 @@ fn fit_nerf_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -> Re
         mean,
         fit_time
     );
-    println!(
-        "per view: {}",
-        psnr.iter()
-            .map(|p| format!("{p:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    write_views(&args, &psnr, &predicted, &heldout_images)
+}
 
-    RgbImage::hstack(&predicted).save_png(args.out.join("turntable.png"))?;
-    RgbImage::hstack(&heldout_images).save_png(args.out.join("ground_truth.png"))?;
+/// Held-out PSNR per view and its mean.
+fn psnr(predicted: &[RgbImage], truth: &[RgbImage]) -> (Vec<f32>, f32) {
+    let psnr: Vec<f32> = predicted
+        .iter()
+        .zip(truth)
+        .map(|(p, t)| p.psnr(t))
+        .collect();
+    let mean = psnr.iter().sum::<f32>() / psnr.len().max(1) as f32;
+    (psnr, mean)
+}
+
+/// Prints the per-view PSNR and writes the predicted and true turntables.
+fn write_views(
+    args: &Args,
+    psnr: &[f32],
+    predicted: &[RgbImage],
+    truth: &[RgbImage],
+) -> Result<()> {
+    let per_view: Vec<String> = psnr.iter().map(|p| format!("{p:.2}")).collect();
+    println!("per view: {}", per_view.join(", "));
+    RgbImage::hstack(predicted).save_png(args.out.join("turntable.png"))?;
+    RgbImage::hstack(truth).save_png(args.out.join("ground_truth.png"))?;
     println!(
         "wrote {}/turntable.png and ground_truth.png",
         args.out.display()
