@@ -17,7 +17,7 @@ use super::super::{
     ALPHA_MAX, CONIC_A, CONIC_B, CONIC_C, DEPTH, MEAN_X, MEAN_Y, OPACITY, OUT, PACK, RED, TILE,
 };
 use super::rules::alpha_at;
-use super::{BATCH, Geometry, GeometryLaunch, tile_cubes};
+use super::{BATCH, Geometry, tile_cubes};
 
 /// `grad[i] += v` on a buffer of f32 bits, by compare-and-swap: portable to devices
 /// without float atomics (WGSL has none).
@@ -234,14 +234,7 @@ pub(crate) fn backward<R: CubeRuntime>(
         )
     };
     let (g, o, i, f, l, go, gr) = args(&grad);
-    let geo_arg = GeometryLaunch::new(
-        geo.views,
-        geo.n,
-        geo.width,
-        geo.height,
-        geo.tiles_x,
-        geo.tiles,
-    );
+    let geo_arg = geo.arg::<R>();
     let (cubes, dim) = (tile_cubes(geo), CubeDim::new_2d(TILE as u32, TILE as u32));
     log::debug!(
         "splat backward: {} float atomics",

@@ -11,7 +11,7 @@ use cubecl::prelude::*;
 
 use super::super::{CONIC_A, CONIC_B, CONIC_C, DEPTH, MEAN_X, MEAN_Y, OPACITY, PACK, TILE};
 use super::rules::footprint_radius;
-use super::{Geometry, GeometryLaunch, elementwise, u32_tensor};
+use super::{Geometry, elementwise, u32_tensor};
 
 /// Threads of the single-cube scan.
 const SCAN_THREADS: usize = 256;
@@ -170,14 +170,7 @@ pub(crate) fn bin<R: CubeRuntime>(gaussians: &CubeTensor<R>, geo: Geometry) -> B
             gaussians.clone().into_tensor_arg(),
             rects.clone().into_tensor_arg(),
             counts.clone().into_tensor_arg(),
-            GeometryLaunch::new(
-                geo.views,
-                geo.n,
-                geo.width,
-                geo.height,
-                geo.tiles_x,
-                geo.tiles,
-            ),
+            geo.arg::<R>(),
         );
     }
     let offsets = u32_tensor(gaussians, lists + 1);
@@ -217,14 +210,7 @@ pub(crate) fn bin<R: CubeRuntime>(gaussians: &CubeTensor<R>, geo: Geometry) -> B
                 cursors.into_tensor_arg(),
                 ids.clone().into_tensor_arg(),
                 keys.clone().into_tensor_arg(),
-                GeometryLaunch::new(
-                    geo.views,
-                    geo.n,
-                    geo.width,
-                    geo.height,
-                    geo.tiles_x,
-                    geo.tiles,
-                ),
+                geo.arg::<R>(),
             );
         }
     }

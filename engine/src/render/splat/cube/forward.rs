@@ -14,7 +14,7 @@ use super::super::{
     CONIC_A, CONIC_B, CONIC_C, DEPTH, MEAN_X, MEAN_Y, OPACITY, OUT, PACK, RED, T_MIN, TILE,
 };
 use super::rules::alpha_at;
-use super::{BATCH, Geometry, GeometryLaunch, tile_cubes, u32_tensor};
+use super::{BATCH, Geometry, tile_cubes, u32_tensor};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -150,14 +150,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             out.clone().into_tensor_arg(),
             final_t.clone().into_tensor_arg(),
             last.clone().into_tensor_arg(),
-            GeometryLaunch::new(
-                geo.views,
-                geo.n,
-                geo.width,
-                geo.height,
-                geo.tiles_x,
-                geo.tiles,
-            ),
+            geo.arg::<R>(),
         );
     }
     (out, final_t, last)

@@ -54,6 +54,18 @@ impl Geometry {
             tiles: (tiles_x * tiles_y) as u32,
         }
     }
+
+    /// The sizes as a kernel launch argument.
+    fn arg<R: Runtime>(&self) -> GeometryLaunch<R> {
+        GeometryLaunch::new(
+            self.views,
+            self.n,
+            self.width,
+            self.height,
+            self.tiles_x,
+            self.tiles,
+        )
+    }
 }
 
 /// A fresh u32 buffer of `len` elements on `like`'s device.

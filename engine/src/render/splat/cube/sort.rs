@@ -10,7 +10,7 @@ use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::{Geometry, GeometryLaunch, list_cubes};
+use super::{Geometry, list_cubes};
 
 /// Threads per list.
 const SORT_THREADS: u32 = 256;
@@ -99,14 +99,7 @@ pub(crate) fn sort<R: CubeRuntime>(
             offsets.clone().into_tensor_arg(),
             keys.clone().into_tensor_arg(),
             ids.clone().into_tensor_arg(),
-            GeometryLaunch::new(
-                geo.views,
-                geo.n,
-                geo.width,
-                geo.height,
-                geo.tiles_x,
-                geo.tiles,
-            ),
+            geo.arg::<R>(),
         );
     }
 }
