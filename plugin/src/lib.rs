@@ -15,8 +15,8 @@
 //!
 //! Adding [`GenerateAsset`] queues a generation; it runs on its own thread (never in the
 //! frame), at most [`RewardSdsSettings::max_concurrent`] at a time. The entity gets a
-//! [`GenerationProgress`], a live preview child (a coarse mesh of the field, refreshed every
-//! few steps), and on success the glTF scene loaded from `assets/<output_folder>/<slug>.glb`.
+//! [`GenerationProgress`], a live preview child refreshed every few steps (Gaussian scenes as
+//! alpha-blended splats, NeRFs as a coarse mesh of the field), and on success the glTF scene loaded from `assets/<output_folder>/<slug>.glb`.
 //! Removing the component or despawning the entity cancels. All ML lives in
 //! `rewardsds_engine`; this crate only schedules jobs and shows their results.
 
@@ -25,6 +25,7 @@ mod preview;
 mod progress;
 mod request;
 mod settings;
+mod splat_preview;
 mod systems;
 
 use bevy::prelude::*;
@@ -35,6 +36,9 @@ pub use progress::{GeneratedAsset, GenerationProgress, GenerationState};
 pub use request::GenerateAsset;
 pub use rewardsds_engine as engine;
 pub use settings::RewardSdsSettings;
+pub use splat_preview::{
+    SplatDepthOrder, SplatPreviewMaterial, back_to_front, splats_to_bevy_mesh,
+};
 pub use systems::GeneratedScene;
 
 /// The usual imports.
@@ -48,7 +52,9 @@ pub mod prelude {
 }
 
 /// Adds generation to an app. Needs `AssetPlugin` (and `GltfPlugin` to show the results;
-/// `PbrPlugin`, or `Assets<StandardMaterial>`, for the live preview).
+/// `PbrPlugin`, or `Assets<StandardMaterial>`, for the live preview). Add it after
+/// `DefaultPlugins`: with `PbrPlugin` already there it also registers the splat preview
+/// ([`SplatPreviewMaterial`]); without it Gaussian scenes are previewed as meshes.
 #[derive(Debug, Clone, Default)]
 pub struct RewardSdsPlugin {
     /// Backend, models, output folder, concurrency, preview rate.
@@ -69,6 +75,9 @@ pub struct RewardSdsSystems;
 
 impl Plugin for RewardSdsPlugin {
     fn build(&self, app: &mut App) {
+        if app.is_plugin_added::<bevy::pbr::PbrPlugin>() {
+            app.add_plugins(splat_preview::SplatPreviewPlugin);
+        }
         app.insert_resource(self.settings.clone())
             .init_resource::<systems::Jobs>()
             .add_message::<GenerationStarted>()

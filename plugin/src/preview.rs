@@ -1,5 +1,6 @@
-//! The live preview: the engine's coarse mesh of the field, drawn as a child of the
-//! generating entity, replaced in place every few steps.
+//! The live preview: the engine's coarse mesh of the field (or, for Gaussian scenes, the splats
+//! of [`crate::splat_preview`]), drawn as a child of the generating entity, replaced in place
+//! every few steps.
 
 use bevy::asset::RenderAssetUsages;
 use bevy::mesh::{Indices, PrimitiveTopology};
@@ -9,7 +10,7 @@ use rewardsds_engine::mesh::TriMesh;
 /// Marks the preview child of a generating entity.
 #[derive(Component, Debug, Clone, Copy)]
 pub struct GenerationPreview {
-    /// Steps done when the mesh was taken.
+    /// Steps done when the snapshot was taken.
     pub step: usize,
 }
 

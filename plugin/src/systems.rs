@@ -10,7 +10,7 @@ use bevy::pbr::MeshMaterial3d;
 use bevy::platform::cell::SyncCell;
 use bevy::prelude::*;
 use bevy::world_serialization::{WorldAsset, WorldAssetRoot};
-use rewardsds_engine::generate::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewMesh};
+use rewardsds_engine::generate::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewShape};
 
 use crate::messages::{
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationStarted,
@@ -19,6 +19,7 @@ use crate::preview::{GenerationPreview, preview_material, preview_to_bevy_mesh};
 use crate::progress::{GeneratedAsset, GenerationProgress, GenerationState};
 use crate::request::GenerateAsset;
 use crate::settings::RewardSdsSettings;
+use crate::splat_preview::{SplatPreviewMaterial, splat_bundle, splats_to_bevy_mesh};
 
 /// Marks the child that holds a finished generation's glTF scene.
 #[derive(Component, Debug, Clone, Copy)]
@@ -110,7 +111,10 @@ pub(crate) fn start_jobs(
     requests: Query<&GenerateAsset>,
     mut progress: Query<&mut GenerationProgress>,
     mut failed: MessageWriter<GenerationFailed>,
+    splat_materials: Option<Res<Assets<SplatPreviewMaterial>>>,
 ) {
+    // Gaussians are previewed as splats where something can draw them.
+    let preview_splats = splat_materials.is_some();
     while jobs.running.len() < settings.max_concurrent.max(1) {
         let Some(entity) = jobs.queue.pop_front() else {
             break;
@@ -125,6 +129,7 @@ pub(crate) fn start_jobs(
             let mut job = JobRequest::new(config, settings.backend, output);
             job.preview_every = settings.preview_every;
             job.preview_resolution = settings.preview_resolution;
+            job.preview_splats = preview_splats;
             GenerationJob::spawn(job)
                 .map(|job| (job, total))
                 .map_err(|e| e.to_string())
@@ -162,6 +167,8 @@ pub(crate) fn apply_job_events(
     scenes: Query<(Entity, &ChildOf), With<GeneratedScene>>,
     mut outbox: Outbox,
     mut preview_material_handle: Local<Option<Handle<StandardMaterial>>>,
+    mut splat_materials: Option<ResMut<Assets<SplatPreviewMaterial>>>,
+    mut splat_material_handle: Local<Option<Handle<SplatPreviewMaterial>>>,
 ) {
     let mut over = Vec::new();
     for (&entity, running) in jobs.running.iter_mut() {
@@ -211,16 +218,35 @@ pub(crate) fn apply_job_events(
                 }
             }
         }
-        if let (Some(preview), Some(meshes), Some(materials)) = (
-            latest_preview,
-            meshes.as_deref_mut(),
-            materials.as_deref_mut(),
-        ) && !over.contains(&entity)
-        {
-            let material = preview_material_handle
-                .get_or_insert_with(|| materials.add(preview_material()))
-                .clone();
-            show_preview(entity, running, preview, meshes, material, &mut commands);
+        let Some(preview) = latest_preview.filter(|_| !over.contains(&entity)) else {
+            continue;
+        };
+        let Some(meshes) = meshes.as_deref_mut() else {
+            continue;
+        };
+        let marker = GenerationPreview { step: preview.step };
+        match &preview.shape {
+            PreviewShape::Mesh(mesh) => {
+                let Some(materials) = materials.as_deref_mut() else {
+                    continue;
+                };
+                let material = preview_material_handle
+                    .get_or_insert_with(|| materials.add(preview_material()))
+                    .clone();
+                let mesh = Mesh3d(meshes.add(preview_to_bevy_mesh(mesh)));
+                show_preview(entity, running, (marker, mesh), material, &mut commands);
+            }
+            PreviewShape::Splats(cloud) => {
+                let Some(materials) = splat_materials.as_deref_mut() else {
+                    continue;
+                };
+                let material = splat_material_handle
+                    .get_or_insert_with(|| materials.add(SplatPreviewMaterial::default()))
+                    .clone();
+                let mesh = Mesh3d(meshes.add(splats_to_bevy_mesh(cloud)));
+                let parts = (marker, mesh, splat_bundle(cloud));
+                show_preview(entity, running, parts, material, &mut commands);
+            }
         }
     }
     for entity in over {
@@ -228,29 +254,26 @@ pub(crate) fn apply_job_events(
     }
 }
 
-fn show_preview(
+/// Puts `parts` (marker, mesh, extras) on the entity's preview child, spawning it with
+/// `material` the first time. Replacing the mesh handle frees the previous mesh.
+fn show_preview<M: Material>(
     entity: Entity,
     running: &mut Running,
-    preview: PreviewMesh,
-    meshes: &mut Assets<Mesh>,
-    material: Handle<StandardMaterial>,
+    parts: impl Bundle,
+    material: Handle<M>,
     commands: &mut Commands,
 ) {
-    let mesh = Mesh3d(meshes.add(preview_to_bevy_mesh(&preview.mesh)));
-    let marker = GenerationPreview { step: preview.step };
     match running.preview {
-        // Replacing the handle frees the previous mesh.
         Some(child) => {
             if let Ok(mut child) = commands.get_entity(child) {
-                child.insert((mesh, marker));
+                child.insert(parts);
             }
         }
         None => {
             if commands.get_entity(entity).is_ok() {
                 let child = commands
                     .spawn((
-                        marker,
-                        mesh,
+                        parts,
                         MeshMaterial3d(material),
                         Transform::default(),
                         ChildOf(entity),

@@ -14,7 +14,7 @@ use bevy::world_serialization::{WorldAssetRoot, WorldSerializationPlugin};
 use bevy_rewardsds::engine::export::{ValidatorError, khronos_validate};
 use bevy_rewardsds::engine::generate::GenerateConfig;
 use bevy_rewardsds::prelude::*;
-use bevy_rewardsds::{GeneratedScene, GenerationPreview};
+use bevy_rewardsds::{GeneratedScene, GenerationPreview, SplatDepthOrder, SplatPreviewMaterial};
 
 /// Each test's own asset root.
 fn asset_root(name: &str) -> PathBuf {
@@ -70,8 +70,9 @@ fn headless_app(root: &Path, settings: RewardSdsSettings) -> App {
         GltfPlugin::default(),
         RewardSdsPlugin::new(settings),
     ))
-    // The preview's material without the renderer.
+    // The previews' materials without the renderer.
     .init_asset::<StandardMaterial>()
+    .init_asset::<SplatPreviewMaterial>()
     .init_resource::<Seen>()
     .add_systems(Update, collect.after(RewardSdsSystems));
     app.finish();
@@ -121,6 +122,7 @@ fn request_runs_to_a_loaded_scene_and_queues_the_next() {
         .spawn(
             GenerateAsset::new("a green cone")
                 .with_config(config)
+                .with_scene(SceneKind::Gaussians)
                 .with_seed(7),
         )
         .id();
@@ -213,10 +215,24 @@ fn request_runs_to_a_loaded_scene_and_queues_the_next() {
         1
     );
 
-    // Then the queued request runs.
+    // Then the queued request runs: Gaussians, previewed as splats (four vertices each).
+    let mut splat_previews = 0;
     run_until(&mut app, Duration::from_secs(600), |app| {
+        let mut previews = app.world_mut().query_filtered::<(&ChildOf, &Mesh3d), (
+            With<GenerationPreview>,
+            With<SplatDepthOrder>,
+            With<MeshMaterial3d<SplatPreviewMaterial>>,
+        )>();
+        for (parent, mesh) in previews.iter(app.world()) {
+            assert_eq!(parent.parent(), second);
+            let meshes = app.world().resource::<Assets<Mesh>>();
+            let vertices = meshes.get(&mesh.0).map(|m| m.count_vertices()).unwrap();
+            assert!(vertices > 0 && vertices % 4 == 0, "{vertices} vertices");
+            splat_previews += 1;
+        }
         app.world().resource::<Seen>().finished.len() == 2
     });
+    assert!(splat_previews > 0, "the Gaussians were previewed as splats");
     assert_eq!(app.world().resource::<Seen>().finished[1].entity, second);
     assert!(root.join("generated/a-green-cone.glb").is_file());
     std::fs::remove_dir_all(&root).ok();

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::GenerateConfig;
 use super::generator::{GenerateError, Generator, Progress};
+use super::preview::Preview;
 use crate::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
-use crate::export::{ExportError, place_on_ground, write_atomic};
-use crate::mesh::{ColorMode, MeshConfig, MeshError, SimplifyConfig, TriMesh};
+use crate::export::{ExportError, write_atomic};
 
 /// What to generate, where, and how often to send a preview.
 #[derive(Debug, Clone)]
@@ -33,10 +33,13 @@ pub struct JobRequest {
     pub preview_every: usize,
     /// Grid samples along the preview's longest side (coarse: it is redrawn often).
     pub preview_resolution: u32,
+    /// Gaussian scenes send their Gaussians ([`PreviewShape::Splats`](super::preview::PreviewShape::Splats)) rather than a coarse
+    /// mesh: for hosts that draw splats.
+    pub preview_splats: bool,
 }
 
 impl JobRequest {
-    /// A request with a preview every 10 steps on a 40-sample grid.
+    /// A request with a preview mesh every 10 steps on a 40-sample grid.
     pub fn new(config: GenerateConfig, backend: BackendKind, output: impl Into<PathBuf>) -> Self {
         Self {
             config,
@@ -44,17 +47,9 @@ impl JobRequest {
             output: output.into(),
             preview_every: 10,
             preview_resolution: 40,
+            preview_splats: false,
         }
     }
-}
-
-/// A coarse mesh of the field as it is now, placed and scaled as the final asset will be.
-#[derive(Debug, Clone)]
-pub struct PreviewMesh {
-    /// Steps done when it was taken.
-    pub step: usize,
-    /// Positions in metres (y up, standing on y = 0), normals, linear vertex colours.
-    pub mesh: TriMesh,
 }
 
 /// What a finished job wrote and how long it took.
@@ -97,8 +92,8 @@ pub enum JobEvent {
     },
     /// A step finished.
     Progress(Progress),
-    /// A new coarse mesh of the result so far.
-    Preview(PreviewMesh),
+    /// A new snapshot of the result so far.
+    Preview(Preview),
     /// The `.glb` is written (atomically: a watcher never sees half a file).
     Finished(JobReport),
     /// Cancelled between steps; nothing was written.
@@ -268,14 +263,19 @@ impl BackendTask for Job {
             let _ = sender.send(JobEvent::Progress(progress));
             let every = request.preview_every;
             if every > 0 && (step % every == 0 || step == total) {
-                match preview_mesh(&generator, request.preview_resolution) {
-                    Ok(Some(mesh)) => {
-                        let _ = sender.send(JobEvent::Preview(PreviewMesh { step, mesh }));
+                let preview = if request.preview_splats && generator.gaussians().is_some() {
+                    Ok(Preview::splats(&generator))
+                } else {
+                    Preview::mesh(&generator, request.preview_resolution)
+                };
+                match preview {
+                    Ok(Some(preview)) => {
+                        let _ = sender.send(JobEvent::Preview(preview));
                     }
                     // Early on there is often nothing above the level yet.
                     Ok(None) => {}
                     // A preview is a courtesy: the run goes on without it.
-                    Err(e) => log::warn!("preview mesh at step {step} failed: {e}"),
+                    Err(e) => log::warn!("preview at step {step} failed: {e}"),
                 }
             }
         }
@@ -311,32 +311,6 @@ impl BackendTask for Job {
         write_sidecar(&report, &request.config, mesh.iso_level)?;
         Ok(JobEvent::Finished(report))
     }
-}
-
-/// The field's surface on a coarse grid, vertex-coloured, placed like the exported asset;
-/// `None` while nothing is above the iso-level.
-pub fn preview_mesh<B: EngineAutodiffBackend>(
-    generator: &Generator<B>,
-    resolution: u32,
-) -> Result<Option<TriMesh>, GenerateError> {
-    let config = generator.config();
-    let mesh_config = MeshConfig {
-        resolution: resolution.max(8),
-        coarse_resolution: (resolution / 2).max(8),
-        color: ColorMode::VertexColors,
-        simplify: SimplifyConfig {
-            target_triangles: 8_000,
-            ..SimplifyConfig::default()
-        },
-        ..config.mesh.clone()
-    };
-    let extracted = match generator.surface(&mesh_config) {
-        Ok(extracted) => extracted,
-        Err(MeshError::EmptyField { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let (placed, _) = place_on_ground(&extracted.mesh, Some(config.asset_size))?;
-    Ok(Some(placed))
 }
 
 /// `<asset>.json`: what made the asset (prompt, seed, the exact config) and the timings.

@@ -9,6 +9,7 @@ pub mod gaussian_scene;
 pub mod generator;
 pub mod image2d;
 pub mod job;
+pub mod preview;
 
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
 pub use config::{GenerateConfig, PRESETS, SceneKind};
@@ -18,4 +19,5 @@ pub use generator::{
     load_reward, slug,
 };
 pub use image2d::{Image2dConfig, Image2dGenerator, ImageProgress};
-pub use job::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewMesh};
+pub use job::{GenerationJob, JobEvent, JobReport, JobRequest};
+pub use preview::{Preview, PreviewShape, place_splats_on_ground, preview_mesh};

@@ -85,6 +85,47 @@ impl SplatCloud {
         self.positions.is_empty()
     }
 
+    /// Covariance `R S S^T R^T` of Gaussian `i`, as its upper triangle
+    /// `[xx, xy, xz, yy, yz, zz]` (what a splat shader needs).
+    pub fn covariance(&self, i: usize) -> [f32; 6] {
+        let [w, x, y, z] = self.rotations[i];
+        let r = Mat3::from_quat(Quat::from_xyzw(x, y, z, w));
+        let var = Vec3::from(self.scales[i]).map(|s| s * s);
+        let c = r * Mat3::from_diagonal(var) * r.transpose();
+        [
+            c.x_axis.x, c.y_axis.x, c.z_axis.x, c.y_axis.y, c.z_axis.y, c.z_axis.z,
+        ]
+    }
+
+    /// The Gaussians for which `keep(i)` holds, in order.
+    pub fn filtered(&self, keep: impl Fn(usize) -> bool) -> SplatCloud {
+        let mut out = SplatCloud::default();
+        for i in (0..self.len()).filter(|&i| keep(i)) {
+            out.positions.push(self.positions[i]);
+            out.scales.push(self.scales[i]);
+            out.rotations.push(self.rotations[i]);
+            out.opacities.push(self.opacities[i]);
+            out.colors.push(self.colors[i]);
+            if let Some(sh) = self.sh.get(i) {
+                out.sh.push(sh.clone());
+            }
+        }
+        out
+    }
+
+    /// The cloud scaled uniformly by `scale` about the origin, then moved by `translation`
+    /// (centres and standard deviations; rotations and colours are unchanged).
+    pub fn transformed(&self, scale: f32, translation: Vec3) -> SplatCloud {
+        let mut out = self.clone();
+        for p in &mut out.positions {
+            *p = (Vec3::from(*p) * scale + translation).to_array();
+        }
+        for s in &mut out.scales {
+            *s = s.map(|v| v * scale.abs());
+        }
+        out
+    }
+
     /// Inverse covariance of Gaussian `i`.
     fn precision(&self, i: usize) -> Mat3 {
         let [w, x, y, z] = self.rotations[i];
