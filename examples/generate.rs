@@ -2,9 +2,9 @@
 //!
 //! `cargo run --release --example generate -- --prompt "a red cube and a blue sphere"`
 //! runs on the CPU with the built-in Tiny World prior; `--preset quality --backend cuda
-//! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU. Checkpoints go to
-//! `<out>/checkpoint` every `checkpoint_every` steps; `--resume <out>/checkpoint` continues
-//! an interrupted run exactly.
+//! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU. Checkpoints (NeRF or
+//! Gaussians) go to `<out>/checkpoint` every `--checkpoint-every` steps; `--resume
+//! <out>/checkpoint` continues an interrupted run exactly.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -54,6 +54,10 @@ struct Args {
     /// Scene representation: nerf or gaussians (the preset's or config's when unset).
     #[arg(long)]
     scene: Option<SceneKind>,
+    /// Steps between checkpoints in `<out>/checkpoint`, 0 for none (the preset's or
+    /// config's when unset).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -62,7 +66,7 @@ struct Args {
     out: Option<PathBuf>,
     /// Continue the run checkpointed in this folder, with its exact config (the options
     /// above that change the config are not allowed with it).
-    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene"])]
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every"])]
     resume: Option<PathBuf>,
 }
 
@@ -88,10 +92,7 @@ impl BackendTask for Generate {
             None => {
                 let mut g = Generator::<B>::load(config.clone(), &device)
                     .context("loading the prior and reward")?;
-                // Checkpoints cover NeRF scenes so far.
-                if config.scene == SceneKind::Nerf {
-                    g.checkpoint_to(out.join("checkpoint"));
-                }
+                g.checkpoint_to(out.join("checkpoint"));
                 g
             }
         };
@@ -252,6 +253,9 @@ fn main() -> Result<()> {
     }
     if let Some(scene) = args.scene {
         config.scene = scene;
+    }
+    if let Some(every) = args.checkpoint_every {
+        config.checkpoint_every = every;
     }
     config.validate()?;
     let out = args

@@ -86,7 +86,7 @@ impl GaussianSceneConfig {
 pub struct GaussianScene<B: EngineAutodiffBackend> {
     pub(super) params: Gaussians<B::InnerBackend>,
     pub(super) adam: GaussianAdam<B::InnerBackend>,
-    stats: DensifyStats,
+    pub(super) stats: DensifyStats,
     config: GaussianSceneConfig,
     /// What the last densification did.
     pub last_densify: Option<DensifyReport>,

@@ -68,10 +68,10 @@ pub enum GenerateError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// The loss became NaN or infinite; the NeRF is the last good one (the step was not
+    /// The loss became NaN or infinite; the scene is the last good one (the step was not
     /// applied), and so is the last checkpoint, if any was written.
     #[error(
-        "loss became {loss} at step {step}: stopped, the NeRF is kept as it was after step \
+        "loss became {loss} at step {step}: stopped, the scene is kept as it was after step \
          {step}; {}",
         kept_checkpoint(.checkpoint)
     )]

@@ -117,6 +117,23 @@ impl<B: Backend> GaussianAdam<B> {
         self.step
     }
 
+    /// The first and second moments (PyTorch's `exp_avg` and `exp_avg_sq`), shaped like the
+    /// parameters: with [`steps`](Self::steps), the state a checkpoint keeps.
+    pub(crate) fn moments(&self) -> [&Gaussians<B>; 2] {
+        [&self.first, &self.second]
+    }
+
+    /// These rates with the state [`moments`](Self::moments) and [`steps`](Self::steps)
+    /// returned (a resumed run); the caller checks that the moments fit the parameters.
+    pub(crate) fn with_state(self, first: Gaussians<B>, second: Gaussians<B>, step: usize) -> Self {
+        Self {
+            first,
+            second,
+            step,
+            ..self
+        }
+    }
+
     /// One update of every attribute with its own rate.
     pub fn step(&mut self, params: Gaussians<B>, grads: Gaussians<B>) -> Gaussians<B> {
         let [b1, b2] = self.betas;

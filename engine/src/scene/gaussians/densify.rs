@@ -8,6 +8,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
 
 use super::{GaussianAdam, Gaussians};
 
@@ -49,7 +50,7 @@ pub struct DensifyConfig {
 }
 
 /// What one densification did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DensifyReport {
     /// Gaussians cloned.
     pub cloned: usize,
@@ -95,6 +96,25 @@ impl DensifyStats {
                 self.max_radius[i] = self.max_radius[i].max(radii[i]);
             }
         }
+    }
+
+    /// The accumulators `(grad_sum, seen, max_radius)`, one entry per Gaussian: what a
+    /// checkpoint keeps.
+    pub(crate) fn parts(&self) -> (&[f32], &[u32], &[f32]) {
+        (&self.grad_sum, &self.seen, &self.max_radius)
+    }
+
+    /// Statistics from [`parts`](Self::parts); `None` unless the three have one length.
+    pub(crate) fn from_parts(
+        grad_sum: Vec<f32>,
+        seen: Vec<u32>,
+        max_radius: Vec<f32>,
+    ) -> Option<Self> {
+        (grad_sum.len() == seen.len() && seen.len() == max_radius.len()).then_some(Self {
+            grad_sum,
+            seen,
+            max_radius,
+        })
     }
 
     /// Mean gradient norm per Gaussian (0 where never seen).
