@@ -40,6 +40,9 @@ struct Args {
     /// Steps for `--auto`.
     #[arg(long)]
     auto_steps: Option<usize>,
+    /// Representation to start with: nerf or gaussians.
+    #[arg(long, default_value = "nerf")]
+    scene: SceneKind,
     /// Save a screenshot every 10 seconds into this folder.
     #[arg(long)]
     screenshots: Option<PathBuf>,
@@ -53,6 +56,7 @@ struct Args {
 struct Form {
     prompt: String,
     preset: String,
+    scene: SceneKind,
     prior: String,
     reward: String,
     steps: usize,
@@ -100,6 +104,7 @@ fn main() {
         .insert_resource(Form {
             prompt: "a red cube and a blue sphere".into(),
             preset: "fast".into(),
+            scene: args.scene,
             prior: args.prior.clone().unwrap_or_default(),
             reward: args.reward.clone().unwrap_or_default(),
             steps: defaults.steps,
@@ -168,6 +173,7 @@ fn auto_start(mut commands: Commands, args: Res<Args>, mut form: ResMut<Form>) {
 fn request_of(form: &Form) -> GenerateAsset {
     let mut request = GenerateAsset::new(form.prompt.trim())
         .with_preset(form.preset.clone())
+        .with_scene(form.scene)
         .with_steps(form.steps)
         .with_seed(form.seed);
     if !form.prior.trim().is_empty() {
@@ -177,6 +183,13 @@ fn request_of(form: &Form) -> GenerateAsset {
         request = request.with_reward(form.reward.trim());
     }
     request
+}
+
+fn scene_label(scene: SceneKind) -> &'static str {
+    match scene {
+        SceneKind::Nerf => "NeRF",
+        SceneKind::Gaussians => "Gaussians (splat preview)",
+    }
 }
 
 fn panel(
@@ -199,10 +212,13 @@ fn panel(
                         ui.selectable_value(&mut form.preset, preset.to_string(), *preset);
                     }
                 });
-            ui.horizontal(|ui| {
-                ui.label("representation: NeRF");
-                ui.weak("(Gaussians: coming)");
-            });
+            egui::ComboBox::from_label("representation")
+                .selected_text(scene_label(form.scene))
+                .show_ui(ui, |ui| {
+                    for scene in [SceneKind::Nerf, SceneKind::Gaussians] {
+                        ui.selectable_value(&mut form.scene, scene, scene_label(scene));
+                    }
+                });
             ui.horizontal(|ui| {
                 ui.label("prior");
                 ui.text_edit_singleline(&mut form.prior)
