@@ -161,7 +161,8 @@ impl BackendTask for Generate {
             write_splat_ply(&gaussians.to_cloud(), &ply).context("writing the splat cloud")?;
             println!("wrote {} ({} Gaussians)", ply.display(), gaussians.len());
         }
-        let views = generator.turntable(8, config.render_size)?;
+        // The size the last steps trained at: the result's resolution.
+        let views = generator.turntable(8, config.final_render_size())?;
         RgbImage::hstack(&views)
             .save_png(out.join("turntable.png"))
             .context("saving the turntable")?;
