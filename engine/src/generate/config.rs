@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::gaussian_scene::GaussianSceneConfig;
+use crate::backend::BackendKind;
 use crate::guidance::{ConfigError, GuidanceConfig, RewardSdsConfig, ScoringMode, WeightStrategy};
 use crate::mesh::MeshConfig;
 use crate::optim::OptimizerConfig;
@@ -109,6 +110,11 @@ pub struct GenerateConfig {
     /// pixels square ([`render_size_at`](Self::render_size_at)). Steps strictly increase and
     /// lie in `1..steps`. Empty (the default): `render_size` throughout.
     pub resolution_milestones: Vec<ResolutionMilestone>,
+    /// Which compute backend runs it (`cpu`, `wgpu`, `cuda`, `flex`); `None`: the host decides
+    /// (the generate example's `--backend` flag wins over this, and falls back to `cpu`; the
+    /// Bevy plugin falls back to `RewardSdsSettings::backend`). Hosts record the one they used
+    /// in the config they save beside the result.
+    pub backend: Option<BackendKind>,
     /// Steps between preview snapshots (0: none).
     pub snapshot_every: usize,
     /// Steps between checkpoints (0: none), written when the generator has a checkpoint
@@ -199,6 +205,7 @@ impl GenerateConfig {
             views_per_step: 1,
             render_size: 32,
             resolution_milestones: Vec::new(),
+            backend: None,
             snapshot_every: 25,
             checkpoint_every: 50,
             // The small NeRF is cheap to query: 96^3 keeps extraction to seconds on a CPU.
@@ -339,8 +346,10 @@ impl GenerateConfig {
 
     /// Parse TOML and validate.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|e| ConfigError::new("config", e.to_string()))?;
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let field = toml_error_key(text).unwrap_or_else(|| "config".into());
+            ConfigError::new(field, e.to_string())
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -349,6 +358,20 @@ impl GenerateConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config serialises")
     }
+}
+
+/// The dotted key a TOML value error is about (`backend`, `guidance.reward.scoring`), if any.
+/// toml names it only when deserialising from a parsed table (as the error's last line,
+/// ``in `a.b` ``), so parse again that way; the first error keeps its line-and-column excerpt.
+fn toml_error_key(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let error = GenerateConfig::deserialize(table).err()?.to_string();
+    let key = error
+        .lines()
+        .last()?
+        .strip_prefix("in `")?
+        .strip_suffix('`')?;
+    Some(key.to_string())
 }
 
 #[cfg(test)]
@@ -394,30 +417,36 @@ mod tests {
     }
 
     #[test]
-    fn schedule_round_trips_through_toml() {
+    fn schedule_and_backend_round_trip_through_toml() {
         let mut c = with_prompt(GenerateConfig::preset("quality").unwrap());
         c.resolution_milestones = vec![milestone(300, 128), milestone(600, 256)];
+        c.backend = Some(BackendKind::Wgpu);
         let text = c.to_toml();
+        assert!(text.contains("backend = \"wgpu\""), "{text}");
         assert_eq!(GenerateConfig::from_toml(&text).unwrap(), c);
-        // The documented spelling parses; leaving it out is a constant size.
+        // The documented spelling parses; leaving both out is a constant size, host's backend.
         let text = with_prompt(GenerateConfig::preset("fast").unwrap()).to_toml();
         let text = text
             .lines()
-            .filter(|l| !l.starts_with("resolution_milestones"))
+            .filter(|l| !l.starts_with("resolution_milestones") && !l.starts_with("backend"))
             .collect::<Vec<_>>()
             .join("\n");
         let plain = GenerateConfig::from_toml(&text).unwrap();
-        assert!(plain.resolution_milestones.is_empty());
+        assert_eq!(
+            (plain.resolution_milestones.len(), plain.backend),
+            (0, None)
+        );
         let c = GenerateConfig::from_toml(
-            "prompt = \"a red cube\"\n\
+            "prompt = \"a red cube\"\nbackend = \"cuda\"\n\
              resolution_milestones = [{ step = 100, size = 64 }]",
         )
         .unwrap();
         assert_eq!(c.resolution_milestones, [milestone(100, 64)]);
+        assert_eq!(c.backend, Some(BackendKind::Cuda));
     }
 
     #[test]
-    fn bad_schedules_name_their_field() {
+    fn bad_schedules_and_backends_name_their_field() {
         let mut base = with_prompt(GenerateConfig::preset("fast").unwrap());
         base.steps = 100;
         let error = |milestones: &[(usize, u32)]| {
@@ -441,6 +470,11 @@ mod tests {
         let e = error(&[(10, 32), (20, 4)]);
         assert_eq!(e.field, "resolution_milestones[1].size");
         assert!(e.reason.contains("8 px"), "{e}");
+
+        let text = format!("backend = \"metal\"\n{}", base.to_toml());
+        let e = GenerateConfig::from_toml(&text).unwrap_err();
+        assert_eq!(e.field, "backend", "{e}");
+        assert!(e.reason.contains("metal"), "{e}");
     }
 
     #[test]
@@ -466,14 +500,21 @@ mod tests {
         assert_eq!(err.field, "steps");
         let err = GenerateConfig::from_toml("stepz = 3").unwrap_err();
         assert!(err.reason.contains("stepz"), "{err}");
-        // Unknown names of a scoring mode or weighting strategy: the message shows the key.
-        for (from, to, key) in [
+        // Unknown names of a scoring mode or weighting strategy: the message shows the key, the
+        // field is its whole path.
+        for (from, to, key, path) in [
             (
                 "scoring = \"one_step\"",
                 "scoring = \"two_step\"",
                 "scoring",
+                "guidance.reward.scoring",
             ),
-            ("type = \"min_max\"", "type = \"max_min\"", "type"),
+            (
+                "type = \"min_max\"",
+                "type = \"max_min\"",
+                "type",
+                "guidance.reward.strategy.type",
+            ),
         ] {
             let text = base.to_toml();
             assert!(text.contains(from), "{text}");
@@ -482,6 +523,7 @@ mod tests {
                 err.reason.contains(key) && err.reason.contains(&to[key.len() + 4..]),
                 "{err}"
             );
+            assert_eq!(err.field, path);
         }
     }
 }
