@@ -142,7 +142,8 @@ impl BackendTask for Bench {
                     let mut generator = Generator::<B>::new(config.clone(), guidance, &device)?;
                     generator.run(&AtomicBool::new(false), &mut |_| {})?;
                     let seconds = start.elapsed().as_secs_f64();
-                    let views: Vec<RgbImage> = generator.turntable(8, config.render_size)?;
+                    let views: Vec<RgbImage> =
+                        generator.turntable(8, config.final_render_size())?;
                     let images = RgbImage::to_tensor::<B::InnerBackend>(&views, &device);
                     let r = judge.retrieval(images, &vec![*composition; views.len()]);
                     let s = &mut scores[m];

@@ -58,9 +58,9 @@ struct Args {
     /// config's when unset).
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Backend: cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Backend: cpu, wgpu or cuda (when unset: the config's `backend`, else cpu).
+    #[arg(long)]
+    backend: Option<String>,
     /// Output folder (default `out/generate/<slug>`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -161,7 +161,8 @@ impl BackendTask for Generate {
             write_splat_ply(&gaussians.to_cloud(), &ply).context("writing the splat cloud")?;
             println!("wrote {} ({} Gaussians)", ply.display(), gaussians.len());
         }
-        let views = generator.turntable(8, config.render_size)?;
+        // The size the last steps trained at: the result's resolution.
+        let views = generator.turntable(8, config.final_render_size())?;
         RgbImage::hstack(&views)
             .save_png(out.join("turntable.png"))
             .context("saving the turntable")?;
@@ -206,9 +207,17 @@ fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let kind: BackendKind = args.backend.parse().context("--backend")?;
+    // An explicit flag wins over the config's `backend`; neither: the CPU, which always works.
+    let flag: Option<BackendKind> = args
+        .backend
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--backend")?;
+    let backend_for = |config: &GenerateConfig| flag.or(config.backend).unwrap_or_default();
     if let Some(dir) = &args.resume {
         let config = checkpoint_config(dir)?;
+        let kind = backend_for(&config);
         let out = args
             .out
             .unwrap_or_else(|| PathBuf::from("out/generate").join(slug(&config.prompt)));
@@ -257,6 +266,9 @@ fn main() -> Result<()> {
     if let Some(every) = args.checkpoint_every {
         config.checkpoint_every = every;
     }
+    let kind = backend_for(&config);
+    // config.toml records the backend that ran, so it reruns the same way.
+    config.backend = Some(kind);
     config.validate()?;
     let out = args
         .out

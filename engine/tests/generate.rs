@@ -1,6 +1,7 @@
-//! A short generation on the shipped Tiny World prior runs end to end on the CPU and writes a
-//! valid .glb; the same seed gives the same result; a run checkpointed and resumed equals an
-//! uninterrupted one; a diverging run stops and names its last good checkpoint.
+//! A short generation on the shipped Tiny World prior runs end to end on the CPU, follows its
+//! resolution schedule and writes a valid .glb; the same seed gives the same result; a run
+//! checkpointed and resumed equals an uninterrupted one; a diverging run stops and names its
+//! last good checkpoint.
 
 use std::sync::atomic::AtomicBool;
 
@@ -9,7 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use rewardsds_engine::generate::{
     CheckpointError, CheckpointState, GenerateConfig, GenerateError, GenerateEvent, Generator,
-    StopReason, latest_checkpoint,
+    ResolutionMilestone, StopReason, latest_checkpoint,
 };
 
 type B = Autodiff<NdArray>;
@@ -38,12 +39,17 @@ fn small(steps: usize) -> GenerateConfig {
 fn short_generation_writes_a_valid_glb() {
     let _turn = serial();
     let device = Default::default();
-    let mut generator = Generator::<B>::load(small(10), &device).unwrap();
+    // Views grow from 16 to 20 px from step 5 (0-based) on: the training renders and the
+    // snapshot after them follow.
+    let mut config = small(10);
+    config.resolution_milestones = vec![ResolutionMilestone { step: 5, size: 20 }];
+    let mut generator = Generator::<B>::load(config, &device).unwrap();
     let (mut steps, mut snapshots, mut rewards) = (0, 0, 0);
     let reason = generator
         .run(&AtomicBool::new(false), &mut |e| match e {
             GenerateEvent::Progress(p) => {
                 steps += 1;
+                assert_eq!(p.render_size, if p.step <= 5 { 16 } else { 20 }, "{p:?}");
                 assert!(p.loss.is_finite());
                 // RewardSDS scores 4 samples for the first 70% of the steps.
                 if !p.rewards.is_empty() {
@@ -51,9 +57,10 @@ fn short_generation_writes_a_valid_glb() {
                     rewards += 1;
                 }
             }
-            GenerateEvent::Snapshot { preview, .. } => {
+            GenerateEvent::Snapshot { preview, step } => {
                 snapshots += 1;
-                assert_eq!((preview.width, preview.height), (4 * 16, 16));
+                let size = if step == 5 { 16 } else { 20 };
+                assert_eq!((preview.width, preview.height), (4 * size, size));
             }
             GenerateEvent::Checkpoint { .. } => panic!("no checkpoint folder was given"),
         })
@@ -125,6 +132,8 @@ fn resuming_from_a_checkpoint_repeats_the_uninterrupted_run_bit_for_bit() {
     let mut config = small(total);
     config.checkpoint_every = 0;
     config.snapshot_every = 0;
+    // The size changes after the checkpoint: the resumed run derives it from the step.
+    config.resolution_milestones = vec![ResolutionMilestone { step: 4, size: 20 }];
 
     let mut whole = Generator::<B>::load(config.clone(), &device).unwrap();
     whole.run(&AtomicBool::new(false), &mut |_| {}).unwrap();

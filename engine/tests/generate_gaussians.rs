@@ -10,7 +10,8 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::Tensor;
 use rewardsds_engine::export::{ValidatorError, khronos_validate};
 use rewardsds_engine::generate::{
-    CheckpointError, GenerateConfig, GenerateError, GenerateEvent, Generator, SceneKind, StopReason,
+    CheckpointError, GenerateConfig, GenerateError, GenerateEvent, Generator, ResolutionMilestone,
+    SceneKind, StopReason,
 };
 
 type B = Autodiff<NdArray>;
@@ -127,6 +128,8 @@ fn resuming_across_a_densification_repeats_the_uninterrupted_run_bit_for_bit() {
     config.guidance.reward = None;
     config.snapshot_every = 0;
     config.render_size = 16;
+    // The last step renders larger: a resumed run takes the size from the step alone.
+    config.resolution_milestones = vec![ResolutionMilestone { step: 4, size: 24 }];
     config.gaussians.init.num_points = 300;
     config.gaussians.init.sh_degree = 1;
     let densify = config.gaussians.densify.as_mut().unwrap();

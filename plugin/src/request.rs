@@ -14,7 +14,8 @@ pub struct GenerateAsset {
     pub prompt: String,
     /// A preset name (`None`: the plugin's).
     pub preset: Option<String>,
-    /// A whole config, instead of a preset (its prompt is replaced by `prompt`).
+    /// A whole config, instead of a preset (its prompt is replaced by `prompt`; a `backend`
+    /// it names wins over the plugin's).
     pub config: Option<GenerateConfig>,
     /// Optimisation steps (`None`: the preset's).
     pub steps: Option<usize>,

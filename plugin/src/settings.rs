@@ -4,11 +4,13 @@ use std::path::PathBuf;
 
 use bevy::prelude::*;
 use rewardsds_engine::backend::BackendKind;
+use rewardsds_engine::generate::GenerateConfig;
 
 /// Plugin-wide settings (a resource; changes apply to jobs started afterwards).
 #[derive(Resource, Debug, Clone, PartialEq)]
 pub struct RewardSdsSettings {
-    /// Where the compute runs (`cpu` works everywhere; `cuda` or `wgpu` on a GPU).
+    /// Where the compute runs (`cpu` works everywhere; `cuda` or `wgpu` on a GPU), for
+    /// requests whose config names no `backend` ([`backend_for`](Self::backend_for)).
     pub backend: BackendKind,
     /// The preset of requests that name none: `fast`, `quality`, `fast-sds`, `quality-sds`.
     pub preset: String,
@@ -53,6 +55,12 @@ impl RewardSdsSettings {
             .join(&self.output_folder)
     }
 
+    /// The backend a request's resolved `config` runs on: the config's own `backend` when it
+    /// names one (a request that brings its whole config means it), else the plugin's.
+    pub fn backend_for(&self, config: &GenerateConfig) -> BackendKind {
+        config.backend.unwrap_or(self.backend)
+    }
+
     /// The AssetServer path of the result named `name`.
     pub fn asset_path(&self, name: &str) -> String {
         let folder = self.output_folder.trim_matches('/');
@@ -61,5 +69,22 @@ impl RewardSdsSettings {
         } else {
             format!("{folder}/{name}.glb")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_that_names_a_backend_wins_over_the_settings() {
+        let settings = RewardSdsSettings {
+            backend: BackendKind::Cuda,
+            ..RewardSdsSettings::default()
+        };
+        let mut config = GenerateConfig::default();
+        assert_eq!(settings.backend_for(&config), BackendKind::Cuda);
+        config.backend = Some(BackendKind::Wgpu);
+        assert_eq!(settings.backend_for(&config), BackendKind::Wgpu);
     }
 }

@@ -126,7 +126,8 @@ pub(crate) fn start_jobs(
         let started = request.resolve(&settings).and_then(|config| {
             let total = config.steps;
             let output = settings.output_dir().join(format!("{name}.glb"));
-            let mut job = JobRequest::new(config, settings.backend, output);
+            let backend = settings.backend_for(&config);
+            let mut job = JobRequest::new(config, backend, output);
             job.preview_every = settings.preview_every;
             job.preview_resolution = settings.preview_resolution;
             job.preview_splats = preview_splats;

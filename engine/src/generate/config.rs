@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::gaussian_scene::GaussianSceneConfig;
+use crate::backend::BackendKind;
 use crate::guidance::{ConfigError, GuidanceConfig, RewardSdsConfig, ScoringMode, WeightStrategy};
 use crate::mesh::MeshConfig;
 use crate::optim::OptimizerConfig;
@@ -48,7 +49,28 @@ impl std::str::FromStr for SceneKind {
     }
 }
 
+/// From training step `step` on, views are rendered `size` pixels square: one entry of
+/// [`GenerateConfig::resolution_milestones`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolutionMilestone {
+    /// The first step (0-based: the number of steps done before it) rendered at `size`.
+    pub step: usize,
+    /// Side of the rendered views in pixels (at least 8).
+    pub size: u32,
+}
+
 /// A whole generation: prompt, prior, reward, guidance, scene, schedule.
+///
+/// The training views start `render_size` pixels square; `resolution_milestones` can raise
+/// (or lower) that as the run goes on, as threestudio's `width: [64, 256]` with
+/// `resolution_milestones: [5000]` does: coarse views early settle the shape cheaply, fine
+/// ones later add detail. In TOML:
+///
+/// ```toml
+/// render_size = 64
+/// resolution_milestones = [{ step = 5000, size = 256 }]
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerateConfig {
@@ -81,8 +103,18 @@ pub struct GenerateConfig {
     pub camera: OrbitConfig,
     /// Views rendered per step (the SDS batch `B`).
     pub views_per_step: usize,
-    /// Side of the rendered views in pixels.
+    /// Side of the rendered training views in pixels, from step 0 until the first of
+    /// `resolution_milestones`.
     pub render_size: u32,
+    /// Progressive resolution: from each milestone's `step` on, training views are its `size`
+    /// pixels square ([`render_size_at`](Self::render_size_at)). Steps strictly increase and
+    /// lie in `1..steps`. Empty (the default): `render_size` throughout.
+    pub resolution_milestones: Vec<ResolutionMilestone>,
+    /// Which compute backend runs it (`cpu`, `wgpu`, `cuda`, `flex`); `None`: the host decides
+    /// (the generate example's `--backend` flag wins over this, and falls back to `cpu`; the
+    /// Bevy plugin falls back to `RewardSdsSettings::backend`). Hosts record the one they used
+    /// in the config they save beside the result.
+    pub backend: Option<BackendKind>,
     /// Steps between preview snapshots (0: none).
     pub snapshot_every: usize,
     /// Steps between checkpoints (0: none), written when the generator has a checkpoint
@@ -172,6 +204,8 @@ impl GenerateConfig {
             camera: OrbitConfig::default(),
             views_per_step: 1,
             render_size: 32,
+            resolution_milestones: Vec::new(),
+            backend: None,
             snapshot_every: 25,
             checkpoint_every: 50,
             // The small NeRF is cheap to query: 96^3 keeps extraction to seconds on a CPU.
@@ -223,6 +257,30 @@ impl GenerateConfig {
                 format!("{} is below the 8 px minimum", self.render_size),
             ));
         }
+        let mut previous = 0;
+        for (i, milestone) in self.resolution_milestones.iter().enumerate() {
+            let field = |name: &str| format!("resolution_milestones[{i}].{name}");
+            if milestone.step <= previous || milestone.step >= self.steps {
+                let after = match i {
+                    0 => "after step 0 (`render_size` covers it)".to_string(),
+                    _ => format!("after the previous milestone's step {previous}"),
+                };
+                return Err(ConfigError::new(
+                    field("step"),
+                    format!(
+                        "{} must come {after} and before `steps` ({})",
+                        milestone.step, self.steps
+                    ),
+                ));
+            }
+            if milestone.size < 8 {
+                return Err(ConfigError::new(
+                    field("size"),
+                    format!("{} is below the 8 px minimum", milestone.size),
+                ));
+            }
+            previous = milestone.step;
+        }
         if self.renderer.num_samples_per_ray == 0 {
             return Err(ConfigError::new(
                 "renderer.num_samples_per_ray",
@@ -270,10 +328,28 @@ impl GenerateConfig {
         Ok(())
     }
 
+    /// Side of the training views rendered at `step` (0-based): `render_size`, or the size of
+    /// the last milestone at or before `step`. A function of the step alone, so a resumed run
+    /// renders what the uninterrupted one did.
+    pub fn render_size_at(&self, step: usize) -> u32 {
+        self.resolution_milestones
+            .iter()
+            .take_while(|m| m.step <= step)
+            .last()
+            .map_or(self.render_size, |m| m.size)
+    }
+
+    /// Side of the views of the last steps: what a finished result is best looked at with.
+    pub fn final_render_size(&self) -> u32 {
+        self.render_size_at(self.steps.saturating_sub(1))
+    }
+
     /// Parse TOML and validate.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|e| ConfigError::new("config", e.to_string()))?;
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let field = toml_error_key(text).unwrap_or_else(|| "config".into());
+            ConfigError::new(field, e.to_string())
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -282,6 +358,20 @@ impl GenerateConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config serialises")
     }
+}
+
+/// The dotted key a TOML value error is about (`backend`, `guidance.reward.scoring`), if any.
+/// toml names it only when deserialising from a parsed table (as the error's last line,
+/// ``in `a.b` ``), so parse again that way; the first error keeps its line-and-column excerpt.
+fn toml_error_key(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let error = GenerateConfig::deserialize(table).err()?.to_string();
+    let key = error
+        .lines()
+        .last()?
+        .strip_prefix("in `")?
+        .strip_suffix('`')?;
+    Some(key.to_string())
 }
 
 #[cfg(test)]
@@ -304,6 +394,87 @@ mod tests {
             assert_eq!(config.guidance.reward.is_none(), name.ends_with("-sds"));
         }
         assert_eq!(GenerateConfig::preset("slow").unwrap_err().field, "preset");
+    }
+
+    fn milestone(step: usize, size: u32) -> ResolutionMilestone {
+        ResolutionMilestone { step, size }
+    }
+
+    #[test]
+    fn render_size_follows_the_milestones() {
+        let mut c = with_prompt(GenerateConfig::preset("fast").unwrap());
+        c.steps = 100;
+        c.render_size = 16;
+        assert_eq!((c.render_size_at(0), c.render_size_at(99)), (16, 16));
+        assert_eq!(c.final_render_size(), 16);
+        c.resolution_milestones = vec![milestone(10, 32), milestone(50, 64)];
+        c.validate().unwrap();
+        let sizes: Vec<u32> = [0, 9, 10, 49, 50, 99, 1000]
+            .map(|step| c.render_size_at(step))
+            .into();
+        assert_eq!(sizes, [16, 16, 32, 32, 64, 64, 64]);
+        assert_eq!(c.final_render_size(), 64);
+    }
+
+    #[test]
+    fn schedule_and_backend_round_trip_through_toml() {
+        let mut c = with_prompt(GenerateConfig::preset("quality").unwrap());
+        c.resolution_milestones = vec![milestone(300, 128), milestone(600, 256)];
+        c.backend = Some(BackendKind::Wgpu);
+        let text = c.to_toml();
+        assert!(text.contains("backend = \"wgpu\""), "{text}");
+        assert_eq!(GenerateConfig::from_toml(&text).unwrap(), c);
+        // The documented spelling parses; leaving both out is a constant size, host's backend.
+        let text = with_prompt(GenerateConfig::preset("fast").unwrap()).to_toml();
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("resolution_milestones") && !l.starts_with("backend"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let plain = GenerateConfig::from_toml(&text).unwrap();
+        assert_eq!(
+            (plain.resolution_milestones.len(), plain.backend),
+            (0, None)
+        );
+        let c = GenerateConfig::from_toml(
+            "prompt = \"a red cube\"\nbackend = \"cuda\"\n\
+             resolution_milestones = [{ step = 100, size = 64 }]",
+        )
+        .unwrap();
+        assert_eq!(c.resolution_milestones, [milestone(100, 64)]);
+        assert_eq!(c.backend, Some(BackendKind::Cuda));
+    }
+
+    #[test]
+    fn bad_schedules_and_backends_name_their_field() {
+        let mut base = with_prompt(GenerateConfig::preset("fast").unwrap());
+        base.steps = 100;
+        let error = |milestones: &[(usize, u32)]| {
+            let mut c = base.clone();
+            c.resolution_milestones = milestones.iter().map(|&(s, z)| milestone(s, z)).collect();
+            c.validate().unwrap_err()
+        };
+        let e = error(&[(0, 32)]);
+        assert_eq!(e.field, "resolution_milestones[0].step");
+        assert!(e.reason.contains("after step 0"), "{e}");
+        let e = error(&[(10, 32), (10, 64)]);
+        assert_eq!(e.field, "resolution_milestones[1].step");
+        assert!(e.reason.contains("previous milestone's step 10"), "{e}");
+        assert_eq!(
+            error(&[(50, 32), (20, 64)]).field,
+            "resolution_milestones[1].step"
+        );
+        let e = error(&[(10, 32), (100, 64)]);
+        assert_eq!(e.field, "resolution_milestones[1].step");
+        assert!(e.reason.contains("before `steps` (100)"), "{e}");
+        let e = error(&[(10, 32), (20, 4)]);
+        assert_eq!(e.field, "resolution_milestones[1].size");
+        assert!(e.reason.contains("8 px"), "{e}");
+
+        let text = format!("backend = \"metal\"\n{}", base.to_toml());
+        let e = GenerateConfig::from_toml(&text).unwrap_err();
+        assert_eq!(e.field, "backend", "{e}");
+        assert!(e.reason.contains("metal"), "{e}");
     }
 
     #[test]
@@ -329,14 +500,21 @@ mod tests {
         assert_eq!(err.field, "steps");
         let err = GenerateConfig::from_toml("stepz = 3").unwrap_err();
         assert!(err.reason.contains("stepz"), "{err}");
-        // Unknown names of a scoring mode or weighting strategy: the message shows the key.
-        for (from, to, key) in [
+        // Unknown names of a scoring mode or weighting strategy: the message shows the key, the
+        // field is its whole path.
+        for (from, to, key, path) in [
             (
                 "scoring = \"one_step\"",
                 "scoring = \"two_step\"",
                 "scoring",
+                "guidance.reward.scoring",
             ),
-            ("type = \"min_max\"", "type = \"max_min\"", "type"),
+            (
+                "type = \"min_max\"",
+                "type = \"max_min\"",
+                "type",
+                "guidance.reward.strategy.type",
+            ),
         ] {
             let text = base.to_toml();
             assert!(text.contains(from), "{text}");
@@ -345,6 +523,7 @@ mod tests {
                 err.reason.contains(key) && err.reason.contains(&to[key.len() + 4..]),
                 "{err}"
             );
+            assert_eq!(err.field, path);
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct Progress {
     pub loss: f32,
     /// The timestep drawn.
     pub t: usize,
+    /// Side in pixels of the views this step rendered (it follows the config's
+    /// `resolution_milestones`).
+    pub render_size: u32,
     /// Rewards of the noise samples (empty for SDS steps).
     pub rewards: Vec<f32>,
     /// Their weights.
@@ -355,7 +358,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     /// One optimisation step.
     pub fn step(&mut self) -> Result<Progress, GenerateError> {
         let start = Instant::now();
-        let size = self.config.render_size;
+        let size = self.config.render_size_at(self.step);
         // One seed per step: nothing drawn at step k depends on how the run was split.
         let seed = self.step_seed(self.step);
         let cameras: Vec<Camera> = CameraSampler::new(
@@ -413,6 +416,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             total: self.config.steps,
             loss,
             t: guided.stats.t,
+            render_size: size,
             rewards: guided.stats.rewards,
             weights: guided.stats.weights,
             seconds,
@@ -439,9 +443,12 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             on_event(GenerateEvent::Progress(progress));
             let every = self.config.snapshot_every;
             if every > 0 && (step % every == 0 || step == self.config.steps) {
+                // At the size the step just trained at: the preview shows what the prior saw,
+                // and costs the same few steps' worth whatever the schedule.
+                let size = self.config.render_size_at(step - 1);
                 on_event(GenerateEvent::Snapshot {
                     step,
-                    preview: RgbImage::hstack(&self.turntable(4, self.config.render_size)?),
+                    preview: RgbImage::hstack(&self.turntable(4, size)?),
                 });
             }
             let every = self.config.checkpoint_every;

@@ -350,6 +350,8 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
                 total: self.config.steps,
                 loss,
                 t: guided.stats.t,
+                // The canvas is the "view": its side.
+                render_size: self.canvas.pixels.dims()[3] as u32,
                 rewards: guided.stats.rewards,
                 weights: guided.stats.weights,
                 seconds,

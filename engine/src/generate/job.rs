@@ -25,7 +25,8 @@ use crate::export::{ExportError, write_atomic};
 pub struct JobRequest {
     /// The generation.
     pub config: GenerateConfig,
-    /// Where the compute runs.
+    /// Where the compute runs (the host's choice; the config's `backend` is only a
+    /// preference the host may honour, see `GenerateConfig::backend`).
     pub backend: BackendKind,
     /// The `.glb` to write; a `.json` with the config and timings goes beside it.
     pub output: PathBuf,
@@ -308,7 +309,12 @@ impl BackendTask for Job {
             bytes: export.bytes,
             size: export.size,
         };
-        write_sidecar(&report, &request.config, mesh.iso_level)?;
+        // The sidecar records the backend that ran, whoever chose it.
+        let config = GenerateConfig {
+            backend: Some(request.backend),
+            ..request.config
+        };
+        write_sidecar(&report, &config, mesh.iso_level)?;
         Ok(JobEvent::Finished(report))
     }
 }

@@ -12,7 +12,7 @@ pub mod job;
 pub mod preview;
 
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
-pub use config::{GenerateConfig, PRESETS, SceneKind};
+pub use config::{GenerateConfig, PRESETS, ResolutionMilestone, SceneKind};
 pub use gaussian_scene::{GaussianScene, GaussianSceneConfig};
 pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
