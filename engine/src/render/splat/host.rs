@@ -5,11 +5,13 @@
 //! slots per Gaussian afterwards: no atomics, no per-thread copies of the gradient, and the
 //! result does not depend on how tiles were spread over threads.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::{
-    ALPHA_MAX, CONIC_A, CONIC_B, CONIC_C, DEPTH, MEAN_X, MEAN_Y, OPACITY, OUT, PACK, RED,
-    RasterSize, T_MIN, alpha_at, footprint_radius,
+    ALPHA_MAX, ALPHA_MIN, CONIC_A, CONIC_B, CONIC_C, DEPTH, MEAN_X, MEAN_Y, OPACITY, OUT, PACK,
+    RED, RasterSize, T_MIN, footprint_radius,
 };
 
 /// The host's tiles are smaller than the GPU's 16x16 workgroups: one CPU thread walks a tile's
@@ -44,27 +46,169 @@ pub struct HostState {
     pub last: Vec<u32>,
 }
 
-/// Per Gaussian, the exponent below which its alpha is under [`super::ALPHA_MIN`]
-/// (`o exp(p) >= 1/255` iff `p >= -ln(255 o)`), loosened a little so float rounding never
-/// skips what [`alpha_at`] would keep: most pixels of a tile fail this test, and it saves
-/// them the `exp`.
-fn power_cutoffs(gaussians: &[f32]) -> Vec<f32> {
-    gaussians
-        .chunks_exact(PACK)
-        .map(|g| -(255.0 * g[OPACITY]).max(1e-12).ln() - 1e-3)
-        .collect()
+/// Pixels per host tile: the lanes the per-tile loops run over.
+const LANES: usize = TILE * TILE;
+
+/// `exp(x)` for `x <= 0` without a library call, so the per-pixel loops vectorise: Cody-Waite
+/// reduction to `2^n e^r`, `|r| <= ln 2 / 2`, and a degree-6 Taylor polynomial (relative error
+/// below 1e-7, about an ulp). Inputs below -87 give ~1e-38 (never a visible alpha).
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and removing 1.5 * 2^23 rounds to the nearest integer without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // The shifted value's low mantissa bits hold n as an integer: integer ops only, where
+    // `n as i32` (a saturating cast) would stop the loop from vectorising.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    p * f32::from_bits((n_int + 127).wrapping_shl(23) as u32)
 }
 
-/// [`alpha_at`] behind the cheap exponent test.
-#[inline]
-fn alpha_fast(g: &[f32], cutoff: f32, px: f32, py: f32) -> Option<(f32, f32, f32, f32)> {
-    let dx = g[MEAN_X] - px;
-    let dy = g[MEAN_Y] - py;
-    let power = -0.5 * (g[CONIC_A] * dx * dx + g[CONIC_C] * dy * dy) - g[CONIC_B] * dx * dy;
-    if power < cutoff {
-        return None;
+/// A tile's Gaussians gathered in list order, one array per attribute: the pixel loops read
+/// them in order instead of chasing ids through the whole view.
+struct TileGaussians {
+    mean_x: Vec<f32>,
+    mean_y: Vec<f32>,
+    conic: [Vec<f32>; 3],
+    opacity: Vec<f32>,
+    /// Red, green, blue, depth: what is composited.
+    feature: [Vec<f32>; 4],
+    /// The lanes of the tile rows each Gaussian can reach (a multiple of [`TILE`] each end):
+    /// the loops skip rows where its alpha is below 1/255 everywhere.
+    lanes: Vec<Range<usize>>,
+}
+
+impl TileGaussians {
+    fn gather(view: &[f32], list: &[u32], tile_y0: usize) -> Self {
+        let column = |attribute: usize| -> Vec<f32> {
+            list.iter()
+                .map(|&id| view[id as usize * PACK + attribute])
+                .collect()
+        };
+        let lanes = list
+            .iter()
+            .map(|&id| row_lanes(&view[id as usize * PACK..][..PACK], tile_y0))
+            .collect();
+        Self {
+            mean_x: column(MEAN_X),
+            mean_y: column(MEAN_Y),
+            conic: [column(CONIC_A), column(CONIC_B), column(CONIC_C)],
+            opacity: column(OPACITY),
+            feature: [column(RED), column(RED + 1), column(RED + 2), column(DEPTH)],
+            lanes,
+        }
     }
-    alpha_at(g, px, py)
+}
+
+/// The lanes of the rows of the tile starting at pixel row `tile_y0` whose centres lie within
+/// the Gaussian's vertical extent at alpha 1/255: `|y - mean_y| <= sqrt(2 ln(255 o) Sigma_yy)`
+/// (the ellipse's half-height; Sigma is the conic's inverse). Loosened by a pixel's
+/// thousandth so rounding never drops a pixel [`super::alpha_at`] keeps; all rows when
+/// anything is not finite.
+fn row_lanes(g: &[f32], tile_y0: usize) -> Range<usize> {
+    let (a, b, c) = (g[CONIC_A], g[CONIC_B], g[CONIC_C]);
+    let sigma_yy = a / (a * c - b * b);
+    let half_height = (2.0 * (255.0 * g[OPACITY].min(1.0)).ln() * sigma_yy).sqrt() + 1e-3;
+    let centre = g[MEAN_Y] - tile_y0 as f32 - 0.5;
+    let (lo, hi) = (
+        (centre - half_height).ceil(),
+        (centre + half_height).floor(),
+    );
+    if !(lo.is_finite() && hi.is_finite()) {
+        return 0..LANES;
+    }
+    let lo = lo.clamp(0.0, TILE as f32) as usize;
+    let hi = (hi + 1.0).clamp(lo as f32, TILE as f32) as usize;
+    lo * TILE..hi * TILE
+}
+
+/// One Gaussian evaluated at the pixels of its rows of a tile: [`super::alpha_at`]'s rules
+/// per lane, with 0 for an alpha that pixel skips. Lanes outside its rows keep stale values:
+/// every loop runs over `TileGaussians::lanes[k]` only.
+struct LaneAlpha {
+    alpha: [f32; LANES],
+    gauss: [f32; LANES],
+    dx: [f32; LANES],
+    dy: [f32; LANES],
+}
+
+impl LaneAlpha {
+    fn new() -> Self {
+        Self {
+            alpha: [0.0; LANES],
+            gauss: [0.0; LANES],
+            dx: [0.0; LANES],
+            dy: [0.0; LANES],
+        }
+    }
+
+    #[inline(always)]
+    fn eval(&mut self, g: &TileGaussians, k: usize, pixels: &TilePixels) {
+        let (mx, my, o) = (g.mean_x[k], g.mean_y[k], g.opacity[k]);
+        let [a, b, c] = [g.conic[0][k], g.conic[1][k], g.conic[2][k]];
+        for i in g.lanes[k].clone() {
+            let dx = mx - pixels.x[i];
+            let dy = my - pixels.y[i];
+            let power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy;
+            let gauss = exp_neg(power);
+            let alpha = (o * gauss).min(ALPHA_MAX);
+            let keep = power <= 0.0 && alpha >= ALPHA_MIN;
+            self.alpha[i] = if keep { alpha } else { 0.0 };
+            self.gauss[i] = gauss;
+            self.dx[i] = dx;
+            self.dy[i] = dy;
+        }
+    }
+}
+
+/// A tile's pixel centres, lane by lane (row-major), and which lanes lie inside the image.
+struct TilePixels {
+    x: [f32; LANES],
+    y: [f32; LANES],
+    /// Pixel index within the view, `None` past the image's edge.
+    index: [Option<usize>; LANES],
+}
+
+impl TilePixels {
+    fn new(t: usize, size: RasterSize) -> Self {
+        let (x0, y0, x1, y1) = tile_rect(t, size);
+        let mut pixels = Self {
+            x: [0.0; LANES],
+            y: [0.0; LANES],
+            index: [None; LANES],
+        };
+        for i in 0..LANES {
+            let (x, y) = (x0 + i % TILE, y0 + i / TILE);
+            pixels.x[i] = x as f32 + 0.5;
+            pixels.y[i] = y as f32 + 0.5;
+            if x < x1 && y < y1 {
+                pixels.index[i] = Some(y * size.width + x);
+            }
+        }
+        pixels
+    }
+}
+
+/// Sum of `v` over `lanes` (whole rows) in [`TILE`] interleaved partial sums: vectorises,
+/// and the order is fixed, so the result does not depend on the machine.
+#[inline(always)]
+fn lane_sum(v: &[f32; LANES], lanes: Range<usize>) -> f32 {
+    let mut partial = [0.0f32; TILE];
+    for row in v[lanes].chunks_exact(TILE) {
+        for (p, x) in partial.iter_mut().zip(row) {
+            *p += x;
+        }
+    }
+    partial.iter().sum()
 }
 
 /// Pixel rectangle (inclusive) of tile `t`, clipped to the image.
@@ -135,7 +279,8 @@ pub fn bin(gaussians: &[f32], n: usize, size: RasterSize) -> TileBins {
 }
 
 /// Forward: `gaussians [views, n, PACK]` -> `[views * height * width, OUT]` and the state
-/// for the backward.
+/// for the backward. Per tile, Gaussians in depth order are the outer loop and the tile's
+/// pixels the inner one (as a GPU workgroup runs them), so the inner loop vectorises.
 pub fn forward(gaussians: &[f32], n: usize, size: RasterSize) -> (Vec<f32>, HostState) {
     let bins = bin(gaussians, n, size);
     let (tiles_x, tiles_y) = tiles(size);
@@ -144,7 +289,6 @@ pub fn forward(gaussians: &[f32], n: usize, size: RasterSize) -> (Vec<f32>, Host
     let mut out = vec![0.0f32; size.views * pixels * OUT];
     let mut final_t = vec![1.0f32; size.views * pixels];
     let mut last = vec![0u32; size.views * pixels];
-    let cutoffs = power_cutoffs(gaussians);
 
     let results: Vec<Vec<(usize, [f32; OUT], f32, u32)>> = (0..size.views * tiles)
         .into_par_iter()
@@ -152,37 +296,17 @@ pub fn forward(gaussians: &[f32], n: usize, size: RasterSize) -> (Vec<f32>, Host
             let (v, t) = (task / tiles, task % tiles);
             let view = &gaussians[v * n * PACK..(v + 1) * n * PACK];
             let list = &bins.ids[bins.offsets[task]..bins.offsets[task + 1]];
-            let (x0, y0, x1, y1) = tile_rect(t, size);
-            let mut done = Vec::with_capacity((x1 - x0) * (y1 - y0));
-            for y in y0..y1 {
-                for x in x0..x1 {
-                    let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                    let mut transmittance = 1.0f32;
-                    let mut acc = [0.0f32; OUT];
-                    let mut count = 0u32;
-                    for (k, &id) in list.iter().enumerate() {
-                        let g = &view[id as usize * PACK..][..PACK];
-                        let cutoff = cutoffs[v * n + id as usize];
-                        let Some((alpha, _, _, _)) = alpha_fast(g, cutoff, px, py) else {
-                            continue;
-                        };
-                        let next = transmittance * (1.0 - alpha);
-                        if next < T_MIN {
-                            break;
-                        }
-                        let w = alpha * transmittance;
-                        for c in 0..3 {
-                            acc[c] += w * g[RED + c];
-                        }
-                        acc[3] += w * g[DEPTH];
-                        transmittance = next;
-                        count = k as u32 + 1;
-                    }
-                    acc[4] = 1.0 - transmittance;
-                    done.push((v * pixels + y * size.width + x, acc, transmittance, count));
-                }
-            }
-            done
+            let px = TilePixels::new(t, size);
+            let tile = TileGaussians::gather(view, list, tile_rect(t, size).1);
+            let (transmittance, acc, count) = composite(&tile, &px);
+            (0..LANES)
+                .filter_map(|i| {
+                    let p = px.index[i]?;
+                    let t = transmittance[i];
+                    let rgbd = [acc[0][i], acc[1][i], acc[2][i], acc[3][i], 1.0 - t];
+                    Some((v * pixels + p, rgbd, t, count[i]))
+                })
+                .collect()
         })
         .collect();
     for (p, acc, t, count) in results.into_iter().flatten() {
@@ -201,7 +325,8 @@ pub fn forward(gaussians: &[f32], n: usize, size: RasterSize) -> (Vec<f32>, Host
 }
 
 /// Backward: the output gradient `[views * height * width, OUT]` -> the gradient of the
-/// input `[views, n, PACK]`.
+/// input `[views, n, PACK]`. Walks each tile's list back to front, all pixels at once,
+/// undoing the compositing (3DGS's backward) and summing the pixels' contributions per entry.
 pub fn backward(
     gaussians: &[f32],
     n: usize,
@@ -213,7 +338,6 @@ pub fn backward(
     let (tiles_x, tiles_y) = tiles(size);
     let tiles = tiles_x * tiles_y;
     let pixels = size.pixels();
-    let cutoffs = power_cutoffs(gaussians);
 
     // One gradient slot per tile-list entry; split so each tile owns its slots.
     let mut slots = vec![0.0f32; bins.ids.len() * PACK];
@@ -229,50 +353,22 @@ pub fn backward(
         let (v, t) = (task / tiles, task % tiles);
         let view = &gaussians[v * n * PACK..(v + 1) * n * PACK];
         let list = &bins.ids[bins.offsets[task]..bins.offsets[task + 1]];
-        let (x0, y0, x1, y1) = tile_rect(t, size);
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let p = v * pixels + y * size.width + x;
-                let g_out = &grad[p * OUT..(p + 1) * OUT];
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                let mut transmittance = state.final_t[p];
-                // What lies behind the current Gaussian, composited (per channel).
-                let mut behind = [0.0f32; OUT];
-                for k in (0..state.last[p] as usize).rev() {
-                    let id = list[k] as usize;
-                    let g = &view[id * PACK..][..PACK];
-                    let Some((alpha, gauss, dx, dy)) = alpha_fast(g, cutoffs[v * n + id], px, py)
-                    else {
-                        continue;
-                    };
-                    transmittance /= 1.0 - alpha; // T_k, before this Gaussian
-                    let feature = [g[RED], g[RED + 1], g[RED + 2], g[DEPTH], 1.0];
-                    let w = alpha * transmittance;
-                    let slot = &mut slots[k * PACK..(k + 1) * PACK];
-                    for c in 0..3 {
-                        slot[RED + c] += w * g_out[c];
-                    }
-                    slot[DEPTH] += w * g_out[3];
-                    let mut d_alpha = 0.0;
-                    for c in 0..OUT {
-                        d_alpha += g_out[c] * (feature[c] - behind[c]);
-                        behind[c] = alpha * feature[c] + (1.0 - alpha) * behind[c];
-                    }
-                    d_alpha *= transmittance;
-                    if g[OPACITY] * gauss >= ALPHA_MAX {
-                        continue; // clamped: alpha does not move with the parameters
-                    }
-                    slot[OPACITY] += d_alpha * gauss;
-                    let d_power = d_alpha * alpha;
-                    let (a, b, c) = (g[CONIC_A], g[CONIC_B], g[CONIC_C]);
-                    slot[MEAN_X] += d_power * (-a * dx - b * dy);
-                    slot[MEAN_Y] += d_power * (-b * dx - c * dy);
-                    slot[CONIC_A] += d_power * (-0.5 * dx * dx);
-                    slot[CONIC_B] += d_power * (-dx * dy);
-                    slot[CONIC_C] += d_power * (-0.5 * dy * dy);
+        let px = TilePixels::new(t, size);
+        let tile = TileGaussians::gather(view, list, tile_rect(t, size).1);
+        let mut transmittance = [1.0f32; LANES];
+        let mut last = [0usize; LANES];
+        let mut g_out = [[0.0f32; LANES]; OUT];
+        for i in 0..LANES {
+            if let Some(p) = px.index[i] {
+                let p = v * pixels + p;
+                transmittance[i] = state.final_t[p];
+                last[i] = state.last[p] as usize;
+                for (c, g) in g_out.iter_mut().enumerate() {
+                    g[i] = grad[p * OUT + c];
                 }
             }
         }
+        undo_composite(&tile, &px, transmittance, &last, &g_out, slots);
     });
 
     let mut out = vec![0.0f32; size.views * n * PACK];
@@ -286,4 +382,173 @@ pub fn backward(
         }
     }
     out
+}
+
+/// The per-tile loops, compiled twice on x86-64: for the baseline (SSE2) and for AVX2,
+/// picked at run time. Same operations in the same order either way (Rust never fuses a
+/// multiply and an add on its own), so the image and gradients do not depend on the CPU.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident / $avx2:ident / $body:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn $avx2($($arg: $ty),*) -> $ret {
+            $body($($arg),*)
+        }
+    };
+}
+
+type Composite = ([f32; LANES], [[f32; LANES]; 4], [u32; LANES]);
+
+multiversion! {
+    /// Front-to-back compositing of a tile's Gaussians over its pixels: final transmittance,
+    /// accumulated colour and depth, and per pixel the list length up to its last contributor.
+    fn composite / composite_avx2 / composite_body(tile: &TileGaussians, px: &TilePixels) -> Composite
+}
+
+#[inline(always)]
+fn composite_body(tile: &TileGaussians, px: &TilePixels) -> Composite {
+    let mut live: [bool; LANES] = std::array::from_fn(|i| px.index[i].is_some());
+    let mut transmittance = [1.0f32; LANES];
+    let mut acc = [[0.0f32; LANES]; 4];
+    let mut count = [0u32; LANES];
+    let mut lanes = LaneAlpha::new();
+    for k in 0..tile.opacity.len() {
+        if !live.iter().any(|&l| l) {
+            break;
+        }
+        lanes.eval(tile, k, px);
+        // Separate simple loops over the Gaussian's lanes: each one vectorises.
+        let span = tile.lanes[k].clone();
+        let mut w = [0.0f32; LANES];
+        for i in span.clone() {
+            let alpha = if live[i] { lanes.alpha[i] } else { 0.0 };
+            let next = transmittance[i] * (1.0 - alpha);
+            // Saturated: the pixel stops before this Gaussian (3DGS).
+            let stop = alpha > 0.0 && next < T_MIN;
+            let blend = alpha > 0.0 && !stop;
+            w[i] = if blend { alpha * transmittance[i] } else { 0.0 };
+            transmittance[i] = if blend { next } else { transmittance[i] };
+            count[i] = if blend { k as u32 + 1 } else { count[i] };
+            live[i] &= !stop;
+        }
+        for (a, f) in acc.iter_mut().zip(&tile.feature) {
+            let f = f[k];
+            for i in span.clone() {
+                a[i] += w[i] * f;
+            }
+        }
+    }
+    (transmittance, acc, count)
+}
+
+multiversion! {
+    /// The compositing undone back to front: each list entry's gradient, summed over the
+    /// tile's pixels, into its slot of `slots`.
+    fn undo_composite / undo_composite_avx2 / undo_composite_body(
+        tile: &TileGaussians,
+        px: &TilePixels,
+        transmittance: [f32; LANES],
+        last: &[usize; LANES],
+        g_out: &[[f32; LANES]; OUT],
+        slots: &mut [f32]
+    ) -> ()
+}
+
+#[inline(always)]
+fn undo_composite_body(
+    tile: &TileGaussians,
+    px: &TilePixels,
+    mut transmittance: [f32; LANES],
+    last: &[usize; LANES],
+    g_out: &[[f32; LANES]; OUT],
+    slots: &mut [f32],
+) {
+    // What lies behind the current Gaussian, composited (per channel, per pixel).
+    let mut behind = [[0.0f32; LANES]; OUT];
+    let mut lanes = LaneAlpha::new();
+    // Per-pixel terms of one entry's gradient, summed with `lane_sum` over its lanes.
+    let mut terms = [[0.0f32; LANES]; PACK];
+    let end = last.iter().copied().max().unwrap_or(0);
+    for k in (0..end).rev() {
+        lanes.eval(tile, k, px);
+        let feature = [
+            tile.feature[0][k],
+            tile.feature[1][k],
+            tile.feature[2][k],
+            tile.feature[3][k],
+            1.0,
+        ];
+        let o = tile.opacity[k];
+        let [a, b, c] = [tile.conic[0][k], tile.conic[1][k], tile.conic[2][k]];
+        // Separate simple loops over the Gaussian's lanes: each one vectorises. Lanes outside
+        // them see alpha 0: nothing changes there and they add nothing.
+        let span = tile.lanes[k].clone();
+        let mut alpha = [0.0f32; LANES];
+        for i in span.clone() {
+            alpha[i] = if k < last[i] { lanes.alpha[i] } else { 0.0 };
+            // T_k, before this Gaussian (a skipped one divides by 1: no change).
+            transmittance[i] /= 1.0 - alpha[i];
+        }
+        for (ch, term) in [RED, RED + 1, RED + 2, DEPTH].into_iter().enumerate() {
+            for i in span.clone() {
+                terms[term][i] = alpha[i] * transmittance[i] * g_out[ch][i];
+            }
+        }
+        let mut d_alpha = [0.0f32; LANES];
+        for (ch, f) in feature.into_iter().enumerate() {
+            for i in span.clone() {
+                d_alpha[i] += g_out[ch][i] * (f - behind[ch][i]);
+                behind[ch][i] = alpha[i] * f + (1.0 - alpha[i]) * behind[ch][i];
+            }
+        }
+        for i in span.clone() {
+            // A clamped alpha does not move with the parameters.
+            let free = alpha[i] > 0.0 && o * lanes.gauss[i] < ALPHA_MAX;
+            let d_alpha = if free {
+                d_alpha[i] * transmittance[i]
+            } else {
+                0.0
+            };
+            terms[OPACITY][i] = d_alpha * lanes.gauss[i];
+            let d_power = d_alpha * alpha[i];
+            let (dx, dy) = (lanes.dx[i], lanes.dy[i]);
+            terms[MEAN_X][i] = d_power * (-a * dx - b * dy);
+            terms[MEAN_Y][i] = d_power * (-b * dx - c * dy);
+            terms[CONIC_A][i] = d_power * (-0.5 * dx * dx);
+            terms[CONIC_B][i] = d_power * (-dx * dy);
+            terms[CONIC_C][i] = d_power * (-0.5 * dy * dy);
+        }
+        let slot = &mut slots[k * PACK..(k + 1) * PACK];
+        for (s, term) in slot.iter_mut().zip(&terms) {
+            *s = lane_sum(term, span.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_neg_matches_the_library_to_an_ulp_or_two() {
+        let mut worst = 0.0f32;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (got, want) = (exp_neg(x), x.exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "relative error {worst}");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(-1000.0) < 1e-37);
+    }
 }
