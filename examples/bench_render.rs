@@ -2,8 +2,6 @@
 //!
 //! `cargo run --release --example bench_render -- --backend cpu`
 
-use std::time::Instant;
-
 use anyhow::Result;
 use clap::Parser;
 use rewardsds::engine::backend::EngineAutodiffBackend;
@@ -11,6 +9,10 @@ use rewardsds::engine::backend::{BackendKind, BackendTask, run_on};
 use rewardsds::engine::render::{VolumeRenderer, VolumeRendererConfig};
 use rewardsds::engine::scene::camera::Camera;
 use rewardsds::engine::scene::nerf::{HashGridConfig, NerfConfig};
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::mean_ms;
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
@@ -100,9 +102,7 @@ impl BackendTask for Bench {
             .rays();
 
         let time = |backward: bool| {
-            let mut total = 0.0;
-            for i in 0..=args.iters {
-                let start = Instant::now();
+            mean_ms(1, args.iters, || {
                 let out = renderer.render(&nerf, &rays, true, &device);
                 let loss = out.rgb.mean() + out.opacity.mean();
                 if backward {
@@ -113,11 +113,7 @@ impl BackendTask for Bench {
                     let _ = loss.into_scalar();
                 }
                 B::sync(&device).ok();
-                if i > 0 {
-                    total += start.elapsed().as_secs_f64() * 1e3;
-                }
-            }
-            total / args.iters as f64
+            })
         };
         (time(false), time(true))
     }

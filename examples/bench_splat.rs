@@ -4,8 +4,6 @@
 //! `cargo run --release --example bench_splat -- --backend cpu`
 //! `cargo run --release --example bench_splat -- --backend cuda --sizes 512 --counts 200000`
 
-use std::time::Instant;
-
 use anyhow::Result;
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
@@ -13,6 +11,10 @@ use rewardsds::engine::burn::tensor::{Tensor, TensorData};
 use rewardsds::engine::render::SplatRenderer;
 use rewardsds::engine::scene::camera::Camera;
 use rewardsds::engine::scene::gaussians::{Gaussians, GaussiansConfig};
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::mean_ms;
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
@@ -98,9 +100,7 @@ impl BackendTask for Bench {
         let background =
             Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32; 3], [1, 3]), &device);
         let time = |backward: bool| {
-            let mut total = 0.0;
-            for i in 0..=args.iters {
-                let start = Instant::now();
+            mean_ms(1, args.iters, || {
                 let g = Gaussians::<B>::tracked(&inner);
                 let out = SplatRenderer
                     .render(&g, &cameras, background.clone(), false)
@@ -113,11 +113,7 @@ impl BackendTask for Bench {
                     let _ = loss.into_scalar();
                 }
                 B::sync(&device).ok();
-                if i > 0 {
-                    total += start.elapsed().as_secs_f64() * 1e3;
-                }
-            }
-            total / args.iters as f64
+            })
         };
         (time(false), time(true))
     }

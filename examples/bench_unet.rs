@@ -318,7 +318,7 @@ fn time_forward<B: Backend>(
         FloatDType::F32
     };
     let (sample, timesteps, context) = inputs::<B>(batch, shape, float, device);
-    mean_ms(args, || {
+    mean_ms(args.warmup, args.iters, || {
         let out = unet.forward(sample.clone(), timesteps.clone(), context.clone());
         B::sync(device).expect("device sync");
         drop(out);
@@ -336,7 +336,7 @@ fn time_forward_backward<B: AutodiffBackend>(
 ) -> f64 {
     let (sample, timesteps, context) = inputs::<B>(batch, shape, FloatDType::F32, device);
     let sample = sample.require_grad();
-    mean_ms(args, || {
+    mean_ms(args.warmup, args.iters, || {
         let out = unet.forward(sample.clone(), timesteps.clone(), context.clone());
         let grads = out.sum().backward();
         let grad = sample.grad(&grads).expect("the sample has a gradient");
@@ -344,19 +344,6 @@ fn time_forward_backward<B: AutodiffBackend>(
         B::InnerBackend::sync(device).expect("device sync");
         drop((grad, weight_grad));
     })
-}
-
-/// Mean wall time in ms of `run` over `args.iters` calls, after `args.warmup` untimed ones.
-fn mean_ms(args: &Args, mut run: impl FnMut()) -> f64 {
-    let mut total = 0.0;
-    for i in 0..args.warmup + args.iters {
-        let start = Instant::now();
-        run();
-        if i >= args.warmup {
-            total += start.elapsed().as_secs_f64() * 1e3;
-        }
-    }
-    total / args.iters.max(1) as f64
 }
 
 /// `--conv` entry to algorithm.
@@ -497,6 +484,10 @@ fn parity<B: Backend>(
 }
 
 use burn::tensor::ElementConversion as _;
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::mean_ms;
 
 /// A one-tensor safetensors file (8-byte header length, JSON header, little-endian f32 data),
 /// written by hand: the root package has no safetensors writer and this is the whole format.

@@ -142,7 +142,7 @@ fn fit_gaussian_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -
     })?;
     let fit_time = start.elapsed().as_secs_f32();
     let predicted = render_gaussian_views::<B>(&gaussians, &heldout, config.background, &device)?;
-    let (psnr, mean) = psnr(&predicted, &heldout_images);
+    let (psnr, mean) = RgbImage::mean_psnr(&predicted, &heldout_images);
     println!();
     println!(
         "| backend | scene | size | views | steps | views/step | Gaussians (start -> end) | final L1 | held-out PSNR (dB) | fit time (s) |"
@@ -209,7 +209,7 @@ fn fit_nerf_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -> Re
 
     let renderer = VolumeRenderer::new(config.renderer.clone());
     let predicted = render_views(&nerf, &renderer, &heldout, &device);
-    let (psnr, mean) = psnr(&predicted, &heldout_images);
+    let (psnr, mean) = RgbImage::mean_psnr(&predicted, &heldout_images);
 
     println!();
     println!(
@@ -229,17 +229,6 @@ fn fit_nerf_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -> Re
         fit_time
     );
     write_views(&args, &psnr, &predicted, &heldout_images)
-}
-
-/// Held-out PSNR per view and its mean.
-fn psnr(predicted: &[RgbImage], truth: &[RgbImage]) -> (Vec<f32>, f32) {
-    let psnr: Vec<f32> = predicted
-        .iter()
-        .zip(truth)
-        .map(|(p, t)| p.psnr(t))
-        .collect();
-    let mean = psnr.iter().sum::<f32>() / psnr.len().max(1) as f32;
-    (psnr, mean)
 }
 
 /// Prints the per-view PSNR and writes the predicted and true turntables.

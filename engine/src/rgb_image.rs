@@ -91,6 +91,17 @@ impl RgbImage {
         (-10.0 * mse.max(1e-12).log10()) as f32
     }
 
+    /// PSNR of each image against its reference (pairs in order), and their mean.
+    pub fn mean_psnr(predicted: &[Self], references: &[Self]) -> (Vec<f32>, f32) {
+        let psnr: Vec<f32> = predicted
+            .iter()
+            .zip(references)
+            .map(|(p, r)| p.psnr(r))
+            .collect();
+        let mean = psnr.iter().sum::<f32>() / psnr.len().max(1) as f32;
+        (psnr, mean)
+    }
+
     /// Box-filtered down by an integer `factor` (supersampling: render at `factor` times the
     /// size, then average each `factor x factor` block). Sizes must be multiples of `factor`.
     pub fn downsample(&self, factor: u32) -> Self {

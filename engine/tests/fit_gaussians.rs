@@ -6,6 +6,7 @@ use std::time::Instant;
 use burn::backend::{Autodiff, NdArray};
 use rewardsds_engine::fit::{FitError, GaussianFitConfig, fit_gaussians, render_gaussian_views};
 use rewardsds_engine::procedural::SdfScene;
+use rewardsds_engine::rgb_image::RgbImage;
 use rewardsds_engine::scene::camera::{CameraSampler, OrbitConfig, evaluation_orbit};
 use rewardsds_engine::scene::gaussians::{DensifyConfig, GaussiansConfig};
 
@@ -52,12 +53,8 @@ fn fits_procedural_scene_to_heldout_psnr() {
     .unwrap();
     let predicted =
         render_gaussian_views::<B>(&gaussians, &heldout, config.background, &device).unwrap();
-    let psnr: Vec<f32> = predicted
-        .iter()
-        .zip(&heldout)
-        .map(|(p, c)| p.psnr(&scene.render(c)))
-        .collect();
-    let mean = psnr.iter().sum::<f32>() / psnr.len() as f32;
+    let truth: Vec<_> = heldout.iter().map(|c| scene.render(c)).collect();
+    let (psnr, mean) = RgbImage::mean_psnr(&predicted, &truth);
     println!(
         "held-out PSNR {mean:.2} dB ({psnr:?}), loss {:.4} -> {:.4}, {} Gaussians, densify {counts:?}, {:.1}s",
         losses[0],

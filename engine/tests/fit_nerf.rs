@@ -7,6 +7,7 @@ use burn::backend::{Autodiff, NdArray};
 use rewardsds_engine::fit::{FitConfig, FitError, fit_nerf, render_views};
 use rewardsds_engine::procedural::SdfScene;
 use rewardsds_engine::render::{VolumeRenderer, VolumeRendererConfig};
+use rewardsds_engine::rgb_image::RgbImage;
 use rewardsds_engine::scene::camera::{CameraSampler, OrbitConfig, evaluation_orbit};
 use rewardsds_engine::scene::nerf::{BackgroundConfig, BackgroundKind, HashGridConfig, NerfConfig};
 
@@ -54,12 +55,8 @@ fn fits_procedural_scene_to_heldout_psnr() {
     let nerf = fit_nerf::<B>(&views, &config, &device, |s| losses.push(s.loss)).unwrap();
     let renderer = VolumeRenderer::new(config.renderer.clone());
     let predicted = render_views(&nerf, &renderer, &heldout, &device);
-    let psnr: Vec<f32> = predicted
-        .iter()
-        .zip(&heldout)
-        .map(|(p, c)| p.psnr(&scene.render(c)))
-        .collect();
-    let mean = psnr.iter().sum::<f32>() / psnr.len() as f32;
+    let truth: Vec<_> = heldout.iter().map(|c| scene.render(c)).collect();
+    let (psnr, mean) = RgbImage::mean_psnr(&predicted, &truth);
     println!(
         "held-out PSNR {mean:.2} dB ({psnr:?}), first/last loss {:.4}/{:.4}, {:.1}s",
         losses[0],

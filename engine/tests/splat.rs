@@ -5,14 +5,15 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use glam::Vec3;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rewardsds_engine::render::splat::dense::rasterize_dense;
 use rewardsds_engine::render::splat::{
     OUT, PACK, RasterSize, SplatError, SplatRenderer, project, rasterize,
 };
 use rewardsds_engine::scene::camera::Camera;
 use rewardsds_engine::scene::gaussians::{Gaussians, GaussiansConfig, GaussiansError};
+
+mod common;
+use common::random_packed;
 
 type B = NdArray<f32>;
 type A = Autodiff<B>;
@@ -25,48 +26,6 @@ fn scale(t: &Tensor<B, 2>) -> f32 {
     t.clone().abs().max().into_scalar().max(1e-6)
 }
 
-/// Random screen-space Gaussians: some behind the camera, some nearly opaque (capped alpha),
-/// elongated and rotated ellipses of 1-8 px.
-fn random_packed(views: usize, n: usize, size: RasterSize, seed: u64) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut data = Vec::with_capacity(views * n * PACK);
-    for _ in 0..views * n {
-        let (sx, sy) = (rng.random_range(1.0..8.0f32), rng.random_range(1.0..8.0f32));
-        let theta = rng.random_range(0.0..std::f32::consts::PI);
-        let (c, s) = (theta.cos(), theta.sin());
-        // covariance R diag(sx^2, sy^2) R^T, then its inverse
-        let (a, b, cc) = (
-            c * c * sx * sx + s * s * sy * sy,
-            c * s * (sx * sx - sy * sy),
-            s * s * sx * sx + c * c * sy * sy,
-        );
-        let det = a * cc - b * b;
-        let depth = if rng.random::<f32>() < 0.1 {
-            -1.0
-        } else {
-            rng.random_range(0.5..5.0f32)
-        };
-        let opacity = if rng.random::<f32>() < 0.2 {
-            0.995
-        } else {
-            rng.random_range(0.05..0.9f32)
-        };
-        data.extend_from_slice(&[
-            rng.random_range(-4.0..size.width as f32 + 4.0),
-            rng.random_range(-4.0..size.height as f32 + 4.0),
-            cc / det,
-            -b / det,
-            a / det,
-            rng.random(),
-            rng.random(),
-            rng.random(),
-            opacity,
-            depth,
-        ]);
-    }
-    data
-}
-
 #[test]
 fn op_matches_dense_reference_forward_and_gradients() {
     let device = Default::default();
@@ -77,7 +36,7 @@ fn op_matches_dense_reference_forward_and_gradients() {
         height: 29,
     };
     let n = 120;
-    let packed = random_packed(size.views, n, size, 7);
+    let packed = random_packed(n, size, 7, 8.0, false);
     let leaf = || {
         Tensor::<A, 3>::from_data(
             TensorData::new(packed.clone(), [size.views, n, PACK]),

@@ -13,6 +13,9 @@ use rand::{Rng, SeedableRng};
 use rewardsds_engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds_engine::render::splat::{OUT, PACK, RasterSize, SplatBackend, rasterize};
 
+mod common;
+use common::random_packed;
+
 type Cpu = Autodiff<NdArray<f32>>;
 type Gpu = Autodiff<Wgpu<f32, i32>>;
 
@@ -35,48 +38,6 @@ fn have_device() -> bool {
             false
         }
     }
-}
-
-/// Random screen-space Gaussians as in tests/splat.rs: ~10% behind the camera, ~20% nearly
-/// opaque (alpha capped), elongated rotated ellipses of `min_px..max_px`, some straddling the
-/// border; `culled` sets every depth behind the camera.
-fn random_packed(n: usize, size: RasterSize, seed: u64, max_px: f32, culled: bool) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut data = Vec::with_capacity(size.views * n * PACK);
-    for _ in 0..size.views * n {
-        let (sx, sy) = (rng.random_range(1.0..max_px), rng.random_range(1.0..max_px));
-        let theta = rng.random_range(0.0..std::f32::consts::PI);
-        let (c, s) = (theta.cos(), theta.sin());
-        let (a, b, cc) = (
-            c * c * sx * sx + s * s * sy * sy,
-            c * s * (sx * sx - sy * sy),
-            s * s * sx * sx + c * c * sy * sy,
-        );
-        let det = a * cc - b * b;
-        let depth = if culled || rng.random::<f32>() < 0.1 {
-            -1.0
-        } else {
-            rng.random_range(0.5..5.0f32)
-        };
-        let opacity = if rng.random::<f32>() < 0.2 {
-            0.995
-        } else {
-            rng.random_range(0.05..0.9f32)
-        };
-        data.extend_from_slice(&[
-            rng.random_range(-4.0..size.width as f32 + 4.0),
-            rng.random_range(-4.0..size.height as f32 + 4.0),
-            cc / det,
-            -b / det,
-            a / det,
-            rng.random(),
-            rng.random(),
-            rng.random(),
-            opacity,
-            depth,
-        ]);
-    }
-    data
 }
 
 /// Output and input gradient of `sum(rasterize(packed) * weights)` on backend `B`.
