@@ -194,13 +194,14 @@ fn quad_indices(order: &[u32]) -> Vec<u32> {
 }
 
 /// Whether a sort made for `old` (eye, forward; in the preview's space) is stale for `new`:
-/// the camera moved by more than 2% of its distance to the splats, or turned by more than
-/// about 2.5 degrees. Re-sorting uploads the whole mesh, so small motions keep the order.
-fn needs_resort(old: Option<(Vec3, Vec3)>, new: (Vec3, Vec3), centre: Vec3) -> bool {
+/// the camera moved by more than 2% of its distance to the preview (its origin, the asset's
+/// foot), or turned by more than about 2.5 degrees. Re-sorting uploads the whole mesh, so
+/// small motions keep the order.
+fn needs_resort(old: Option<(Vec3, Vec3)>, new: (Vec3, Vec3)) -> bool {
     let Some((eye, forward)) = old else {
         return true;
     };
-    let distance = (new.0 - centre).length().max(1e-3);
+    let distance = new.0.length().max(1e-3);
     (new.0 - eye).length() > 0.02 * distance || forward.dot(new.1) < 0.999
 }
 
@@ -220,7 +221,7 @@ fn sort_splat_previews(
         let forward = local_from_world
             .transform_vector3(camera.forward().as_vec3())
             .normalize_or_zero();
-        if !needs_resort(order.sorted_for, (eye, forward), Vec3::ZERO) {
+        if !needs_resort(order.sorted_for, (eye, forward)) {
             continue;
         }
         let Some(mut mesh) = meshes.get_mut(&mesh.0) else {
@@ -309,22 +310,10 @@ mod tests {
     #[test]
     fn small_camera_motions_keep_the_order() {
         let sorted = Some((Vec3::new(0.0, 0.0, 5.0), -Vec3::Z));
-        assert!(needs_resort(None, (Vec3::Z, -Vec3::Z), Vec3::ZERO));
-        assert!(!needs_resort(
-            sorted,
-            (Vec3::new(0.05, 0.0, 5.0), -Vec3::Z),
-            Vec3::ZERO
-        ));
-        assert!(needs_resort(
-            sorted,
-            (Vec3::new(0.5, 0.0, 5.0), -Vec3::Z),
-            Vec3::ZERO
-        ));
+        assert!(needs_resort(None, (Vec3::Z, -Vec3::Z)));
+        assert!(!needs_resort(sorted, (Vec3::new(0.05, 0.0, 5.0), -Vec3::Z)));
+        assert!(needs_resort(sorted, (Vec3::new(0.5, 0.0, 5.0), -Vec3::Z)));
         let turned = Vec3::new(0.1, 0.0, -1.0).normalize();
-        assert!(needs_resort(
-            sorted,
-            (Vec3::new(0.0, 0.0, 5.0), turned),
-            Vec3::ZERO
-        ));
+        assert!(needs_resort(sorted, (Vec3::new(0.0, 0.0, 5.0), turned)));
     }
 }
