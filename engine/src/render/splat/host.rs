@@ -32,6 +32,9 @@ pub struct TileBins {
     pub offsets: Vec<usize>,
     /// Gaussian indices (within their view), grouped by tile, sorted by depth then index.
     pub ids: Vec<u32>,
+    /// Per view and Gaussian, `[views * n]`: the half-height of its 1/255 ellipse in pixels
+    /// ([`row_half_height`]), which bounds the tile rows the kernels visit.
+    pub half_height: Vec<f32>,
 }
 
 /// What the backward needs from the forward.
@@ -73,67 +76,64 @@ fn exp_neg(x: f32) -> f32 {
     p * f32::from_bits((n_int + 127).wrapping_shl(23) as u32)
 }
 
-/// A tile's Gaussians gathered in list order, one array per attribute: the pixel loops read
-/// them in order instead of chasing ids through the whole view.
-struct TileGaussians {
-    mean_x: Vec<f32>,
-    mean_y: Vec<f32>,
-    conic: [Vec<f32>; 3],
-    opacity: Vec<f32>,
-    /// Red, green, blue, depth: what is composited.
-    feature: [Vec<f32>; 4],
-    /// The lanes of the tile rows each Gaussian can reach (a multiple of [`TILE`] each end):
-    /// the loops skip rows where its alpha is below 1/255 everywhere.
-    lanes: Vec<Range<usize>>,
+/// A tile's Gaussians in list order, read in place: the per-Gaussian values are scalars
+/// broadcast over the tile's pixels, so a record read from the view (40 bytes, one or two
+/// cache lines) costs no more than a gathered copy, and no copy is made.
+struct TileGaussians<'a> {
+    /// The view's packed Gaussians, `[n, PACK]`.
+    view: &'a [f32],
+    /// The tile's list: indices into `view`, nearest first.
+    list: &'a [u32],
+    /// The view's [`TileBins::half_height`], `[n]`.
+    half_height: &'a [f32],
+    /// The tile's first pixel row.
+    y0: usize,
 }
 
-impl TileGaussians {
-    fn gather(view: &[f32], list: &[u32], tile_y0: usize) -> Self {
-        let column = |attribute: usize| -> Vec<f32> {
-            list.iter()
-                .map(|&id| view[id as usize * PACK + attribute])
-                .collect()
-        };
-        let lanes = list
-            .iter()
-            .map(|&id| row_lanes(&view[id as usize * PACK..][..PACK], tile_y0))
-            .collect();
-        Self {
-            mean_x: column(MEAN_X),
-            mean_y: column(MEAN_Y),
-            conic: [column(CONIC_A), column(CONIC_B), column(CONIC_C)],
-            opacity: column(OPACITY),
-            feature: [column(RED), column(RED + 1), column(RED + 2), column(DEPTH)],
-            lanes,
+impl TileGaussians<'_> {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Entry `k`'s packed record.
+    #[inline(always)]
+    fn record(&self, k: usize) -> &[f32] {
+        &self.view[self.list[k] as usize * PACK..][..PACK]
+    }
+
+    /// The lanes of the tile rows whose centres lie within entry `k`'s vertical extent at
+    /// alpha 1/255 (a multiple of [`TILE`] each end): the loops skip rows where its alpha is
+    /// below 1/255 everywhere. All rows when anything is not finite.
+    #[inline(always)]
+    fn lanes(&self, k: usize) -> Range<usize> {
+        let id = self.list[k] as usize;
+        let centre = self.view[id * PACK + MEAN_Y] - self.y0 as f32 - 0.5;
+        let half_height = self.half_height[id];
+        let (lo, hi) = (
+            (centre - half_height).ceil(),
+            (centre + half_height).floor(),
+        );
+        if !(lo.is_finite() && hi.is_finite()) {
+            return 0..LANES;
         }
+        let lo = lo.clamp(0.0, TILE as f32) as usize;
+        let hi = (hi + 1.0).clamp(lo as f32, TILE as f32) as usize;
+        lo * TILE..hi * TILE
     }
 }
 
-/// The lanes of the rows of the tile starting at pixel row `tile_y0` whose centres lie within
-/// the Gaussian's vertical extent at alpha 1/255: `|y - mean_y| <= sqrt(2 ln(255 o) Sigma_yy)`
-/// (the ellipse's half-height; Sigma is the conic's inverse). Loosened by a pixel's
-/// thousandth so rounding never drops a pixel [`super::alpha_at`] keeps; all rows when
-/// anything is not finite.
-fn row_lanes(g: &[f32], tile_y0: usize) -> Range<usize> {
+/// Half-height in pixels of a Gaussian's ellipse at alpha 1/255:
+/// `sqrt(2 ln(255 o) Sigma_yy)` (Sigma is the conic's inverse), loosened by a pixel's
+/// thousandth so rounding never drops a pixel [`super::alpha_at`] keeps.
+fn row_half_height(g: &[f32]) -> f32 {
     let (a, b, c) = (g[CONIC_A], g[CONIC_B], g[CONIC_C]);
     let sigma_yy = a / (a * c - b * b);
-    let half_height = (2.0 * (255.0 * g[OPACITY].min(1.0)).ln() * sigma_yy).sqrt() + 1e-3;
-    let centre = g[MEAN_Y] - tile_y0 as f32 - 0.5;
-    let (lo, hi) = (
-        (centre - half_height).ceil(),
-        (centre + half_height).floor(),
-    );
-    if !(lo.is_finite() && hi.is_finite()) {
-        return 0..LANES;
-    }
-    let lo = lo.clamp(0.0, TILE as f32) as usize;
-    let hi = (hi + 1.0).clamp(lo as f32, TILE as f32) as usize;
-    lo * TILE..hi * TILE
+    (2.0 * (255.0 * g[OPACITY].min(1.0)).ln() * sigma_yy).sqrt() + 1e-3
 }
 
 /// One Gaussian evaluated at the pixels of its rows of a tile: [`super::alpha_at`]'s rules
 /// per lane, with 0 for an alpha that pixel skips. Lanes outside its rows keep stale values:
-/// every loop runs over `TileGaussians::lanes[k]` only.
+/// every loop runs over `TileGaussians::lanes(k)` only.
 struct LaneAlpha {
     alpha: [f32; LANES],
     gauss: [f32; LANES],
@@ -151,11 +151,12 @@ impl LaneAlpha {
         }
     }
 
+    /// Evaluates Gaussian `g` (a packed record) over `lanes`.
     #[inline(always)]
-    fn eval(&mut self, g: &TileGaussians, k: usize, pixels: &TilePixels) {
-        let (mx, my, o) = (g.mean_x[k], g.mean_y[k], g.opacity[k]);
-        let [a, b, c] = [g.conic[0][k], g.conic[1][k], g.conic[2][k]];
-        for i in g.lanes[k].clone() {
+    fn eval(&mut self, g: &[f32], lanes: Range<usize>, pixels: &TilePixels) {
+        let (mx, my, o) = (g[MEAN_X], g[MEAN_Y], g[OPACITY]);
+        let [a, b, c] = [g[CONIC_A], g[CONIC_B], g[CONIC_C]];
+        for i in lanes {
             let dx = mx - pixels.x[i];
             let dy = my - pixels.y[i];
             let power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy;
@@ -227,15 +228,21 @@ fn tile_rect(t: usize, size: RasterSize) -> (usize, usize, usize, usize) {
 pub fn bin(gaussians: &[f32], n: usize, size: RasterSize) -> TileBins {
     let (tiles_x, tiles_y) = tiles(size);
     let tiles = tiles_x * tiles_y;
-    let per_view: Vec<Vec<Vec<u32>>> = (0..size.views)
+    let per_view: Vec<(Vec<Vec<u32>>, Vec<f32>)> = (0..size.views)
         .into_par_iter()
         .map(|v| {
             let view = &gaussians[v * n * PACK..(v + 1) * n * PACK];
+            // One sort per view; appending in this order leaves every tile list sorted.
+            // Ties broken by index so the order (and the image) is deterministic.
+            let mut order: Vec<(f32, u32, f32)> = view
+                .chunks_exact(PACK)
+                .enumerate()
+                .filter_map(|(i, g)| footprint_radius(g).map(|r| (g[DEPTH], i as u32, r)))
+                .collect();
+            order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let mut lists: Vec<Vec<u32>> = vec![Vec::new(); tiles];
-            for (i, g) in view.chunks_exact(PACK).enumerate() {
-                let Some(r) = footprint_radius(g) else {
-                    continue;
-                };
+            for &(_, i, r) in &order {
+                let g = &view[i as usize * PACK..][..PACK];
                 // Pixels whose centre (x + 0.5) lies within r of the mean.
                 let span = |m: f32, len: usize| {
                     let lo = (m - r - 0.5).ceil().max(0.0);
@@ -249,33 +256,48 @@ pub fn bin(gaussians: &[f32], n: usize, size: RasterSize) -> TileBins {
                 };
                 for ty in ty0..=ty1 {
                     for tx in tx0..=tx1 {
-                        lists[ty * tiles_x + tx].push(i as u32);
+                        lists[ty * tiles_x + tx].push(i);
                     }
                 }
             }
-            for list in &mut lists {
-                // Ties broken by index so the order (and the image) is deterministic.
-                list.sort_unstable_by(|&a, &b| {
-                    let (da, db) = (
-                        view[a as usize * PACK + DEPTH],
-                        view[b as usize * PACK + DEPTH],
-                    );
-                    da.total_cmp(&db).then(a.cmp(&b))
-                });
-            }
-            lists
+            let half_height = view.chunks_exact(PACK).map(row_half_height).collect();
+            (lists, half_height)
         })
         .collect();
     let mut offsets = Vec::with_capacity(size.views * tiles + 1);
     let mut ids = Vec::new();
+    let mut half_height = Vec::with_capacity(size.views * n);
     offsets.push(0);
-    for lists in per_view {
+    for (lists, heights) in per_view {
         for list in lists {
             ids.extend_from_slice(&list);
             offsets.push(ids.len());
         }
+        half_height.extend(heights);
     }
-    TileBins { offsets, ids }
+    TileBins {
+        offsets,
+        ids,
+        half_height,
+    }
+}
+
+/// Tile `t` of view `v`'s Gaussians, read in place from `gaussians [views, n, PACK]`.
+fn tile_gaussians<'a>(
+    gaussians: &'a [f32],
+    n: usize,
+    size: RasterSize,
+    bins: &'a TileBins,
+    task: usize,
+) -> TileGaussians<'a> {
+    let (tiles_x, tiles_y) = tiles(size);
+    let (v, t) = (task / (tiles_x * tiles_y), task % (tiles_x * tiles_y));
+    TileGaussians {
+        view: &gaussians[v * n * PACK..(v + 1) * n * PACK],
+        list: &bins.ids[bins.offsets[task]..bins.offsets[task + 1]],
+        half_height: &bins.half_height[v * n..(v + 1) * n],
+        y0: tile_rect(t, size).1,
+    }
 }
 
 /// Forward: `gaussians [views, n, PACK]` -> `[views * height * width, OUT]` and the state
@@ -294,10 +316,8 @@ pub fn forward(gaussians: &[f32], n: usize, size: RasterSize) -> (Vec<f32>, Host
         .into_par_iter()
         .map(|task| {
             let (v, t) = (task / tiles, task % tiles);
-            let view = &gaussians[v * n * PACK..(v + 1) * n * PACK];
-            let list = &bins.ids[bins.offsets[task]..bins.offsets[task + 1]];
             let px = TilePixels::new(t, size);
-            let tile = TileGaussians::gather(view, list, tile_rect(t, size).1);
+            let tile = tile_gaussians(gaussians, n, size, &bins, task);
             let (transmittance, acc, count) = composite(&tile, &px);
             (0..LANES)
                 .filter_map(|i| {
@@ -351,10 +371,8 @@ pub fn backward(
     }
     parts.into_par_iter().enumerate().for_each(|(task, slots)| {
         let (v, t) = (task / tiles, task % tiles);
-        let view = &gaussians[v * n * PACK..(v + 1) * n * PACK];
-        let list = &bins.ids[bins.offsets[task]..bins.offsets[task + 1]];
         let px = TilePixels::new(t, size);
-        let tile = TileGaussians::gather(view, list, tile_rect(t, size).1);
+        let tile = tile_gaussians(gaussians, n, size, bins, task);
         let mut transmittance = [1.0f32; LANES];
         let mut last = [0usize; LANES];
         let mut g_out = [[0.0f32; LANES]; OUT];
@@ -422,13 +440,14 @@ fn composite_body(tile: &TileGaussians, px: &TilePixels) -> Composite {
     let mut acc = [[0.0f32; LANES]; 4];
     let mut count = [0u32; LANES];
     let mut lanes = LaneAlpha::new();
-    for k in 0..tile.opacity.len() {
+    for k in 0..tile.len() {
         if !live.iter().any(|&l| l) {
             break;
         }
-        lanes.eval(tile, k, px);
+        let g = tile.record(k);
+        let span = tile.lanes(k);
+        lanes.eval(g, span.clone(), px);
         // Separate simple loops over the Gaussian's lanes: each one vectorises.
-        let span = tile.lanes[k].clone();
         let mut w = [0.0f32; LANES];
         for i in span.clone() {
             let alpha = if live[i] { lanes.alpha[i] } else { 0.0 };
@@ -441,8 +460,8 @@ fn composite_body(tile: &TileGaussians, px: &TilePixels) -> Composite {
             count[i] = if blend { k as u32 + 1 } else { count[i] };
             live[i] &= !stop;
         }
-        for (a, f) in acc.iter_mut().zip(&tile.feature) {
-            let f = f[k];
+        for (a, f) in acc.iter_mut().zip([RED, RED + 1, RED + 2, DEPTH]) {
+            let f = g[f];
             for i in span.clone() {
                 a[i] += w[i] * f;
             }
@@ -480,19 +499,14 @@ fn undo_composite_body(
     let mut terms = [[0.0f32; LANES]; PACK];
     let end = last.iter().copied().max().unwrap_or(0);
     for k in (0..end).rev() {
-        lanes.eval(tile, k, px);
-        let feature = [
-            tile.feature[0][k],
-            tile.feature[1][k],
-            tile.feature[2][k],
-            tile.feature[3][k],
-            1.0,
-        ];
-        let o = tile.opacity[k];
-        let [a, b, c] = [tile.conic[0][k], tile.conic[1][k], tile.conic[2][k]];
+        let g = tile.record(k);
+        let span = tile.lanes(k);
+        lanes.eval(g, span.clone(), px);
+        let feature = [g[RED], g[RED + 1], g[RED + 2], g[DEPTH], 1.0];
+        let o = g[OPACITY];
+        let [a, b, c] = [g[CONIC_A], g[CONIC_B], g[CONIC_C]];
         // Separate simple loops over the Gaussian's lanes: each one vectorises. Lanes outside
         // them see alpha 0: nothing changes there and they add nothing.
-        let span = tile.lanes[k].clone();
         let mut alpha = [0.0f32; LANES];
         for i in span.clone() {
             alpha[i] = if k < last[i] { lanes.alpha[i] } else { 0.0 };

@@ -1,20 +1,25 @@
 //! Gaussian splatting (Kerbl et al. 2023): project 3D Gaussians to screen-space ellipses (EWA),
 //! bin them into 16x16 tiles, sort by depth and alpha-composite front to back per pixel.
 //!
-//! Projection and colour are plain tensor ops (cost O(views x Gaussians), autodiff for free).
-//! Rasterisation is one custom burn op, [`SplatBackend`], with a hand-written backward: its
-//! cost is O(pixels x overlapping Gaussians), which no dense tensor formulation reaches.
+//! Projection costs O(views x Gaussians): tensor ops on the GPU backends, one host op with a
+//! hand-written backward on the CPU ones ([`project_op`]), where ~450 small tensor ops cost
+//! more than the rasteriser. Rasterisation is one custom burn op, [`SplatBackend`], with a
+//! hand-written backward: its cost is O(pixels x overlapping Gaussians), which no dense
+//! tensor formulation reaches.
 //! [`dense`] is that dense formulation, kept as the reference the op is tested against.
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
 pub mod dense;
 pub mod host;
+pub mod project_host;
+pub mod project_op;
 pub mod projection;
 pub mod rasterize;
 pub mod renderer;
 
-pub use projection::project;
+pub use project_op::ProjectBackend;
+pub use projection::{project, project_with_tensor_ops};
 pub use rasterize::{SplatBackend, rasterize};
 pub use renderer::{SplatError, SplatOutput, SplatRenderer};
 

@@ -1,24 +1,92 @@
-//! EWA splatting's projection (Zwicker et al. 2001, as 3DGS does it) as tensor ops: each
-//! Gaussian's covariance `R S S^T R^T` is carried to the image by the view rotation and the
-//! perspective Jacobian, blurred by 0.3 px^2 (3DGS's low-pass filter) and inverted into a
-//! conic. Cost is per Gaussian and view, so autodiff handles the gradients.
+//! EWA splatting's projection (Zwicker et al. 2001, as 3DGS does it): each Gaussian's
+//! covariance `R S S^T R^T` is carried to the image by the view rotation and the perspective
+//! Jacobian, blurred by 0.3 px^2 (3DGS's low-pass filter) and inverted into a conic. The
+//! CPU backends run it as one host op ([`super::project_op`]); the others as tensor ops
+//! ([`project_with_tensor_ops`], which autodiff differentiates), the reference the op is
+//! tested against.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
+use super::project_host::ViewConstants;
+use super::project_op::{ProjectTensors, primitive, tensor};
+use super::rasterize::SplatBackend;
 use super::{NEAR, PACK};
 use crate::scene::camera::Camera;
 use crate::scene::gaussians::{Gaussians, sh};
 
 /// 3DGS clamps the Jacobian's `x / z` to 1.3x the half field of view: Gaussians far outside
 /// the frustum would otherwise get huge, unstable footprints.
-const FRUSTUM_SLACK: f32 = 1.3;
+pub(super) const FRUSTUM_SLACK: f32 = 1.3;
 /// Added to the 2D covariance's diagonal (pixels^2): every splat covers about a pixel.
-const LOW_PASS: f32 = 0.3;
+pub(super) const LOW_PASS: f32 = 0.3;
 
 /// Per-view Gaussians for [`super::rasterize`], `[views, N, PACK]`. With `mean2d_probe`
 /// (`[views, N, 2]`, zeros), the screen-space means get it added: its gradient is the
 /// gradient of the loss with respect to the means in pixels, which densification reads.
-pub fn project<B: Backend>(
+pub fn project<B: SplatBackend>(
+    gaussians: &Gaussians<B>,
+    cameras: &[Camera],
+    mean2d_probe: Option<Tensor<B, 3>>,
+) -> Tensor<B, 3> {
+    if !B::host_projection() {
+        return project_with_tensor_ops(gaussians, cameras, mean2d_probe);
+    }
+    let (views, n) = (cameras.len(), gaussians.len());
+    let device = gaussians.means.device();
+    let probe = mean2d_probe
+        .clone()
+        .unwrap_or_else(|| Tensor::<B, 3>::zeros([views, n, 2], &device));
+    let inputs = ProjectTensors {
+        means: primitive(gaussians.means.clone()),
+        rotations: primitive(gaussians.rotations.clone()),
+        scales: primitive(gaussians.scales()),
+        // One colour per view only where it depends on the view.
+        rgb: primitive(colour(gaussians, cameras, gaussians.sh_rest.is_none())),
+        opacity: primitive(gaussians.opacities()),
+        probe: primitive(probe),
+    };
+    let constants: Vec<ViewConstants> = cameras.iter().map(ViewConstants::new).collect();
+    match B::splat_project(inputs, &constants) {
+        Some((out, _)) => tensor(out),
+        None => project_with_tensor_ops(gaussians, cameras, mean2d_probe),
+    }
+}
+
+/// Colour along the view direction (camera centre to Gaussian), `[views, N, 3]`; with
+/// `shared` (no view-dependent terms), `[1, N, 3]`.
+fn colour<B: Backend>(gaussians: &Gaussians<B>, cameras: &[Camera], shared: bool) -> Tensor<B, 3> {
+    let device = gaussians.means.device();
+    let (views, n) = (cameras.len(), gaussians.len());
+    if gaussians.sh_rest.is_some() {
+        let centres = Tensor::<B, 2>::from_data(
+            TensorData::new(
+                cameras
+                    .iter()
+                    .flat_map(|c| c.position.to_array())
+                    .collect::<Vec<_>>(),
+                [views, 3],
+            ),
+            &device,
+        );
+        let dirs = gaussians.means.clone().unsqueeze_dim::<3>(0) - centres.unsqueeze_dim::<3>(1);
+        let norm = (dirs.clone() * dirs.clone())
+            .sum_dim(2)
+            .sqrt()
+            .clamp_min(1e-12);
+        sh::evaluate(
+            gaussians.sh_dc.clone(),
+            gaussians.sh_rest.clone(),
+            dirs / norm,
+        )
+    } else {
+        let rows = if shared { 1 } else { views };
+        let dirs = Tensor::<B, 3>::zeros([rows, n, 3], &device);
+        sh::evaluate(gaussians.sh_dc.clone(), None, dirs)
+    }
+}
+
+/// [`project`] as tensor ops on any backend.
+pub fn project_with_tensor_ops<B: Backend>(
     gaussians: &Gaussians<B>,
     cameras: &[Camera],
     mean2d_probe: Option<Tensor<B, 3>>,
@@ -120,32 +188,7 @@ pub fn project<B: Backend>(
     let conic_b = cov_b.neg() / det.clone();
     let conic_c = cov_a / det;
 
-    // Colour along the view direction (camera centre to Gaussian).
-    let centres = Tensor::<B, 2>::from_data(
-        TensorData::new(
-            cameras
-                .iter()
-                .flat_map(|c| c.position.to_array())
-                .collect::<Vec<_>>(),
-            [views, 3],
-        ),
-        &device,
-    );
-    let rgb = if gaussians.sh_rest.is_some() {
-        let dirs = gaussians.means.clone().unsqueeze_dim::<3>(0) - centres.unsqueeze_dim::<3>(1);
-        let norm = (dirs.clone() * dirs.clone())
-            .sum_dim(2)
-            .sqrt()
-            .clamp_min(1e-12);
-        sh::evaluate(
-            gaussians.sh_dc.clone(),
-            gaussians.sh_rest.clone(),
-            dirs / norm,
-        )
-    } else {
-        let dirs = Tensor::<B, 3>::zeros([views, n, 3], &device);
-        sh::evaluate(gaussians.sh_dc.clone(), None, dirs)
-    };
+    let rgb = colour(gaussians, cameras, false);
     let opacity = gaussians.opacities().reshape([1, n]).expand([views, n]);
 
     let mut channels: Vec<Tensor<B, 2>> = vec![mean_x, mean_y, conic_a, conic_b, conic_c];

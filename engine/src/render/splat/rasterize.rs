@@ -14,10 +14,14 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use super::host::{self, HostState};
+use super::project_host::ViewConstants;
+use super::project_op::{
+    ProjectBackend, ProjectState, ProjectTensors, host_project, host_project_backward,
+};
 use super::{OUT, PACK, RasterSize};
 
-/// Backends that can rasterise Gaussians.
-pub trait SplatBackend: Backend {
+/// Backends that can rasterise Gaussians (and project them: [`ProjectBackend`]).
+pub trait SplatBackend: ProjectBackend {
     /// What the forward leaves for the backward (tile lists, final transmittance, ...).
     type SplatState: Clone + Send + std::fmt::Debug + 'static;
 
@@ -53,15 +57,29 @@ pub fn rasterize<B: SplatBackend>(gaussians: Tensor<B, 3>, size: RasterSize) -> 
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-fn to_host<B: Backend, const D: usize>(t: FloatTensor<B>) -> (Vec<f32>, [usize; D], B::Device) {
-    let t = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(t));
-    let (dims, device) = (t.dims(), t.device());
-    let data = t
+/// A float tensor's values on the host, through `into_data` (any backend).
+fn download<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
+    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t))
         .into_data()
         .convert::<f32>()
         .to_vec()
-        .expect("float tensor data");
-    (data, dims, device)
+        .expect("float tensor data")
+}
+
+/// [`download`] for burn-ndarray: its `into_data` copies element by element through a
+/// dynamic-rank iterator whenever the array is shared (autodiff keeps the rasteriser's input
+/// alive, so it always is), which cost ~10% of a CPU training step; a contiguous array is
+/// one `memcpy` here.
+#[cfg(feature = "cpu")]
+fn download_ndarray(t: burn::backend::ndarray::NdArrayTensor) -> Vec<f32> {
+    if let burn::backend::ndarray::NdArrayTensor::F32(storage) = &t {
+        let view = storage.view();
+        return match view.as_slice() {
+            Some(values) => values.to_vec(),
+            None => view.as_standard_layout().iter().copied().collect(),
+        };
+    }
+    download::<burn::backend::NdArray<f32>>(t)
 }
 
 fn to_device<B: Backend, const D: usize>(
@@ -74,14 +92,34 @@ fn to_device<B: Backend, const D: usize>(
         .tensor()
 }
 
+/// What the host kernels' backward needs: the forward's state and its input, already on the
+/// host (downloading it again would cost as much as the first time).
+#[derive(Debug)]
+pub struct HostSplatState {
+    /// Tile lists, final transmittance, last contributors.
+    pub state: HostState,
+    /// The input `[views, N, PACK]`, flat.
+    pub gaussians: Vec<f32>,
+    /// N.
+    pub n: usize,
+}
+
 /// The host kernels behind any backend: download, run [`host`], upload.
 fn host_forward<B: Backend>(
     gaussians: FloatTensor<B>,
     size: RasterSize,
-) -> (FloatTensor<B>, Arc<HostState>) {
-    let (data, [_, n, _], device) = to_host::<B, 3>(gaussians);
+    download: fn(FloatTensor<B>) -> Vec<f32>,
+) -> (FloatTensor<B>, Arc<HostSplatState>) {
+    let n = burn::tensor::TensorMetadata::shape(&gaussians)[1];
+    let device = B::float_device(&gaussians);
+    let data = download(gaussians);
     let (out, state) = host::forward(&data, n, size);
     let rows = size.views * size.pixels();
+    let state = HostSplatState {
+        state,
+        gaussians: data,
+        n,
+    };
     (
         to_device::<B, 2>(out, [rows, OUT], &device),
         Arc::new(state),
@@ -89,50 +127,74 @@ fn host_forward<B: Backend>(
 }
 
 fn host_backward<B: Backend>(
-    gaussians: FloatTensor<B>,
     grad: FloatTensor<B>,
-    state: &HostState,
+    state: &HostSplatState,
     size: RasterSize,
+    download: fn(FloatTensor<B>) -> Vec<f32>,
 ) -> FloatTensor<B> {
-    let (data, [views, n, _], device) = to_host::<B, 3>(gaussians);
-    let (grad, _, _) = to_host::<B, 2>(grad);
-    let out = host::backward(&data, n, size, state, &grad);
-    to_device::<B, 3>(out, [views, n, PACK], &device)
+    let device = B::float_device(&grad);
+    let grad = download(grad);
+    let out = host::backward(&state.gaussians, state.n, size, &state.state, &grad);
+    to_device::<B, 3>(out, [size.views, state.n, PACK], &device)
 }
 
 /// Backends whose rasteriser runs the host kernels: the CPU backends by design, and the GPU
 /// backends behind burn's fusion (its custom-op plumbing is not wired up). The plain CubeCL
 /// backends (wgpu, CUDA) run [`super::cube`]'s device kernels.
 macro_rules! host_splat {
-    ($backend:ty) => {
+    ($backend:ty, $download:expr) => {
         impl SplatBackend for $backend {
-            type SplatState = Arc<HostState>;
+            type SplatState = Arc<HostSplatState>;
             fn splat_forward(
                 gaussians: FloatTensor<Self>,
                 size: RasterSize,
-            ) -> (FloatTensor<Self>, Arc<HostState>) {
-                host_forward::<Self>(gaussians, size)
+            ) -> (FloatTensor<Self>, Arc<HostSplatState>) {
+                host_forward::<Self>(gaussians, size, $download)
             }
             fn splat_backward(
-                gaussians: FloatTensor<Self>,
+                _gaussians: FloatTensor<Self>,
                 grad: FloatTensor<Self>,
-                state: &Arc<HostState>,
+                state: &Arc<HostSplatState>,
                 size: RasterSize,
             ) -> FloatTensor<Self> {
-                host_backward::<Self>(gaussians, grad, state, size)
+                host_backward::<Self>(grad, state, size, $download)
+            }
+        }
+
+        impl ProjectBackend for $backend {
+            fn host_projection() -> bool {
+                true
+            }
+            fn splat_project(
+                inputs: ProjectTensors<Self>,
+                views: &[ViewConstants],
+            ) -> Option<(FloatTensor<Self>, Arc<ProjectState>)> {
+                Some(host_project::<Self>(inputs, views, $download))
+            }
+            fn splat_project_backward(
+                state: &ProjectState,
+                grad: FloatTensor<Self>,
+            ) -> [FloatTensor<Self>; 6] {
+                host_project_backward::<Self>(state, grad, $download)
             }
         }
     };
 }
 
 #[cfg(feature = "cpu")]
-host_splat!(burn::backend::NdArray<f32>);
+host_splat!(burn::backend::NdArray<f32>, download_ndarray);
 #[cfg(feature = "flex")]
-host_splat!(burn::backend::Flex);
+host_splat!(burn::backend::Flex, download::<burn::backend::Flex>);
 #[cfg(all(feature = "wgpu", feature = "fusion"))]
-host_splat!(burn::backend::Wgpu<f32, i32>);
+host_splat!(
+    burn::backend::Wgpu<f32, i32>,
+    download::<burn::backend::Wgpu<f32, i32>>
+);
 #[cfg(all(feature = "cuda", feature = "fusion"))]
-host_splat!(burn::backend::Cuda<f32, i32>);
+host_splat!(
+    burn::backend::Cuda<f32, i32>,
+    download::<burn::backend::Cuda<f32, i32>>
+);
 
 #[derive(Debug)]
 struct RasterizeBackward;

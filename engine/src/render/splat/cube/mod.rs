@@ -19,6 +19,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, kernel::into_contiguous};
 use cubecl::prelude::*;
 
+use super::project_host::ViewConstants;
+use super::project_op::{ProjectBackend, ProjectState, ProjectTensors};
 use super::rasterize::SplatBackend;
 use super::{OUT, RasterSize, TILE};
 
@@ -123,6 +125,24 @@ pub struct CubeSplatState<R: CubeRuntime> {
     pub last: CubeTensor<R>,
     /// No list entries at all: the image is empty and the gradient zero.
     pub empty: bool,
+}
+
+/// The device kernels take the projection from tensor ops, which stay on the device.
+impl<R: CubeRuntime, BT: BoolElement> ProjectBackend for CubeBackend<R, f32, i32, BT> {
+    fn host_projection() -> bool {
+        false
+    }
+
+    fn splat_project(
+        _inputs: ProjectTensors<Self>,
+        _views: &[ViewConstants],
+    ) -> Option<(CubeTensor<R>, Arc<ProjectState>)> {
+        None
+    }
+
+    fn splat_project_backward(_state: &ProjectState, _grad: CubeTensor<R>) -> [CubeTensor<R>; 6] {
+        unreachable!("splat_project never answers Some on a CubeCL backend")
+    }
 }
 
 impl<R: CubeRuntime, BT: BoolElement> SplatBackend for CubeBackend<R, f32, i32, BT> {
