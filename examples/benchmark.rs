@@ -1,9 +1,10 @@
 //! SDS vs RewardSDS on the Tiny World prior, scored by the judge (a CLIP never used as reward).
 //!
 //! `cargo run --release --example benchmark -- --steps 200 --prompts 4 --seeds 2`
-//! prints a Markdown table (and writes it with `--out`): per method, the judge's R-precision
-//! (top-1 caption retrieval among all 3160 captions) over 8 views, mean judge CLIP score, wins
-//! per prompt and time per asset; RewardSDS at equal steps, SDS also at equal wall-clock.
+//! prints a Markdown table (and writes it with `--out`): per scene representation and method,
+//! the judge's R-precision (top-1 caption retrieval among all compositions) over 8 views,
+//! mean judge CLIP score, wins per prompt and time per asset; RewardSDS at equal steps, SDS
+//! also at equal wall-clock.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -12,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
-use rewardsds::engine::generate::{GenerateConfig, Generator, load_guidance};
+use rewardsds::engine::generate::{GenerateConfig, Generator, SceneKind, load_guidance};
 use rewardsds::engine::models::clip::CLIPModel;
 use rewardsds::engine::models::tokenizer::CLIPTokenizer;
 use rewardsds::engine::rgb_image::RgbImage;
@@ -36,6 +37,9 @@ struct Args {
     /// RewardSDS sample counts to compare (min_max, k = 2).
     #[arg(long, value_delimiter = ',', default_value = "4,8")]
     n: Vec<usize>,
+    /// Scene representations to compare the methods on: nerf, gaussians.
+    #[arg(long, value_delimiter = ',', default_value = "nerf,gaussians")]
+    scenes: Vec<SceneKind>,
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -114,77 +118,80 @@ impl BackendTask for Bench {
         let judge_dir = resolve_model("tiny-world-judge")?;
         let (clip, _) = CLIPModel::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
         let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&judge_dir)?, &device)?;
-        let mut scores: Vec<Score> = vec![Score::default(); methods.len()];
-        // Per prompt and seed: judge CLIP score of each method, for wins.
-        let mut per_run: Vec<Vec<f32>> = Vec::new();
-        for (composition, group) in &prompts {
-            for seed in 0..args.seeds {
-                let mut row = Vec::new();
-                for (m, method) in methods.iter().enumerate() {
-                    let mut config = method.config.clone();
-                    config.prompt = composition.caption();
-                    config.seed = seed;
-                    config.snapshot_every = 0;
-                    config.steps = args.steps;
-                    if let Some(other) = &method.equal_time_to {
-                        let o = methods
-                            .iter()
-                            .position(|x| &x.name == other)
-                            .expect("listed");
-                        let per_step_other = scores[o].seconds / scores[o].steps.max(1) as f64;
-                        let per_step_sds = scores[0].seconds / scores[0].steps.max(1) as f64;
-                        config.steps = ((args.steps as f64 * per_step_other / per_step_sds).round()
-                            as usize)
-                            .max(1);
-                    }
-                    let guidance = load_guidance::<B>(&config, &device)?;
-                    let start = Instant::now();
-                    let mut generator = Generator::<B>::new(config.clone(), guidance, &device)?;
-                    generator.run(&AtomicBool::new(false), &mut |_| {})?;
-                    let seconds = start.elapsed().as_secs_f64();
-                    let views: Vec<RgbImage> =
-                        generator.turntable(8, config.final_render_size())?;
-                    let images = RgbImage::to_tensor::<B::InnerBackend>(&views, &device);
-                    let r = judge.retrieval(images, &vec![*composition; views.len()]);
-                    let s = &mut scores[m];
-                    s.runs += 1;
-                    s.views += views.len();
-                    s.retrieved_views += (r.top1 * views.len() as f32).round() as usize;
-                    s.clip_score += r.clip_score;
-                    s.seconds += seconds;
-                    s.steps += config.steps;
-                    row.push(r.clip_score);
-                    eprintln!(
-                        "{group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s",
-                        composition.caption(),
-                        method.name,
-                        r.top1,
-                        r.clip_score,
-                        seconds
-                    );
-                }
-                per_run.push(row);
-            }
-        }
-        let mut table = format!(
-            "| method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | s/asset |\n|---|---|---|---|---|---|\n"
+        let mut table = String::from(
+            "| scene | method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | s/asset |\n|---|---|---|---|---|---|---|\n",
         );
-        for (m, method) in methods.iter().enumerate() {
-            let s = &scores[m];
-            let wins = per_run.iter().filter(|r| r[m] > r[0]).count();
-            table += &format!(
-                "| {} | {} | {:.1}% | {:.2} | {} | {:.1} |\n",
-                method.name,
-                s.steps / s.runs.max(1),
-                100.0 * s.retrieved_views as f32 / s.views.max(1) as f32,
-                s.clip_score / s.runs.max(1) as f32,
-                if m == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{wins}/{}", per_run.len())
-                },
-                s.seconds / s.runs.max(1) as f64
-            );
+        for &scene in &args.scenes {
+            let mut scores: Vec<Score> = vec![Score::default(); methods.len()];
+            // Per prompt and seed: judge CLIP score of each method, for wins.
+            let mut per_run: Vec<Vec<f32>> = Vec::new();
+            for (composition, group) in &prompts {
+                for seed in 0..args.seeds {
+                    let mut row = Vec::new();
+                    for (m, method) in methods.iter().enumerate() {
+                        let mut config = method.config.clone();
+                        config.scene = scene;
+                        config.prompt = composition.caption();
+                        config.seed = seed;
+                        config.snapshot_every = 0;
+                        config.steps = args.steps;
+                        if let Some(other) = &method.equal_time_to {
+                            let o = methods
+                                .iter()
+                                .position(|x| &x.name == other)
+                                .expect("listed");
+                            let per_step_other = scores[o].seconds / scores[o].steps.max(1) as f64;
+                            let per_step_sds = scores[0].seconds / scores[0].steps.max(1) as f64;
+                            config.steps = ((args.steps as f64 * per_step_other / per_step_sds)
+                                .round() as usize)
+                                .max(1);
+                        }
+                        let guidance = load_guidance::<B>(&config, &device)?;
+                        let start = Instant::now();
+                        let mut generator = Generator::<B>::new(config.clone(), guidance, &device)?;
+                        generator.run(&AtomicBool::new(false), &mut |_| {})?;
+                        let seconds = start.elapsed().as_secs_f64();
+                        let views: Vec<RgbImage> =
+                            generator.turntable(8, config.final_render_size())?;
+                        let images = RgbImage::to_tensor::<B::InnerBackend>(&views, &device);
+                        let r = judge.retrieval(images, &vec![*composition; views.len()]);
+                        let s = &mut scores[m];
+                        s.runs += 1;
+                        s.views += views.len();
+                        s.retrieved_views += (r.top1 * views.len() as f32).round() as usize;
+                        s.clip_score += r.clip_score;
+                        s.seconds += seconds;
+                        s.steps += config.steps;
+                        row.push(r.clip_score);
+                        eprintln!(
+                            "{scene} {group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s",
+                            composition.caption(),
+                            method.name,
+                            r.top1,
+                            r.clip_score,
+                            seconds
+                        );
+                    }
+                    per_run.push(row);
+                }
+            }
+            for (m, method) in methods.iter().enumerate() {
+                let s = &scores[m];
+                let wins = per_run.iter().filter(|r| r[m] > r[0]).count();
+                table += &format!(
+                    "| {scene} | {} | {} | {:.1}% | {:.2} | {} | {:.1} |\n",
+                    method.name,
+                    s.steps / s.runs.max(1),
+                    100.0 * s.retrieved_views as f32 / s.views.max(1) as f32,
+                    s.clip_score / s.runs.max(1) as f32,
+                    if m == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{wins}/{}", per_run.len())
+                    },
+                    s.seconds / s.runs.max(1) as f64
+                );
+            }
         }
         Ok(format!(
             "Prompts: {} ({} seen, {} held-out compositions) x {} seeds; chance R-precision {:.2}%.\n\n{table}",
@@ -192,7 +199,7 @@ impl BackendTask for Bench {
             args.prompts,
             args.prompts,
             args.seeds,
-            100.0 / 2380.0
+            100.0 / Composition::all().len() as f32
         ))
     }
 }

@@ -39,6 +39,16 @@ struct Args {
     /// Threads for rendering the data (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Start the UNet from this folder's weights (e.g. assets/models/tiny-world/unet) instead
+    /// of a random initialisation.
+    #[arg(long)]
+    init_unet: Option<PathBuf>,
+    /// UNet batch size (default: the preset's).
+    #[arg(long)]
+    unet_batch: Option<usize>,
+    /// Cap of the UNet weights' moving average (default: the preset's; 0 turns it off).
+    #[arg(long)]
+    ema_decay: Option<f32>,
     /// Training log (JSON lines); default `<out>/training_log.jsonl`.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -110,6 +120,27 @@ fn main() -> Result<()> {
     };
     if let Some(seed) = args.seed {
         config.seed = seed;
+    }
+    if let Some(dir) = &args.init_unet {
+        if !dir.join("config.json").is_file() {
+            bail!(
+                "--init-unet {}: not a UNet folder (no config.json)",
+                dir.display()
+            );
+        }
+        config.unet.init_from = Some(dir.clone());
+    }
+    if let Some(batch) = args.unet_batch {
+        if batch == 0 {
+            bail!("--unet-batch must be at least 1");
+        }
+        config.unet.phase.batch_size = batch;
+    }
+    if let Some(decay) = args.ema_decay {
+        if !(0.0..1.0).contains(&decay) {
+            bail!("--ema-decay {decay}: must be in [0, 1)");
+        }
+        config.unet.ema_decay = decay;
     }
     for phase in [
         &mut config.reward,

@@ -94,7 +94,53 @@ fn recipe_runs_end_to_end_and_its_folders_load() {
     let tokenizer = CLIPTokenizer::from_folder(&out.join("tokenizer")).unwrap();
     assert_eq!(tokenizer.max_length(), 16);
     assert!(out.join("samples.png").is_file());
+
+    // The UNet phase again, started from the folder just written, at learning rate 0: the
+    // weights it writes are the ones it started from (a random start would differ).
+    let unet_weights = |dir: &std::path::Path| -> Vec<f32> {
+        let (model, _) = config
+            .init::<B>(&device)
+            .load_weights(&weight_files(&dir.join("unet")).unwrap(), &device)
+            .unwrap();
+        model
+            .conv_out
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let before = unet_weights(&out);
+    let again = temp_dir("tiny-world-continue");
+    std::fs::create_dir_all(&again).unwrap();
+    for folder in ["text_encoder", "tokenizer", "scheduler"] {
+        copy_dir(&out.join(folder), &again.join(folder));
+    }
+    let mut recipe = RecipeConfig::test();
+    recipe.unet.init_from = Some(out.join("unet"));
+    recipe.unet.phase.learning_rate = 0.0;
+    let phases = Phases {
+        unet: true,
+        ..Phases::default()
+    };
+    run_recipe::<Autodiff<B>>(&recipe, phases, &again, 2, &device, &mut |_| {}).unwrap();
+    let after = unet_weights(&again);
+    let worst = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "continued UNet moved by {worst}");
+    std::fs::remove_dir_all(&again).ok();
     std::fs::remove_dir_all(&out).ok();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
 }
 
 #[test]

@@ -2,12 +2,13 @@
 //!
 //! A procedural world of coloured primitives ([`captions`], [`dataset`]), a word-level
 //! tokenizer ([`vocab`]), the real model architectures in tiny configurations ([`models`]),
-//! their training ([`train`]), sampling ([`sample`]), the judge's evaluation ([`evaluate`]) and
+//! their training ([`train`], with a weight average, [`ema`]), sampling ([`sample`]), the judge's evaluation ([`evaluate`]) and
 //! the shipped folder layout ([`folder`]), which the same loaders as Stable Diffusion and CLIP
 //! read.
 
 pub mod captions;
 pub mod dataset;
+pub mod ema;
 pub mod evaluate;
 pub mod folder;
 pub mod models;

@@ -77,6 +77,9 @@ impl RecipeConfig {
                 caption_dropout: 0.1,
                 view_suffix_probability: 0.5,
                 checkpoint_seconds: 60.0,
+                // diffusers' default; its warm-up governs runs shorter than ~9000 steps.
+                ema_decay: 0.9999,
+                init_from: None,
             },
             eval_prompts: 64,
             eval_steps: 25,

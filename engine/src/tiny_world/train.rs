@@ -8,6 +8,7 @@
 //! a learner would add here.
 
 use std::f64::consts::PI;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::captions::{Composition, Item};
 use super::dataset::Dataset;
+use super::ema::Ema;
 use crate::guidance::prompts::{ViewAngles, ViewDirection, ViewThresholds};
 use crate::models::clip::{CLIPConfig, CLIPModel, l2_normalize};
 use crate::models::clip_text::CLIPTextModel;
@@ -31,7 +33,7 @@ use crate::models::schedulers::DDIMScheduler;
 use crate::models::tokenizer::CLIPTokenizer;
 use crate::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
 use crate::procedural::{Color, Shape};
-use crate::weights::LoadError;
+use crate::weights::{LoadError, weight_files};
 
 /// One training phase's schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,6 +314,14 @@ pub struct UnetTraining {
     pub view_suffix_probability: f32,
     /// Seconds between checkpoint callbacks.
     pub checkpoint_seconds: f64,
+    /// Cap of the weights' exponential moving average ([`Ema`]), which is what the phase
+    /// returns and checkpoints; 0 returns the last step's weights.
+    #[serde(default)]
+    pub ema_decay: f32,
+    /// Start from this UNet folder's weights (same config) instead of a random
+    /// initialisation: a longer run continues a shorter one.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 /// Train the pixel-space UNet with the epsilon objective on the images of `data` whose
@@ -342,6 +352,10 @@ pub fn train_unet<B: AutodiffBackend>(
     B::seed(device, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = config.init::<B>(device);
+    if let Some(dir) = &settings.init_from {
+        model = model.load_weights(&weight_files(dir)?, device)?.0;
+    }
+    let mut ema = Ema::new(model.valid(), settings.ema_decay);
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.999)
         .with_weight_decay(0.01)
@@ -396,6 +410,7 @@ pub fn train_unet<B: AutodiffBackend>(
         check("unet", step, value)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
+        ema.update::<B::InnerBackend>(&model.valid());
         step += 1;
         let elapsed = start.elapsed().as_secs_f64();
         schedule.fit_budget(step, elapsed);
@@ -409,10 +424,10 @@ pub fn train_unet<B: AutodiffBackend>(
         });
         if elapsed - last_checkpoint >= settings.checkpoint_seconds && step < schedule.total {
             last_checkpoint = elapsed;
-            checkpoint(&model.valid(), step);
+            checkpoint(ema.model(), step);
         }
     }
-    Ok(model.valid())
+    Ok(ema.into_model())
 }
 
 #[cfg(test)]
