@@ -164,7 +164,8 @@ impl BackendTask for Bench {
                         s.steps += config.steps;
                         row.push(r.clip_score);
                         eprintln!(
-                            "{scene} {group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s",
+                            "{} {group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s",
+                            scene.name(),
                             composition.caption(),
                             method.name,
                             r.top1,
@@ -179,7 +180,8 @@ impl BackendTask for Bench {
                 let s = &scores[m];
                 let wins = per_run.iter().filter(|r| r[m] > r[0]).count();
                 table += &format!(
-                    "| {scene} | {} | {} | {:.1}% | {:.2} | {} | {:.1} |\n",
+                    "| {} | {} | {} | {:.1}% | {:.2} | {} | {:.1} |\n",
+                    scene.name(),
                     method.name,
                     s.steps / s.runs.max(1),
                     100.0 * s.retrieved_views as f32 / s.views.max(1) as f32,

@@ -186,7 +186,7 @@ impl<B: ProjectBackend, C: CheckpointStrategy> ProjectBackend for Autodiff<B, C>
     ) -> [FloatTensor<Self>; 6] {
         // No second derivatives: the gradient is a constant of the graph.
         B::splat_project_backward(state, grad.primitive)
-            .map(|g| <Self as burn::tensor::backend::AutodiffBackend>::from_inner(g))
+            .map(<Self as burn::tensor::backend::AutodiffBackend>::from_inner)
     }
 }
 
