@@ -92,32 +92,34 @@ fn cameras(size: u32) -> Vec<Camera> {
         .collect()
 }
 
+/// `n` anisotropic, randomly rotated Gaussians with some view-dependent colour when
+/// `sh_degree` > 0.
+fn anisotropic(n: usize, sh_degree: usize, seed: u64) -> Gaussians<B> {
+    let device = Default::default();
+    let config = GaussiansConfig::new()
+        .with_num_points(n)
+        .with_sh_degree(sh_degree)
+        .with_scale_of_spacing(1.0);
+    let mut g: Gaussians<B> = config.init(seed, &device).unwrap();
+    g.log_scales = g.log_scales.clone()
+        + Tensor::random(
+            g.log_scales.dims(),
+            Distribution::Uniform(-0.7, 0.7),
+            &device,
+        );
+    g.rotations = Tensor::random(g.rotations.dims(), Distribution::Normal(0.0, 1.0), &device);
+    g.sh_rest = g
+        .sh_rest
+        .map(|r| Tensor::random(r.dims(), Distribution::Uniform(-0.3, 0.3), &device));
+    g
+}
+
 /// Gradients of the 3D parameters through projection + op equal those through projection +
 /// dense reference.
 #[test]
 fn parameter_gradients_match_dense_reference() {
     let device = Default::default();
-    let config = GaussiansConfig::new()
-        .with_num_points(200)
-        .with_sh_degree(1)
-        .with_scale_of_spacing(1.0);
-    let inner: Gaussians<B> = config.init(3, &device).unwrap();
-    // Anisotropic, rotated Gaussians and some view-dependent colour.
-    let mut inner = inner;
-    inner.log_scales = inner.log_scales.clone()
-        + Tensor::random(
-            inner.log_scales.dims(),
-            Distribution::Uniform(-0.7, 0.7),
-            &device,
-        );
-    inner.rotations = Tensor::random(
-        inner.rotations.dims(),
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    inner.sh_rest = inner
-        .sh_rest
-        .map(|r| Tensor::random(r.dims(), Distribution::Uniform(-0.3, 0.3), &device));
+    let inner = anisotropic(200, 1, 3);
     let cams = cameras(24);
     let size = RasterSize {
         views: 2,
@@ -172,28 +174,10 @@ fn parameter_gradients_match_dense_reference() {
 fn host_projection_matches_tensor_ops() {
     let device = Default::default();
     for sh_degree in [0, 1] {
-        let config = GaussiansConfig::new()
-            .with_num_points(300)
-            .with_sh_degree(sh_degree)
-            .with_scale_of_spacing(1.0);
-        let mut inner: Gaussians<B> = config.init(5, &device).unwrap();
-        inner.log_scales = inner.log_scales.clone()
-            + Tensor::random(
-                inner.log_scales.dims(),
-                Distribution::Uniform(-0.7, 0.7),
-                &device,
-            );
-        inner.rotations = Tensor::random(
-            inner.rotations.dims(),
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        // Spread the centres out to 1.8 around a camera 2.5 away: some land outside the
-        // frustum's 1.3x slack, where the Jacobian is clamped.
+        let mut inner = anisotropic(300, sh_degree, 5);
+        // Spread the centres out around a camera 2.5 away: some land outside the frustum's
+        // 1.3x slack, where the Jacobian is clamped.
         inner.means = inner.means.clone() * 3.0;
-        inner.sh_rest = inner
-            .sh_rest
-            .map(|r| Tensor::random(r.dims(), Distribution::Uniform(-0.3, 0.3), &device));
         let cams = cameras(24);
         let n = inner.len();
         let weights = Tensor::<A, 3>::random(

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::projection::{FRUSTUM_SLACK, LOW_PASS};
 use super::{NEAR, PACK};
 use crate::scene::camera::Camera;
+use crate::scene::gaussians::rotation::unit_rotation;
 
 /// One view's constants: world-to-camera rotation `w` (rows are the camera axes),
 /// translation `t`, intrinsics and the Jacobian's clamp on `x / d` and `y / d`.
@@ -92,35 +93,6 @@ pub struct ProjectGrads {
     pub opacity: Vec<f32>,
     /// `[views, N, 2]`, when the input had a probe.
     pub probe: Option<Vec<f32>>,
-}
-
-/// Rotation matrix of a unit quaternion (w, x, y, z).
-fn rotation(q: [f32; 4]) -> [[f32; 3]; 3] {
-    let [w, x, y, z] = q;
-    [
-        [
-            1.0 - 2.0 * (y * y + z * z),
-            2.0 * (x * y - w * z),
-            2.0 * (x * z + w * y),
-        ],
-        [
-            2.0 * (x * y + w * z),
-            1.0 - 2.0 * (x * x + z * z),
-            2.0 * (y * z - w * x),
-        ],
-        [
-            2.0 * (x * z - w * y),
-            2.0 * (y * z + w * x),
-            1.0 - 2.0 * (x * x + y * y),
-        ],
-    ]
-}
-
-/// One Gaussian's unit quaternion, its rotation and the norm it was divided by.
-fn unit_rotation(q: &[f32]) -> ([f32; 4], [[f32; 3]; 3], f32) {
-    let norm = q.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-    let unit = [q[0] / norm, q[1] / norm, q[2] / norm, q[3] / norm];
-    (unit, rotation(unit), norm)
 }
 
 /// Every intermediate of one Gaussian in one view that the gradient needs.
@@ -379,13 +351,14 @@ fn rotation_backward(q: [f32; 4], g: &[[f32; 3]; 3]) -> [f32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scene::gaussians::rotation::rotation_matrix;
 
     #[test]
     fn rotation_gradient_matches_finite_differences() {
         let q = [0.8f32, -0.3, 0.45, 0.25];
         let weights = [[0.3f32, -1.2, 0.7], [0.5, 0.9, -0.4], [-0.8, 0.2, 1.1]];
         let f = |q: [f32; 4]| -> f64 {
-            let r = rotation(q);
+            let r = rotation_matrix(q);
             (0..3)
                 .flat_map(|j| (0..3).map(move |k| (j, k)))
                 .map(|(j, k)| (weights[j][k] * r[j][k]) as f64)

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use super::rotation::unit_rotation;
 use super::{GaussianAdam, Gaussians};
 
 /// When and how to densify and prune. Thresholds are 3DGS's.
@@ -290,24 +291,6 @@ impl DensifyConfig {
 
 /// Rotates `v` by the (unnormalised) quaternion `q = (w, x, y, z)`.
 fn rotate(q: &[f32], v: [f32; 3]) -> [f32; 3] {
-    let norm = q.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
-    let (w, x, y, z) = (q[0] / norm, q[1] / norm, q[2] / norm, q[3] / norm);
-    let r = [
-        [
-            1.0 - 2.0 * (y * y + z * z),
-            2.0 * (x * y - w * z),
-            2.0 * (x * z + w * y),
-        ],
-        [
-            2.0 * (x * y + w * z),
-            1.0 - 2.0 * (x * x + z * z),
-            2.0 * (y * z - w * x),
-        ],
-        [
-            2.0 * (x * z - w * y),
-            2.0 * (y * z + w * x),
-            1.0 - 2.0 * (x * x + y * y),
-        ],
-    ];
+    let (_, r, _) = unit_rotation(q);
     std::array::from_fn(|i| r[i][0] * v[0] + r[i][1] * v[1] + r[i][2] * v[2])
 }

@@ -10,6 +10,7 @@ mod adam;
 mod densify;
 mod export;
 mod init;
+pub mod rotation;
 pub mod sh;
 
 pub use adam::{GaussianAdam, GaussianLearningRates};
