@@ -3,6 +3,7 @@
 //! The Bevy-free core of rewardsds: everything that turns a text prompt into a 3D asset.
 //!
 //! - [`backend`]: choose cpu (ndarray), wgpu or cuda at run time.
+//! - [`host_batch`]: one chunk of a batch per CPU core on host backends.
 //! - [`scene`]: cameras and differentiable scene representations (hash-grid NeRF).
 //! - [`render`]: differentiable renderers (volume rendering).
 //! - [`fit`]: photometric fitting of a NeRF to posed images (renderer check, `fit_scene`).
@@ -25,6 +26,7 @@ pub mod export;
 pub mod fit;
 pub mod generate;
 pub mod guidance;
+pub mod host_batch;
 pub mod mesh;
 pub mod models;
 pub mod optim;
