@@ -49,6 +49,12 @@ struct Args {
     /// Cap of the UNet weights' moving average (default: the preset's; 0 turns it off).
     #[arg(long)]
     ema_decay: Option<f32>,
+    /// DDIM steps of the evaluation's samples (default: the preset's).
+    #[arg(long)]
+    eval_steps: Option<usize>,
+    /// Classifier-free guidance scale of the evaluation's samples (default: the preset's).
+    #[arg(long)]
+    eval_guidance_scale: Option<f32>,
     /// Training log (JSON lines); default `<out>/training_log.jsonl`.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -141,6 +147,18 @@ fn main() -> Result<()> {
             bail!("--ema-decay {decay}: must be in [0, 1)");
         }
         config.unet.ema_decay = decay;
+    }
+    if let Some(steps) = args.eval_steps {
+        if steps == 0 {
+            bail!("--eval-steps must be at least 1");
+        }
+        config.eval_steps = steps;
+    }
+    if let Some(scale) = args.eval_guidance_scale {
+        if !scale.is_finite() || scale < 0.0 {
+            bail!("--eval-guidance-scale {scale}: must be a finite number >= 0");
+        }
+        config.eval_guidance_scale = scale;
     }
     for phase in [
         &mut config.reward,
