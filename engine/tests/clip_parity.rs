@@ -565,7 +565,7 @@ fn bad_images_are_an_error() {
 
 #[test]
 fn presets_and_repo_ids_resolve_in_the_hf_cache_layout() {
-    use rewardsds_engine::weights::resolve_model_in;
+    use rewardsds_engine::weights::{Fetch, resolve_model_in};
     let cache = temp_dir("hf-cache");
     let repo = cache.join("models--openai--clip-vit-large-patch14");
     let snapshot = repo.join("snapshots/0123abcd");
@@ -576,13 +576,17 @@ fn presets_and_repo_ids_resolve_in_the_hf_cache_layout() {
         std::fs::copy(fixtures().join("clip-tiny").join(name), snapshot.join(name)).unwrap();
     }
     // The preset and its repo id lead to the same snapshot, which loads.
-    assert_eq!(resolve_model_in("clip-vit-l-14", &cache).unwrap(), snapshot);
-    let dir = resolve_model_in("openai/clip-vit-large-patch14", &cache).unwrap();
+    assert_eq!(
+        resolve_model_in("clip-vit-l-14", &cache, Fetch::CacheOnly).unwrap(),
+        snapshot
+    );
+    let dir = resolve_model_in("openai/clip-vit-large-patch14", &cache, Fetch::CacheOnly).unwrap();
     assert_eq!(dir, snapshot);
     let (_, report) = CLIPModel::<B>::from_folder(&dir, &Default::default()).unwrap();
     assert!(report.is_exact());
-    // A known preset that is not cached names the repo and the cache searched.
-    let err = resolve_model_in("sd21-base", &cache).unwrap_err();
+    // A known preset that is not cached names the repo and the cache searched (no download:
+    // a test must not fetch 5 GB).
+    let err = resolve_model_in("sd21-base", &cache, Fetch::CacheOnly).unwrap_err();
     assert!(matches!(err, LoadError::NotCached { .. }), "{err:?}");
     let message = err.to_string();
     assert!(

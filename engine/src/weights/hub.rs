@@ -9,20 +9,28 @@ use hf_hub::api::sync::ApiBuilder;
 
 use super::LoadError;
 
-/// Download the files of `repo_id` into the cache folder `cache` under `subfolders` (`""` = the root) and return the local
-/// snapshot folder.
+/// Download the files of `repo_id` under `subfolders` (`""` = the root) into the cache folder
+/// `cache` and return the local snapshot folder. The hub is `endpoint`, else `$HF_ENDPOINT`,
+/// else huggingface.co; a token saved by `huggingface-cli login` is used for gated repos.
 pub(super) fn download(
     cache: &Path,
     repo_id: &str,
     subfolders: &[&str],
+    endpoint: Option<&str>,
 ) -> Result<PathBuf, LoadError> {
     let failed = |reason: String| LoadError::NotCached {
         repo: repo_id.to_string(),
         cache: cache.to_path_buf(),
-        reason,
+        reason: format!(
+            "{reason} (no network? `huggingface-cli download {repo_id}` on a connected machine \
+             fills the cache; HF_HUB_OFFLINE=1 stops the engine from trying)"
+        ),
     };
-    let api = ApiBuilder::new()
-        .with_cache_dir(cache.to_path_buf())
+    let mut builder = ApiBuilder::from_env().with_cache_dir(cache.to_path_buf());
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint.to_string());
+    }
+    let api = builder
         .build()
         .map_err(|e| failed(format!("hub client: {e}")))?;
     let repo = api.model(repo_id.to_string());
@@ -36,9 +44,11 @@ pub(super) fn download(
         .filter(|name| wanted_file(name, subfolders))
         .collect();
     if wanted.is_empty() {
-        return Err(failed(
-            "the repo has none of the files the engine reads".into(),
-        ));
+        return Err(LoadError::NotCached {
+            repo: repo_id.to_string(),
+            cache: cache.to_path_buf(),
+            reason: "the repo has none of the files the engine reads (configs, safetensors)".into(),
+        });
     }
     let mut root = None;
     for name in wanted {
@@ -62,4 +72,42 @@ fn wanted_file(name: &str, subfolders: &[&str]) -> bool {
         && !file.contains(".ema")
         && !file.contains("non_ema");
     in_scope && (config || weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_hub_is_an_error_naming_the_repo_and_the_way_out() {
+        let cache = std::env::temp_dir().join(format!("rsds-hub-{}", std::process::id()));
+        // Port 9 (discard) on the loopback: nothing listens, the connection is refused at once.
+        let err =
+            download(&cache, "org/missing", &["unet"], Some("http://127.0.0.1:9")).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, LoadError::NotCached { .. }), "{err:?}");
+        assert!(message.contains("`org/missing`"), "{message}");
+        assert!(message.contains("listing files"), "{message}");
+        assert!(message.contains("HF_HUB_OFFLINE=1"), "{message}");
+        std::fs::remove_dir_all(&cache).ok();
+    }
+
+    #[test]
+    fn only_configs_and_plain_safetensors_of_the_asked_subfolders_are_fetched() {
+        let sd = ["unet", "vae"];
+        assert!(wanted_file("unet/config.json", &sd));
+        assert!(wanted_file("unet/diffusion_pytorch_model.safetensors", &sd));
+        assert!(!wanted_file(
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            &sd
+        ));
+        assert!(!wanted_file("unet/diffusion_pytorch_model.bin", &sd));
+        assert!(!wanted_file(
+            "vae/diffusion_pytorch_model.non_ema.safetensors",
+            &sd
+        ));
+        assert!(!wanted_file("safety_checker/model.safetensors", &sd));
+        assert!(wanted_file("model.safetensors", &[]));
+        assert!(wanted_file("tokenizer.json", &[]));
+    }
 }

@@ -20,7 +20,7 @@ pub use load::{
     tensor_shapes,
 };
 pub use resolve::{
-    PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset,
+    Fetch, PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset,
     read_json, resolve_model, resolve_model_in, weight_files,
 };
 pub use save::save_safetensors;

@@ -187,12 +187,46 @@ pub fn cached_repo(cache: &Path, repo_id: &str, revision: &str) -> Result<PathBu
 }
 
 fn download_hint(repo_id: &str) -> String {
-    if cfg!(feature = "hub") {
-        format!("download it with `huggingface-cli download {repo_id}` or let the engine fetch it")
+    let manual = format!("download it with `huggingface-cli download {repo_id}`");
+    if !cfg!(feature = "hub") {
+        format!("{manual}, or build with the cargo feature `hub` (on by default)")
+    } else if Fetch::from_env() == Fetch::CacheOnly {
+        format!("{manual}, or unset HF_HUB_OFFLINE so the engine fetches it")
     } else {
-        format!(
-            "download it with `huggingface-cli download {repo_id}`, or build with the cargo feature `hub`"
-        )
+        manual
+    }
+}
+
+/// Whether resolving a preset or repo id may download what the cache lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Only the local Hugging Face cache (no network).
+    CacheOnly,
+    /// Download into the cache what it lacks (cargo feature `hub`; else the same as
+    /// `CacheOnly`).
+    Download,
+}
+
+impl Fetch {
+    /// `Download` when the `hub` feature is on and `HF_HUB_OFFLINE` (the variable every Hugging
+    /// Face tool honours) is unset or false; else `CacheOnly`.
+    pub fn from_env() -> Self {
+        Self::from_offline_var(std::env::var("HF_HUB_OFFLINE").ok().as_deref())
+    }
+
+    /// [`from_env`](Self::from_env) given the value of `HF_HUB_OFFLINE`.
+    pub fn from_offline_var(value: Option<&str>) -> Self {
+        let offline = value.is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        });
+        if cfg!(feature = "hub") && !offline {
+            Self::Download
+        } else {
+            Self::CacheOnly
+        }
     }
 }
 
@@ -200,13 +234,14 @@ fn download_hint(repo_id: &str) -> String {
 /// ([`hf_hub_cache`]).
 ///
 /// `spec` is tried as, in order: an existing folder; a [preset](PRESETS) name; an `org/name`
-/// repo id. With the `hub` feature, a preset or repo id missing from the cache is downloaded.
+/// repo id. A preset or repo id missing from the cache is downloaded when [`Fetch::from_env`]
+/// allows it (cargo feature `hub`, on by default; `HF_HUB_OFFLINE=1` turns it off).
 pub fn resolve_model(spec: &str) -> Result<PathBuf, LoadError> {
-    resolve_model_in(spec, &hf_hub_cache())
+    resolve_model_in(spec, &hf_hub_cache(), Fetch::from_env())
 }
 
-/// [`resolve_model`] with an explicit Hugging Face cache folder.
-pub fn resolve_model_in(spec: &str, cache: &Path) -> Result<PathBuf, LoadError> {
+/// [`resolve_model`] with an explicit Hugging Face cache folder and download policy.
+pub fn resolve_model_in(spec: &str, cache: &Path, fetch: Fetch) -> Result<PathBuf, LoadError> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -220,7 +255,7 @@ pub fn resolve_model_in(spec: &str, cache: &Path) -> Result<PathBuf, LoadError> 
                 Err(LoadError::MissingFolder { path: dir })
             };
         }
-        return resolve_repo(cache, preset.repo_id, preset.subfolders);
+        return resolve_repo(cache, preset.repo_id, preset.subfolders, fetch);
     }
     let path_like = path.is_absolute()
         || spec.starts_with('.')
@@ -234,7 +269,7 @@ pub fn resolve_model_in(spec: &str, cache: &Path) -> Result<PathBuf, LoadError> 
         });
     }
     if spec.contains('/') {
-        return resolve_repo(cache, spec, &[]);
+        return resolve_repo(cache, spec, &[], fetch);
     }
     Err(preset(spec).unwrap_err())
 }
@@ -253,16 +288,22 @@ pub fn component_dir(root: &Path, subfolder: &str) -> Result<PathBuf, LoadError>
     }
 }
 
-#[cfg(not(feature = "hub"))]
-fn resolve_repo(cache: &Path, repo_id: &str, _subfolders: &[&str]) -> Result<PathBuf, LoadError> {
-    cached_repo(cache, repo_id, "main")
-}
-
-#[cfg(feature = "hub")]
-fn resolve_repo(cache: &Path, repo_id: &str, subfolders: &[&str]) -> Result<PathBuf, LoadError> {
+fn resolve_repo(
+    cache: &Path,
+    repo_id: &str,
+    subfolders: &[&str],
+    fetch: Fetch,
+) -> Result<PathBuf, LoadError> {
     match cached_repo(cache, repo_id, "main") {
         Ok(dir) => Ok(dir),
-        Err(_) => super::hub::download(cache, repo_id, subfolders),
+        #[cfg(feature = "hub")]
+        Err(_) if fetch == Fetch::Download => {
+            super::hub::download(cache, repo_id, subfolders, None)
+        }
+        Err(e) => {
+            let _ = (subfolders, fetch);
+            Err(e)
+        }
     }
 }
 
@@ -390,6 +431,25 @@ mod tests {
         assert!(err.contains("`sd3`"), "{err}");
         for p in PRESETS {
             assert!(err.contains(p.name), "{err}");
+        }
+    }
+
+    #[test]
+    fn hf_hub_offline_turns_downloads_off() {
+        let online = if cfg!(feature = "hub") {
+            Fetch::Download
+        } else {
+            Fetch::CacheOnly
+        };
+        for value in [None, Some("0"), Some("false"), Some("")] {
+            assert_eq!(Fetch::from_offline_var(value), online, "{value:?}");
+        }
+        for value in ["1", "TRUE", "yes", " on "] {
+            assert_eq!(
+                Fetch::from_offline_var(Some(value)),
+                Fetch::CacheOnly,
+                "{value}"
+            );
         }
     }
 
