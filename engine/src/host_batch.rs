@@ -9,6 +9,7 @@
 use std::any::TypeId;
 use std::ops::Range;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 /// Whether `B` computes on the host CPU (burn's `ndarray` or `flex` backend, or autodiff over
@@ -69,6 +70,34 @@ where
     })
 }
 
+/// `f(x, context)` over the batch (dimension 0 of both), one chunk per core on a host backend
+/// ([`chunks_for`]), the outputs concatenated in order; elsewhere one call on the whole batch.
+/// For forwards whose samples are independent (a UNet's; not batch statistics).
+pub fn map_batch<B, const D: usize, const C: usize, const O: usize, F>(
+    x: Tensor<B, D>,
+    context: Tensor<B, C>,
+    f: F,
+) -> Tensor<B, O>
+where
+    B: Backend,
+    F: Fn(Tensor<B, D>, Tensor<B, C>) -> Tensor<B, O> + Sync,
+{
+    let batch = x.dims()[0];
+    let mut parts = map_chunks(batch, chunks_for::<B>(), |r| {
+        if r.len() == batch {
+            return f(x.clone(), context.clone());
+        }
+        f(
+            x.clone().narrow(0, r.start, r.len()),
+            context.clone().narrow(0, r.start, r.len()),
+        )
+    });
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    Tensor::cat(parts, 0)
+}
+
 /// `0..batch` in at most `chunks` consecutive non-empty ranges whose lengths differ by at
 /// most one (`batch = 0` gives no range).
 fn split(batch: usize, chunks: usize) -> Vec<Range<usize>> {
@@ -125,6 +154,22 @@ mod tests {
                 panic!("chunk {r:?} failed");
             }
         });
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn a_split_batch_gives_the_whole_batchs_result() {
+        use burn::backend::NdArray;
+        use burn::tensor::Distribution;
+        type B = NdArray<f32>;
+        let device = Default::default();
+        let x = Tensor::<B, 2>::random([5, 3], Distribution::Default, &device);
+        let context = Tensor::<B, 2>::random([5, 3], Distribution::Default, &device);
+        let f = |x: Tensor<B, 2>, c: Tensor<B, 2>| x * 2.0 + c;
+        let whole = f(x.clone(), context.clone());
+        let split = map_batch(x, context, f);
+        assert_eq!(split.dims(), [5, 3]);
+        split.into_data().assert_eq(&whole.into_data(), true);
     }
 
     #[cfg(feature = "cpu")]

@@ -20,7 +20,7 @@ use rand::Rng;
 
 use super::ConfigError;
 use super::sds::standard_normal;
-use crate::host_batch::chunks_for;
+use crate::host_batch::map_batch;
 use crate::models::CLIPTextModel;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, SchedulerError};
 use crate::models::tokenizer::CLIPTokenizer;
@@ -523,21 +523,9 @@ impl<B: Backend> DiffusionPrior<B> {
         let sample = Tensor::cat(vec![x_t.clone(), x_t.clone()], 0);
         let context = Tensor::cat(vec![broadcast(uncond), broadcast(cond)], 0);
         // On a CPU backend the samples run as one UNet forward per core (`host_batch`).
-        let batch = 2 * n;
-        let chunks = crate::host_batch::map_chunks(batch, chunks_for::<B>(), |r| {
-            if r.len() == batch {
-                return self
-                    .unet
-                    .forward_timestep(sample.clone(), t as f32, context.clone());
-            }
-            let (start, len) = (r.start, r.len());
-            self.unet.forward_timestep(
-                sample.clone().narrow(0, start, len),
-                t as f32,
-                context.clone().narrow(0, start, len),
-            )
+        let out = map_batch(sample, context, |sample, context| {
+            self.unet.forward_timestep(sample, t as f32, context)
         });
-        let out = Tensor::cat(chunks, 0);
         let uncond_out = out.clone().narrow(0, 0, n);
         let cond_out = out.narrow(0, n, n);
         let guided = uncond_out.clone() + (cond_out - uncond_out) * guidance_scale;

@@ -3,7 +3,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::host_batch::{chunks_for, map_chunks};
+use crate::host_batch::map_batch;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::schedulers::{DDIMScheduler, SchedulerError};
 use crate::models::tokenizer::CLIPTokenizer;
@@ -49,14 +49,9 @@ pub fn sample<B: Backend>(
         let input = Tensor::cat(vec![x.clone(), x.clone()], 0);
         let timestep = Tensor::<B, 1>::from_floats([t as f32], device);
         // One UNet forward per core on a CPU backend (`host_batch`).
-        let parts = map_chunks(2 * n, chunks_for::<B>(), |r| {
-            unet.forward(
-                input.clone().narrow(0, r.start, r.len()),
-                timestep.clone(),
-                context.clone().narrow(0, r.start, r.len()),
-            )
+        let eps = map_batch(input, context.clone(), |input, context| {
+            unet.forward(input, timestep.clone(), context)
         });
-        let eps = Tensor::cat(parts, 0);
         let cond = eps.clone().slice(0..n);
         let uncond = eps.slice(n..2 * n);
         let guided = uncond.clone() + (cond - uncond) * guidance_scale;
