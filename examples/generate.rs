@@ -167,7 +167,10 @@ impl BackendTask for Generate {
             .save_png(out.join("turntable.png"))
             .context("saving the turntable")?;
         std::fs::write(out.join("progress.json"), serde_json::to_string(&log)?)?;
-        if config.prior == "tiny-world" {
+        // The built-in prior, or a folder of its layout (a retrained copy, with its judge).
+        let tiny_world = config.prior == "tiny-world"
+            || std::path::Path::new(&config.prior).join("judge").is_dir();
+        if tiny_world {
             judge_views::<B::InnerBackend>(&config.prompt, &views, &device)?;
         }
         println!(

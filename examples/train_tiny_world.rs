@@ -46,9 +46,20 @@ struct Args {
     /// UNet batch size (default: the preset's).
     #[arg(long)]
     unet_batch: Option<usize>,
+    /// Peak learning rate of the UNet (default: the preset's; lower it to continue a trained
+    /// UNet with --init-unet).
+    #[arg(long)]
+    unet_learning_rate: Option<f64>,
+    /// Min-SNR-gamma loss weighting of the UNet (5 is the paper's choice; default: the
+    /// preset's).
+    #[arg(long)]
+    snr_gamma: Option<f32>,
     /// Cap of the UNet weights' moving average (default: the preset's; 0 turns it off).
     #[arg(long)]
     ema_decay: Option<f32>,
+    /// Captions per group (held-out, seen) the evaluation samples (default: the preset's).
+    #[arg(long)]
+    eval_prompts: Option<usize>,
     /// DDIM steps of the evaluation's samples (default: the preset's).
     #[arg(long)]
     eval_steps: Option<usize>,
@@ -142,11 +153,29 @@ fn main() -> Result<()> {
         }
         config.unet.phase.batch_size = batch;
     }
+    if let Some(lr) = args.unet_learning_rate {
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--unet-learning-rate {lr}: must be a finite number > 0");
+        }
+        config.unet.phase.learning_rate = lr;
+    }
+    if let Some(gamma) = args.snr_gamma {
+        if !(gamma.is_finite() && gamma > 0.0) {
+            bail!("--snr-gamma {gamma}: must be a finite number > 0");
+        }
+        config.unet.snr_gamma = Some(gamma);
+    }
     if let Some(decay) = args.ema_decay {
         if !(0.0..1.0).contains(&decay) {
             bail!("--ema-decay {decay}: must be in [0, 1)");
         }
         config.unet.ema_decay = decay;
+    }
+    if let Some(n) = args.eval_prompts {
+        if n == 0 {
+            bail!("--eval-prompts must be at least 1");
+        }
+        config.eval_prompts = n;
     }
     if let Some(steps) = args.eval_steps {
         if steps == 0 {

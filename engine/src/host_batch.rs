@@ -9,8 +9,10 @@
 use std::any::TypeId;
 use std::ops::Range;
 
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
 
 /// Whether `B` computes on the host CPU (burn's `ndarray` or `flex` backend, or autodiff over
 /// one).
@@ -98,6 +100,75 @@ where
     Tensor::cat(parts, 0)
 }
 
+/// The value and parameter gradients of a loss that is a mean over the samples of a batch,
+/// with the batch in at most `chunks` parts ([`chunks_for`] on the training backend) that run
+/// forward and backward in parallel. `loss(model, range)` is the mean loss of the samples in
+/// `range`; the parts are weighted by their share of the batch, so the result is the whole
+/// batch's mean and its gradient (up to float summation order).
+pub fn batch_gradients<B, M, F>(
+    model: &M,
+    batch: usize,
+    chunks: usize,
+    loss: F,
+) -> (f32, GradientsParams)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    M::InnerModule: Sync,
+    F: Fn(&M, Range<usize>) -> Tensor<B, 1> + Sync,
+{
+    let ranges = split(batch, chunks);
+    if ranges.len() <= 1 {
+        let value = loss(model, 0..batch);
+        let scalar = value.clone().into_scalar().elem::<f32>();
+        return (scalar, GradientsParams::from_grads(value.backward(), model));
+    }
+    let inner = model.valid();
+    let mut tracked = Tracked(Vec::new());
+    model.visit(&mut tracked);
+    let parts = map_chunks(batch, chunks, |range| {
+        // Each part gets its own parameter leaves: parts that shared them would share one
+        // autodiff graph, whose lock serialises the backward passes. `from_inner` alone left
+        // the UNet's parameters untracked (no gradient at all; tests/tiny_world.rs), so each
+        // part copies `model`'s tracking.
+        let local = M::from_inner(inner.clone()).map(&mut Track(tracked.0.iter()));
+        let share = range.len() as f32 / batch as f32;
+        let value = loss(&local, range) * share;
+        let scalar = value.clone().into_scalar().elem::<f32>();
+        (
+            scalar,
+            GradientsParams::from_grads(value.backward(), &local),
+        )
+    });
+    let mut sum = GradientsAccumulator::<M>::new();
+    let mut total = 0.0;
+    for (value, grads) in parts {
+        total += value;
+        sum.accumulate(model, grads);
+    }
+    (total, sum.grads())
+}
+
+/// Whether each float parameter requires a gradient, in visiting order.
+struct Tracked(Vec<bool>);
+
+impl<B: Backend> ModuleVisitor<B> for Tracked {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().is_require_grad());
+    }
+}
+
+/// Sets each float parameter's gradient tracking from a [`Tracked`] list.
+struct Track<'a>(std::slice::Iter<'a, bool>);
+
+impl<B: Backend> ModuleMapper<B> for Track<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tracked = *self.0.next().expect("the same module structure");
+        Param::from_mapped_value(id, tensor.set_require_grad(tracked), mapper)
+    }
+}
+
 /// `0..batch` in at most `chunks` consecutive non-empty ranges whose lengths differ by at
 /// most one (`batch = 0` gives no range).
 fn split(batch: usize, chunks: usize) -> Vec<Range<usize>> {
@@ -170,6 +241,51 @@ mod tests {
         let split = map_batch(x, context, f);
         assert_eq!(split.dims(), [5, 3]);
         split.into_data().assert_eq(&whole.into_data(), true);
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn split_gradients_are_the_whole_batchs() {
+        use burn::backend::{Autodiff, NdArray};
+        use burn::nn::{Linear, LinearConfig};
+        use burn::tensor::Distribution;
+        type B = Autodiff<NdArray<f32>>;
+        let device = Default::default();
+        let model: Linear<B> = LinearConfig::new(4, 3).init(&device);
+        let x = Tensor::<B, 2>::random([7, 4], Distribution::Default, &device);
+        let y = Tensor::<B, 2>::random([7, 3], Distribution::Default, &device);
+        let loss = |m: &Linear<B>, r: Range<usize>| {
+            let (x, y) = (x.clone().slice(r.clone()), y.clone().slice(r));
+            (m.forward(x) - y).powi_scalar(2).mean()
+        };
+        let (whole, grads) = batch_gradients(&model, 7, 1, loss);
+        assert_eq!(grads.len(), 2);
+        for chunks in [2, 3, 16] {
+            let (value, split) = batch_gradients(&model, 7, chunks, loss);
+            assert_eq!(
+                split.len(),
+                2,
+                "{chunks} chunks: every parameter gets its gradient"
+            );
+            assert!((value - whole).abs() < 1e-6, "{chunks}: {value} vs {whole}");
+            let tolerance = burn::tensor::Tolerance::absolute(1e-6);
+            let id = model.weight.id;
+            let (a, b) = (
+                grads.get::<NdArray<f32>, 2>(id),
+                split.get::<NdArray<f32>, 2>(id),
+            );
+            a.unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&b.unwrap().into_data(), tolerance);
+            let id = model.bias.as_ref().unwrap().id;
+            let (a, b) = (
+                grads.get::<NdArray<f32>, 1>(id),
+                split.get::<NdArray<f32>, 1>(id),
+            );
+            a.unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&b.unwrap().into_data(), tolerance);
+        }
     }
 
     #[cfg(feature = "cpu")]

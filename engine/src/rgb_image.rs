@@ -153,6 +153,25 @@ impl RgbImage {
         }
     }
 
+    /// Rows of images one above the other, left-aligned; narrower rows are padded with white.
+    pub fn vstack(rows: &[Self]) -> Self {
+        let width = rows.iter().map(|r| r.width).max().unwrap_or(0);
+        let mut data = Vec::new();
+        for r in rows {
+            for y in 0..r.height as usize {
+                data.extend_from_slice(
+                    &r.data[3 * y * r.width as usize..3 * (y + 1) * r.width as usize],
+                );
+                data.extend(std::iter::repeat_n(1.0, 3 * (width - r.width) as usize));
+            }
+        }
+        Self {
+            width,
+            height: rows.iter().map(|r| r.height).sum(),
+            data,
+        }
+    }
+
     /// 8-bit sRGB-encoded bytes (values are treated as display values and clamped).
     pub fn to_rgb8(&self) -> Vec<u8> {
         self.data
@@ -204,5 +223,11 @@ mod tests {
         let t = RgbImage::to_tensor::<NdArray>(&[a.clone(), b.clone()], &Default::default());
         assert_eq!(t.dims(), [2, 3, 3, 2]);
         assert_eq!(RgbImage::from_tensor(t), vec![a, b]);
+        // Rows: the narrower one is padded with white on the right.
+        let rows = RgbImage::vstack(&[strip.clone(), RgbImage::filled(1, 2, [0.4; 3])]);
+        assert_eq!((rows.width, rows.height), (4, 5));
+        assert_eq!(rows.pixel(2, 0), [0.0, 0.9, 0.9]);
+        assert_eq!(rows.pixel(0, 4), [0.4; 3]);
+        assert_eq!(rows.pixel(1, 4), [1.0; 3]);
     }
 }

@@ -11,6 +11,14 @@ use crate::models::reward::clip_preprocess;
 use crate::models::tokenizer::CLIPTokenizer;
 use crate::weights::LoadError;
 
+/// `n` two-object captions spread over `group` (every k-th), so that both relations and many
+/// items are covered: the captions the evaluation samples.
+pub fn spread_pairs(group: &[Composition], n: usize) -> Vec<Composition> {
+    let pairs: Vec<Composition> = group.iter().copied().filter(|c| c.is_pair()).collect();
+    let step = (pairs.len() / n.max(1)).max(1);
+    pairs.into_iter().step_by(step).take(n).collect()
+}
+
 /// Retrieval results over a set of images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retrieval {

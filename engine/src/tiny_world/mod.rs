@@ -2,7 +2,7 @@
 //!
 //! A procedural world of coloured primitives ([`captions`], [`dataset`]), a word-level
 //! tokenizer ([`vocab`]), the real model architectures in tiny configurations ([`models`]),
-//! their training ([`train`], with a weight average, [`ema`]), sampling ([`sample`]), the judge's evaluation ([`evaluate`]) and
+//! their training ([`train`], with a weight average, [`ema`]), sampling ([`sample`]), the judge's evaluation ([`evaluate`], per noise level [`probe`]) and
 //! the shipped folder layout ([`folder`]), which the same loaders as Stable Diffusion and CLIP
 //! read.
 
@@ -12,6 +12,7 @@ pub mod ema;
 pub mod evaluate;
 pub mod folder;
 pub mod models;
+pub mod probe;
 pub mod recipe;
 pub mod sample;
 pub mod train;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::captions::{Composition, Split};
 use super::dataset::{Dataset, IMAGE_SIZE};
-use super::evaluate::{Judge, Retrieval};
+use super::evaluate::{Judge, Retrieval, spread_pairs};
 use super::folder::{write_clip, write_pipeline_files, write_text_encoder, write_unet};
 use super::models::{ModelScale, scheduler};
 use super::sample::{SampleError, sample};
@@ -80,6 +80,8 @@ impl RecipeConfig {
                 // diffusers' default; its warm-up governs runs shorter than ~9000 steps.
                 ema_decay: 0.9999,
                 init_from: None,
+                // Min-SNR-5: v1's continuation used it (docs/tiny_world.md, the noise-level probe).
+                snr_gamma: Some(5.0),
             },
             eval_prompts: 64,
             eval_steps: 25,
@@ -339,14 +341,8 @@ pub fn evaluate<B: Backend>(
     let judge = Judge::new(judge_clip, tokenizer, device)?;
     let (reward_clip, _) = CLIPModel::<B>::from_folder(&out.join("reward"), device)?;
     let reward = Judge::new(reward_clip, tokenizer, device)?;
-    // Every k-th caption of each group, so both relations and many items are covered.
-    let pick = |group: &[Composition], n: usize| -> Vec<Composition> {
-        let pairs: Vec<Composition> = group.iter().copied().filter(|c| c.is_pair()).collect();
-        let step = (pairs.len() / n.max(1)).max(1);
-        pairs.into_iter().step_by(step).take(n).collect()
-    };
-    let held = pick(&split.held_out, config.eval_prompts);
-    let seen = pick(&split.train, config.eval_prompts);
+    let held = spread_pairs(&split.held_out, config.eval_prompts);
+    let seen = spread_pairs(&split.train, config.eval_prompts);
     let size = IMAGE_SIZE as usize;
     let start = Instant::now();
     let run = |group: &[Composition], seed: u64| -> Result<_, RecipeError> {
@@ -387,7 +383,9 @@ pub fn evaluate<B: Backend>(
     };
     let mut rows = strip(&held_samples, &held_truth).to_vec();
     rows.extend(strip(&seen_samples, &seen_truth));
-    vstack(&rows).save_png(out.join("samples.png")).ok();
+    RgbImage::vstack(&rows)
+        .save_png(out.join("samples.png"))
+        .ok();
     Ok(EvalReport {
         samples_held_out: judge.retrieval(held_samples.clone(), &held),
         samples_seen: judge.retrieval(seen_samples, &seen),
@@ -396,22 +394,4 @@ pub fn evaluate<B: Backend>(
         reward_on_samples_held_out: reward.retrieval(held_samples, &held),
         sampling_seconds,
     })
-}
-
-fn vstack(rows: &[RgbImage]) -> RgbImage {
-    let width = rows.iter().map(|r| r.width).max().unwrap_or(0);
-    let mut data = Vec::new();
-    for r in rows {
-        for y in 0..r.height as usize {
-            data.extend_from_slice(
-                &r.data[3 * y * r.width as usize..3 * (y + 1) * r.width as usize],
-            );
-            data.extend(std::iter::repeat_n(1.0, 3 * (width - r.width) as usize));
-        }
-    }
-    RgbImage {
-        width,
-        height: rows.iter().map(|r| r.height).sum(),
-        data,
-    }
 }

@@ -26,6 +26,7 @@ use super::captions::{Composition, Item};
 use super::dataset::Dataset;
 use super::ema::Ema;
 use crate::guidance::prompts::{ViewAngles, ViewDirection, ViewThresholds};
+use crate::host_batch::{batch_gradients, chunks_for};
 use crate::models::clip::{CLIPConfig, CLIPModel, l2_normalize};
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::reward::clip_preprocess;
@@ -130,6 +131,9 @@ impl Schedule {
             let per_step = (elapsed - self.at_step_10) / 20.0;
             let fits = 30 + ((self.max_seconds - elapsed).max(0.0) / per_step) as usize;
             self.total = self.total.min(fits.max(31));
+            // A warm-up sized for the planned steps must not eat a budget-cut run (v0 spent
+            // 500 of its 909 steps warming up): at most a tenth of what fits.
+            self.warmup = self.warmup.min((self.total / 10).max(1));
         }
     }
 }
@@ -322,6 +326,19 @@ pub struct UnetTraining {
     /// initialisation: a longer run continues a shorter one.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Min-SNR-gamma loss weighting (Hang et al. 2023, diffusers' `--snr_gamma`; 5 is the
+    /// paper's choice): each sample's loss is weighted by [`min_snr_weight`], so the
+    /// low-noise timesteps, whose epsilon loss is large and mostly irreducible, stop drowning
+    /// the mid and high noise levels that sampling and SDS depend on. None: uniform (v0).
+    #[serde(default)]
+    pub snr_gamma: Option<f32>,
+}
+
+/// `min(SNR, gamma) / SNR` with `SNR = alpha_bar / (1 - alpha_bar)`: the min-SNR-gamma weight
+/// of an epsilon-prediction loss (1 wherever `SNR <= gamma`).
+pub fn min_snr_weight(alpha_bar: f32, gamma: f32) -> f32 {
+    let snr = alpha_bar / (1.0 - alpha_bar).max(f32::MIN_POSITIVE);
+    snr.min(gamma) / snr.max(f32::MIN_POSITIVE)
 }
 
 /// Train the pixel-space UNet with the epsilon objective on the images of `data` whose
@@ -364,6 +381,7 @@ pub fn train_unet<B: AutodiffBackend>(
     let phase = &settings.phase;
     let mut schedule = Schedule::new(phase);
     let timesteps = scheduler.config.num_train_timesteps;
+    let chunks = chunks_for::<B>();
     let start = Instant::now();
     let mut last_checkpoint = 0.0;
     let mut step = 0;
@@ -387,28 +405,52 @@ pub fn train_unet<B: AutodiffBackend>(
                 }
             })
             .collect();
-        let inner = device.clone();
-        let context = text_encoder.prompt_embeds(ids(tokenizer, &prompts, &inner)?, 0);
-        let context = Tensor::<B, 3>::from_inner(context);
+        // Inputs on the inner backend: only the UNet's parameters need gradients.
+        let context = text_encoder.prompt_embeds(ids(tokenizer, &prompts, device)?, 0);
         let t: Vec<usize> = batch
             .iter()
             .map(|_| rng.random_range(0..timesteps))
             .collect();
         let coef = |f: fn(f32) -> f32| {
             let v: Vec<f32> = t.iter().map(|&t| f(scheduler.alphas_cumprod[t])).collect();
-            Tensor::<B, 4>::from_data(TensorData::new(v, [t.len(), 1, 1, 1]), device)
+            Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(v, [t.len(), 1, 1, 1]), device)
         };
-        let x0 = data.images::<B>(&batch, device) * 2.0 - 1.0;
+        let x0 = data.images::<B::InnerBackend>(&batch, device) * 2.0 - 1.0;
         let noise = x0.random_like(Distribution::Normal(0.0, 1.0));
         let x_t = x0 * coef(f32::sqrt) + noise.clone() * coef(|a| (1.0 - a).sqrt());
         let t_float: Vec<f32> = t.iter().map(|&t| t as f32).collect();
-        let t_tensor = Tensor::<B, 1>::from_data(TensorData::new(t_float, [t.len()]), device);
-        let pred = model.forward(x_t, t_tensor, context);
-        let loss = (pred - noise).powi_scalar(2).mean();
+        let t_tensor =
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_float, [t.len()]), device);
+        let weight = match settings.snr_gamma {
+            Some(gamma) => {
+                let w: Vec<f32> = t
+                    .iter()
+                    .map(|&t| min_snr_weight(scheduler.alphas_cumprod[t], gamma))
+                    .collect();
+                Some(Tensor::<B::InnerBackend, 4>::from_data(
+                    TensorData::new(w, [t.len(), 1, 1, 1]),
+                    device,
+                ))
+            }
+            None => None,
+        };
+        // On a CPU backend, one part of the batch per core (`host_batch`).
+        let (value, grads) = batch_gradients(&model, batch.len(), chunks, |m, r| {
+            let part = |x: Tensor<B::InnerBackend, 4>| {
+                Tensor::<B, 4>::from_inner(x.narrow(0, r.start, r.len()))
+            };
+            let t = Tensor::from_inner(t_tensor.clone().narrow(0, r.start, r.len()));
+            let context = Tensor::from_inner(context.clone().narrow(0, r.start, r.len()));
+            let pred = m.forward(part(x_t.clone()), t, context);
+            let error = (pred - part(noise.clone())).powi_scalar(2);
+            match &weight {
+                // Every sample has as many elements, so this is the mean of weighted MSEs.
+                Some(w) => (error * part(w.clone())).mean(),
+                None => error.mean(),
+            }
+        });
         let lr = schedule.learning_rate(step);
-        let value: f32 = loss.clone().into_scalar().elem();
         check("unet", step, value)?;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
         ema.update::<B::InnerBackend>(&model.valid());
         step += 1;
@@ -450,6 +492,19 @@ mod tests {
     }
 
     #[test]
+    fn min_snr_weights_cap_the_low_noise_timesteps() {
+        // SNR 9 (alpha_bar 0.9) capped at 5: 5 / 9; SNR 1 and below: 1.
+        assert!((min_snr_weight(0.9, 5.0) - 5.0 / 9.0).abs() < 1e-6);
+        assert!((min_snr_weight(0.5, 5.0) - 1.0).abs() < 1e-6);
+        assert!((min_snr_weight(1e-5, 5.0) - 1.0).abs() < 1e-6);
+        // The Tiny World schedule: t = 20 weighs ~3%, t = 400 fully.
+        let s = DDIMScheduler::new(super::super::models::scheduler()).unwrap();
+        let low = min_snr_weight(s.alphas_cumprod[20], 5.0);
+        assert!(low > 0.02 && low < 0.04, "{low}");
+        assert_eq!(min_snr_weight(s.alphas_cumprod[400], 5.0), 1.0);
+    }
+
+    #[test]
     fn schedule_warms_up_decays_and_fits_the_budget() {
         let mut s = Schedule::new(&PhaseConfig {
             steps: 1000,
@@ -464,5 +519,18 @@ mod tests {
         s.fit_budget(10, 5.0); // compilation: slow first steps
         s.fit_budget(30, 7.0); // then 0.1 s per step: 30 more seconds fit 30 + 30 steps
         assert_eq!(s.total, 60);
+        // The warm-up shrinks with the cut: full rate by step 6 of 60.
+        assert_eq!(s.warmup, 6);
+        assert!(s.learning_rate(5) > 0.9);
+        let mut long = Schedule::new(&PhaseConfig {
+            steps: 1000,
+            batch_size: 8,
+            learning_rate: 1.0,
+            warmup_steps: 5,
+            max_seconds: 1e6,
+        });
+        long.fit_budget(10, 1.0);
+        long.fit_budget(30, 3.0);
+        assert_eq!((long.total, long.warmup), (1000, 5));
     }
 }
