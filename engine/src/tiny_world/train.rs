@@ -411,29 +411,20 @@ pub fn train_unet<B: AutodiffBackend>(
             .iter()
             .map(|_| rng.random_range(0..timesteps))
             .collect();
-        let coef = |f: fn(f32) -> f32| {
+        // A per-sample `[n, 1, 1, 1]` function of alpha_bar_t.
+        let coef = |f: &dyn Fn(f32) -> f32| {
             let v: Vec<f32> = t.iter().map(|&t| f(scheduler.alphas_cumprod[t])).collect();
             Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(v, [t.len(), 1, 1, 1]), device)
         };
         let x0 = data.images::<B::InnerBackend>(&batch, device) * 2.0 - 1.0;
         let noise = x0.random_like(Distribution::Normal(0.0, 1.0));
-        let x_t = x0 * coef(f32::sqrt) + noise.clone() * coef(|a| (1.0 - a).sqrt());
+        let x_t = x0 * coef(&f32::sqrt) + noise.clone() * coef(&|a| (1.0 - a).sqrt());
         let t_float: Vec<f32> = t.iter().map(|&t| t as f32).collect();
         let t_tensor =
             Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_float, [t.len()]), device);
-        let weight = match settings.snr_gamma {
-            Some(gamma) => {
-                let w: Vec<f32> = t
-                    .iter()
-                    .map(|&t| min_snr_weight(scheduler.alphas_cumprod[t], gamma))
-                    .collect();
-                Some(Tensor::<B::InnerBackend, 4>::from_data(
-                    TensorData::new(w, [t.len(), 1, 1, 1]),
-                    device,
-                ))
-            }
-            None => None,
-        };
+        let weight = settings
+            .snr_gamma
+            .map(|gamma| coef(&|a| min_snr_weight(a, gamma)));
         // On a CPU backend, one part of the batch per core (`host_batch`).
         let (value, grads) = batch_gradients(&model, batch.len(), chunks, |m, r| {
             let part = |x: Tensor<B::InnerBackend, 4>| {
