@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use rewardsds::engine::models::schedulers::PredictionType;
 use rewardsds::engine::tiny_world::recipe::{
     Phases, RecipeConfig, RecipeError, RecipeEvent, run_recipe,
 };
@@ -51,9 +52,13 @@ struct Args {
     #[arg(long)]
     unet_learning_rate: Option<f64>,
     /// Min-SNR-gamma loss weighting of the UNet (5 is the paper's choice; default: the
-    /// preset's).
+    /// preset's; 0 turns it off).
     #[arg(long)]
     snr_gamma: Option<f32>,
+    /// What the UNet predicts: epsilon or v_prediction (default: the preset's). Continuing
+    /// an epsilon UNet with v_prediction fine-tunes it to the new objective.
+    #[arg(long)]
+    prediction_type: Option<String>,
     /// Cap of the UNet weights' moving average (default: the preset's; 0 turns it off).
     #[arg(long)]
     ema_decay: Option<f32>,
@@ -160,10 +165,17 @@ fn main() -> Result<()> {
         config.unet.phase.learning_rate = lr;
     }
     if let Some(gamma) = args.snr_gamma {
-        if !(gamma.is_finite() && gamma > 0.0) {
-            bail!("--snr-gamma {gamma}: must be a finite number > 0");
+        if !(gamma.is_finite() && gamma >= 0.0) {
+            bail!("--snr-gamma {gamma}: must be a finite number >= 0");
         }
-        config.unet.snr_gamma = Some(gamma);
+        config.unet.snr_gamma = (gamma > 0.0).then_some(gamma);
+    }
+    if let Some(name) = &args.prediction_type {
+        config.unet.prediction_type = match name.as_str() {
+            "epsilon" => PredictionType::Epsilon,
+            "v_prediction" => PredictionType::VPrediction,
+            other => bail!("unknown --prediction-type `{other}` (epsilon or v_prediction)"),
+        };
     }
     if let Some(decay) = args.ema_decay {
         if !(0.0..1.0).contains(&decay) {

@@ -9,6 +9,7 @@ use burn::tensor::{DType, Tensor};
 use rewardsds_engine::models::clip::CLIPModel;
 use rewardsds_engine::models::clip_text::CLIPTextModel;
 use rewardsds_engine::models::reward::{ClipScore, RewardModel};
+use rewardsds_engine::models::schedulers::{DDIMSchedulerConfig, PredictionType};
 use rewardsds_engine::models::tokenizer::CLIPTokenizer;
 use rewardsds_engine::models::unet_2d::UNet2DConditionModelConfig;
 use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
@@ -131,6 +132,37 @@ fn recipe_runs_end_to_end_and_its_folders_load() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-3, "continued UNet moved by {worst}");
+
+    // Continuing with another objective writes it into the prior's scheduler config (which
+    // sampling and SDS convert by), and a later evaluation-only run keeps the folder's.
+    let preset = RecipeConfig::test().unet.prediction_type;
+    let other = match preset {
+        PredictionType::Epsilon => PredictionType::VPrediction,
+        _ => PredictionType::Epsilon,
+    };
+    recipe.unet.prediction_type = other;
+    run_recipe::<Autodiff<B>>(&recipe, phases, &again, 2, &device, &mut |_| {}).unwrap();
+    let objective = |dir: &std::path::Path| {
+        DDIMSchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))
+            .unwrap()
+            .prediction_type
+    };
+    assert_eq!(objective(&again), other);
+    for folder in ["reward", "judge"] {
+        copy_dir(&out.join(folder), &again.join(folder));
+    }
+    let eval = Phases {
+        eval: true,
+        ..Phases::default()
+    };
+    run_recipe::<Autodiff<B>>(&RecipeConfig::test(), eval, &again, 2, &device, &mut |_| {})
+        .unwrap()
+        .expect("eval ran");
+    assert_eq!(
+        objective(&again),
+        other,
+        "the preset's {preset:?} replaced the folder's"
+    );
     std::fs::remove_dir_all(&again).ok();
     std::fs::remove_dir_all(&out).ok();
 }

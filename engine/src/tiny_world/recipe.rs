@@ -18,7 +18,7 @@ use super::sample::{SampleError, sample};
 use super::train::{LogEntry, PhaseConfig, TrainError, UnetTraining, train_clip, train_unet};
 use crate::models::clip::CLIPModel;
 use crate::models::clip_text::CLIPTextModel;
-use crate::models::schedulers::DDIMScheduler;
+use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, PredictionType};
 use crate::models::tokenizer::CLIPTokenizer;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::rgb_image::RgbImage;
@@ -80,8 +80,11 @@ impl RecipeConfig {
                 // diffusers' default; its warm-up governs runs shorter than ~9000 steps.
                 ema_decay: 0.9999,
                 init_from: None,
-                // Min-SNR-5: v1's continuation used it (docs/tiny_world.md, the noise-level probe).
-                snr_gamma: Some(5.0),
+                // v-prediction, unweighted: the shipped v2 (docs/tiny_world.md). Its MSE already
+                // weighs x0 errors by SNR + 1, at least 1 where the noise dominates; min-SNR's
+                // v weight, min(SNR, 5) / (SNR + 1), would all but drop those levels again.
+                snr_gamma: None,
+                prediction_type: PredictionType::VPrediction,
             },
             eval_prompts: 64,
             eval_steps: 25,
@@ -183,6 +186,9 @@ pub enum RecipeError {
     /// The scheduler config is invalid.
     #[error(transparent)]
     Scheduler(#[from] crate::models::schedulers::SchedulerError),
+    /// The output folder's scheduler config cannot be read.
+    #[error(transparent)]
+    Config(#[from] crate::models::unet_2d::DiffusersConfigError),
 }
 
 /// Progress of the recipe, for the caller to print or store.
@@ -222,7 +228,16 @@ pub fn run_recipe<B: AutodiffBackend>(
     on_event: &mut dyn FnMut(&RecipeEvent),
 ) -> Result<Option<EvalReport>, RecipeError> {
     let scale = config.scale;
-    let scheduler_config = scheduler();
+    let existing = out.join("scheduler").join("scheduler_config.json");
+    let scheduler_config = if !phases.unet && existing.is_file() {
+        // Evaluating (or retraining the CLIPs of) a trained prior: its own objective.
+        DDIMSchedulerConfig::from_file(&existing)?
+    } else {
+        DDIMSchedulerConfig {
+            prediction_type: config.unet.prediction_type,
+            ..scheduler()
+        }
+    };
     write_pipeline_files(out, &scheduler_config)?;
     let tokenizer = CLIPTokenizer::from_folder(&out.join("tokenizer"))?;
     let split = Split::new(config.held_out_fraction, config.split_seed);

@@ -1,7 +1,7 @@
 //! Training the Tiny World models: the CLIP pairs contrastively (CLIP's symmetric InfoNCE with
 //! hard-negative siblings in every batch), then the pixel-space UNet on the frozen text
-//! tower's hidden states with the epsilon objective and caption dropout for classifier-free
-//! guidance.
+//! tower's hidden states with the scheduler's objective (epsilon, or v for the v-prediction
+//! prior) and caption dropout for classifier-free guidance.
 //!
 //! A plain loop over burn's AdamW rather than burn-train's `Learner`: each step's batch is
 //! rendered data plus a frozen model's output, and progress goes to our own log, which is all
@@ -30,7 +30,7 @@ use crate::host_batch::{batch_gradients, chunks_for};
 use crate::models::clip::{CLIPConfig, CLIPModel, l2_normalize};
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::reward::clip_preprocess;
-use crate::models::schedulers::DDIMScheduler;
+use crate::models::schedulers::{DDIMScheduler, PredictionType};
 use crate::models::tokenizer::CLIPTokenizer;
 use crate::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
 use crate::procedural::{Color, Shape};
@@ -85,6 +85,9 @@ pub enum TrainError {
         /// The loss value.
         loss: f32,
     },
+    /// A timestep outside the noise schedule.
+    #[error(transparent)]
+    Scheduler(#[from] crate::models::schedulers::SchedulerError),
     /// A phase was given nothing to train on.
     #[error("{phase}: {reason}")]
     BadConfig {
@@ -332,16 +335,29 @@ pub struct UnetTraining {
     /// the mid and high noise levels that sampling and SDS depend on. None: uniform (v0).
     #[serde(default)]
     pub snr_gamma: Option<f32>,
+    /// What the UNet learns to predict; written into the prior's scheduler config, which is
+    /// what every consumer (sampling, SDS, the probe) converts by. v-prediction (Salimans and
+    /// Ho 2022) asks a pixel-space model for the clean image where the noise dominates,
+    /// instead of an epsilon whose error `x0` amplifies by up to `sqrt((1 - a) / a)`.
+    #[serde(default)]
+    pub prediction_type: PredictionType,
 }
 
-/// `min(SNR, gamma) / SNR` with `SNR = alpha_bar / (1 - alpha_bar)`: the min-SNR-gamma weight
-/// of an epsilon-prediction loss (1 wherever `SNR <= gamma`).
-pub fn min_snr_weight(alpha_bar: f32, gamma: f32) -> f32 {
+/// The min-SNR-gamma weight, `SNR = alpha_bar / (1 - alpha_bar)`, of a loss on `prediction`:
+/// `min(SNR, gamma) / SNR` for epsilon (1 wherever `SNR <= gamma`), `min(SNR, gamma) / (SNR + 1)`
+/// for v (whose MSE is the x0 MSE times `SNR + 1`), `min(SNR, gamma)` for x0, as diffusers'
+/// training scripts do: every one is the x0 MSE weighted by `min(SNR, gamma)`.
+pub fn min_snr_weight(alpha_bar: f32, gamma: f32, prediction: PredictionType) -> f32 {
     let snr = alpha_bar / (1.0 - alpha_bar).max(f32::MIN_POSITIVE);
-    snr.min(gamma) / snr.max(f32::MIN_POSITIVE)
+    let capped = snr.min(gamma);
+    match prediction {
+        PredictionType::Epsilon => capped / snr.max(f32::MIN_POSITIVE),
+        PredictionType::VPrediction => capped / (snr + 1.0),
+        PredictionType::Sample => capped,
+    }
 }
 
-/// Train the pixel-space UNet with the epsilon objective on the images of `data` whose
+/// Train the pixel-space UNet with `scheduler`'s objective (its `prediction_type`) on the images of `data` whose
 /// caption `allowed[caption]` is true, conditioned on the frozen `text_encoder`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_unet<B: AutodiffBackend>(
@@ -418,13 +434,19 @@ pub fn train_unet<B: AutodiffBackend>(
         };
         let x0 = data.images::<B::InnerBackend>(&batch, device) * 2.0 - 1.0;
         let noise = x0.random_like(Distribution::Normal(0.0, 1.0));
-        let x_t = x0 * coef(&f32::sqrt) + noise.clone() * coef(&|a| (1.0 - a).sqrt());
+        let x_t = scheduler.add_noise(x0.clone(), noise.clone(), &t)?;
+        let prediction = scheduler.config.prediction_type;
+        let target = match prediction {
+            PredictionType::Epsilon => noise,
+            PredictionType::VPrediction => scheduler.get_velocity(x0, noise, &t)?,
+            PredictionType::Sample => x0,
+        };
         let t_float: Vec<f32> = t.iter().map(|&t| t as f32).collect();
         let t_tensor =
             Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(t_float, [t.len()]), device);
         let weight = settings
             .snr_gamma
-            .map(|gamma| coef(&|a| min_snr_weight(a, gamma)));
+            .map(|gamma| coef(&|a| min_snr_weight(a, gamma, prediction)));
         // On a CPU backend, one part of the batch per core (`host_batch`).
         let (value, grads) = batch_gradients(&model, batch.len(), chunks, |m, r| {
             let part = |x: Tensor<B::InnerBackend, 4>| {
@@ -433,7 +455,7 @@ pub fn train_unet<B: AutodiffBackend>(
             let t = Tensor::from_inner(t_tensor.clone().narrow(0, r.start, r.len()));
             let context = Tensor::from_inner(context.clone().narrow(0, r.start, r.len()));
             let pred = m.forward(part(x_t.clone()), t, context);
-            let error = (pred - part(noise.clone())).powi_scalar(2);
+            let error = (pred - part(target.clone())).powi_scalar(2);
             match &weight {
                 // Every sample has as many elements, so this is the mean of weighted MSEs.
                 Some(w) => (error * part(w.clone())).mean(),
@@ -484,15 +506,37 @@ mod tests {
 
     #[test]
     fn min_snr_weights_cap_the_low_noise_timesteps() {
+        let eps = PredictionType::Epsilon;
         // SNR 9 (alpha_bar 0.9) capped at 5: 5 / 9; SNR 1 and below: 1.
-        assert!((min_snr_weight(0.9, 5.0) - 5.0 / 9.0).abs() < 1e-6);
-        assert!((min_snr_weight(0.5, 5.0) - 1.0).abs() < 1e-6);
-        assert!((min_snr_weight(1e-5, 5.0) - 1.0).abs() < 1e-6);
+        assert!((min_snr_weight(0.9, 5.0, eps) - 5.0 / 9.0).abs() < 1e-6);
+        assert!((min_snr_weight(0.5, 5.0, eps) - 1.0).abs() < 1e-6);
+        assert!((min_snr_weight(1e-5, 5.0, eps) - 1.0).abs() < 1e-6);
         // The Tiny World schedule: t = 20 weighs ~3%, t = 400 fully.
         let s = DDIMScheduler::new(super::super::models::scheduler()).unwrap();
-        let low = min_snr_weight(s.alphas_cumprod[20], 5.0);
+        let low = min_snr_weight(s.alphas_cumprod[20], 5.0, eps);
         assert!(low > 0.02 && low < 0.04, "{low}");
-        assert_eq!(min_snr_weight(s.alphas_cumprod[400], 5.0), 1.0);
+        assert_eq!(min_snr_weight(s.alphas_cumprod[400], 5.0, eps), 1.0);
+    }
+
+    #[test]
+    fn min_snr_weights_are_one_x0_weighting_for_every_objective() {
+        // A model off by `d` in x0 is off by `d * sqrt(SNR)` in epsilon and by
+        // `d * sqrt(SNR + 1)` in v: each weight times its squared error is `min(SNR, 5) d^2`.
+        for alpha_bar in [0.999f32, 0.9, 0.5, 0.1, 1e-3] {
+            let snr = alpha_bar / (1.0 - alpha_bar);
+            let want = snr.min(5.0);
+            for (prediction, sq_error) in [
+                (PredictionType::Epsilon, snr),
+                (PredictionType::VPrediction, snr + 1.0),
+                (PredictionType::Sample, 1.0),
+            ] {
+                let got = min_snr_weight(alpha_bar, 5.0, prediction) * sq_error;
+                assert!(
+                    (got - want).abs() < 1e-3 * want.max(1.0),
+                    "{prediction:?} {alpha_bar}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
