@@ -98,9 +98,8 @@ impl<B: Backend> Scorer<'_, B> {
                 self.max_batch,
             )
         };
-        let x0_hat = |x: Tensor<B, 4>, eps: Tensor<B, 4>, t| -> Result<_, SchedulerError> {
-            let a = prior.alpha_prod(t)?;
-            Ok((x - eps * (1.0 - a).sqrt()) / a.sqrt())
+        let x0_hat = |x: Tensor<B, 4>, eps: Tensor<B, 4>, t| {
+            prior.scheduler().original_from_epsilon(eps, x, &[t])
         };
         match self.mode {
             ScoringMode::OneStep => {

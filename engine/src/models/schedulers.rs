@@ -510,13 +510,36 @@ impl DDIMScheduler {
         sample: Tensor<B, D>,
         timesteps: &[usize],
     ) -> Result<Tensor<B, D>, SchedulerError> {
+        match self.config.prediction_type {
+            PredictionType::Epsilon => self.original_from_epsilon(model_output, sample, timesteps),
+            PredictionType::Sample => {
+                // Still rejects timesteps outside the schedule or of the wrong count.
+                self.coefficient(&sample, timesteps, |a| a)?;
+                Ok(model_output)
+            }
+            PredictionType::VPrediction => {
+                let sqrt_a = self.coefficient(&sample, timesteps, |a| a.sqrt())?;
+                let sqrt_b = self.coefficient(&sample, timesteps, |a| (1.0 - a).sqrt())?;
+                Ok(sqrt_a * sample - sqrt_b * model_output)
+            }
+        }
+    }
+
+    /// The clean-sample estimate `(sample - sqrt(1 - a_t) eps) / sqrt(a_t)` from a noise
+    /// estimate, whatever the model predicts (the guidance hands out epsilon for every
+    /// `prediction_type`).
+    ///
+    /// # Shapes
+    /// - eps, sample, output: `[batch, ...]`; timesteps: 1 or `batch` values
+    pub fn original_from_epsilon<B: Backend, const D: usize>(
+        &self,
+        eps: Tensor<B, D>,
+        sample: Tensor<B, D>,
+        timesteps: &[usize],
+    ) -> Result<Tensor<B, D>, SchedulerError> {
         let sqrt_a = self.coefficient(&sample, timesteps, |a| a.sqrt())?;
         let sqrt_b = self.coefficient(&sample, timesteps, |a| (1.0 - a).sqrt())?;
-        Ok(match self.config.prediction_type {
-            PredictionType::Epsilon => (sample - sqrt_b * model_output) / sqrt_a,
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => sqrt_a * sample - sqrt_b * model_output,
-        })
+        Ok((sample - sqrt_b * eps) / sqrt_a)
     }
 
     /// The noise estimate `eps` from the model output at noisy `sample`, by `prediction_type`.

@@ -101,9 +101,7 @@ pub fn denoise_probe<B: Backend>(
             uncond.clone(),
             guidance_scale,
         )?;
-        // From the noise estimate (what the guidance returns whatever the model predicts).
-        let x0_hat =
-            to_unit((x_t.clone() - eps.clone() * (1.0 - alpha_prod).sqrt()) / alpha_prod.sqrt());
+        let x0_hat = to_unit(scheduler.original_from_epsilon(eps.clone(), x_t.clone(), &[t])?);
         let input = to_unit(x_t / alpha_prod.sqrt());
         let row = ProbeRow {
             timestep: t,
