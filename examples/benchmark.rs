@@ -4,7 +4,8 @@
 //! prints a Markdown table (and writes it with `--out`): per scene representation and method,
 //! the judge's R-precision (top-1 caption retrieval among all compositions) over 8 views,
 //! mean judge CLIP score, wins per prompt and time per asset; RewardSDS at equal steps, SDS
-//! also at equal wall-clock.
+//! also at equal wall-clock. `--images <dir>` saves the judged views (one row per run, in the
+//! order of the log lines).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -31,18 +32,31 @@ struct Args {
     /// Prompts of each group (seen, held-out compositions).
     #[arg(long, default_value_t = 2)]
     prompts: usize,
+    /// Benchmark these captions instead (repeat the flag); each must be a Tiny World caption.
+    #[arg(long)]
+    prompt: Vec<String>,
     /// Seeds per prompt.
     #[arg(long, default_value_t = 2)]
     seeds: u64,
-    /// RewardSDS sample counts to compare (min_max, k = 2).
-    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    /// RewardSDS sample counts to compare (min_max, k = 2); `--n` alone compares none (SDS
+    /// only, e.g. to sweep `--guidance-scale`).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "4,8")]
     n: Vec<usize>,
+    /// Classifier-free guidance scale of every method (default: the `fast` preset's).
+    #[arg(long)]
+    guidance_scale: Option<f32>,
+    /// Prior model: preset name or diffusers folder (default: the `fast` preset's, Tiny World).
+    #[arg(long)]
+    prior: Option<String>,
     /// Scene representations to compare the methods on: nerf, gaussians.
     #[arg(long, value_delimiter = ',', default_value = "nerf,gaussians")]
     scenes: Vec<SceneKind>,
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Save every asset's 8 judged views, one row per run, as `<images>/<scene>.png`.
+    #[arg(long)]
+    images: Option<PathBuf>,
     /// Write the table here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -82,11 +96,28 @@ impl BackendTask for Bench {
             let step = (pairs.len() / args.prompts.max(1)).max(1);
             pairs.into_iter().step_by(step).take(args.prompts).collect()
         };
-        let prompts: Vec<(Composition, &str)> = pick(&split.train)
-            .into_iter()
-            .map(|c| (c, "seen"))
-            .chain(pick(&split.held_out).into_iter().map(|c| (c, "held-out")))
-            .collect();
+        let prompts: Vec<(Composition, &str)> = if args.prompt.is_empty() {
+            pick(&split.train)
+                .into_iter()
+                .map(|c| (c, "seen"))
+                .chain(pick(&split.held_out).into_iter().map(|c| (c, "held-out")))
+                .collect()
+        } else {
+            let mut given = Vec::new();
+            for text in &args.prompt {
+                let c = Composition::parse(text).with_context(|| {
+                    format!("--prompt {text:?}: not a Tiny World caption (e.g. \"a red cube and a blue sphere\")")
+                })?;
+                let group = if split.held_out.contains(&c) {
+                    "held-out"
+                } else {
+                    "seen"
+                };
+                given.push((c, group));
+            }
+            given
+        };
+        let seen = prompts.iter().filter(|p| p.1 == "seen").count();
 
         let mut methods = vec![Method {
             name: "SDS".into(),
@@ -115,6 +146,15 @@ impl BackendTask for Bench {
             });
         }
 
+        for method in &mut methods {
+            if let Some(scale) = args.guidance_scale {
+                method.config.guidance.guidance_scale = scale;
+            }
+            if let Some(prior) = &args.prior {
+                method.config.prior = prior.clone();
+            }
+        }
+
         let judge_dir = resolve_model("tiny-world-judge")?;
         let (clip, _) = CLIPModel::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
         let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&judge_dir)?, &device)?;
@@ -125,6 +165,7 @@ impl BackendTask for Bench {
             let mut scores: Vec<Score> = vec![Score::default(); methods.len()];
             // Per prompt and seed: judge CLIP score of each method, for wins.
             let mut per_run: Vec<Vec<f32>> = Vec::new();
+            let mut sheet: Vec<RgbImage> = Vec::new();
             for (composition, group) in &prompts {
                 for seed in 0..args.seeds {
                     let mut row = Vec::new();
@@ -155,6 +196,7 @@ impl BackendTask for Bench {
                             generator.turntable(8, config.final_render_size())?;
                         let images = RgbImage::to_tensor::<B::InnerBackend>(&views, &device);
                         let r = judge.retrieval(images, &vec![*composition; views.len()]);
+                        sheet.push(RgbImage::hstack(&views));
                         let s = &mut scores[m];
                         s.runs += 1;
                         s.views += views.len();
@@ -176,6 +218,14 @@ impl BackendTask for Bench {
                     per_run.push(row);
                 }
             }
+            if let Some(dir) = &args.images {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let path = dir.join(format!("{}.png", scene.name()));
+                RgbImage::vstack(&sheet)
+                    .save_png(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             for (m, method) in methods.iter().enumerate() {
                 let s = &scores[m];
                 let wins = per_run.iter().filter(|r| r[m] > r[0]).count();
@@ -196,11 +246,13 @@ impl BackendTask for Bench {
             }
         }
         Ok(format!(
-            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds; chance R-precision {:.2}%.\n\n{table}",
+            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds; prior {}, CFG {}; chance R-precision {:.2}%.\n\n{table}",
             prompts.len(),
-            args.prompts,
-            args.prompts,
+            seen,
+            prompts.len() - seen,
             args.seeds,
+            methods[0].config.prior,
+            methods[0].config.guidance.guidance_scale,
             100.0 / Composition::all().len() as f32
         ))
     }
