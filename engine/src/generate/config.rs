@@ -168,7 +168,7 @@ impl GenerateConfig {
             prior: "tiny-world".into(),
             reward: Some("tiny-world-reward".into()),
             guidance: GuidanceConfig {
-                // Measured on Tiny World v3 (docs/tiny_world.md, SDS, 4 prompts): 3-5 best
+                // Measured on Tiny World v3 (docs/benchmarks.md, SDS, 4 prompts): 3-5 best
                 // (judge R-precision 47%), 7.5 38%, 12 34%, 20 31%. Real priors want more.
                 guidance_scale: 5.0,
                 reward: Some(RewardSdsConfig {
