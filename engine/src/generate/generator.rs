@@ -361,11 +361,10 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         let size = self.config.render_size_at(self.step);
         // One seed per step: nothing drawn at step k depends on how the run was split.
         let seed = self.step_seed(self.step);
-        let cameras: Vec<Camera> = CameraSampler::new(
-            self.config.camera.clone(),
-            seed ^ CAMERA_STREAM,
-        )?
-        .sample(self.config.views_per_step, size, size)?;
+        let cameras: Vec<Camera> =
+            CameraSampler::new(self.config.camera.clone(), seed ^ CAMERA_STREAM)?
+                .at_step(self.step, self.config.steps)
+                .sample(self.config.views_per_step, size, size)?;
         let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
         let (images, pending) = match &self.scene {
             SceneState::Nerf { nerf, renderer, .. } => {
