@@ -351,10 +351,10 @@ pub struct OrbitConfig {
     /// Standard deviation of a random shift of the orbit centre, scene units.
     pub center_jitter: f32,
     /// Share of a run's steps, at its start, whose azimuths come from `front_azimuth_range`
-    /// only (0: none; the fast preset's 0.6 is measured in docs/benchmarks.md). Why:
-    /// seen from every side from the first step, SDS averages the views' mirrored layouts of a
-    /// left/right pair into one colour for both objects (docs/benchmarks.md); settled from the
-    /// front first, the layout then carries round the orbit.
+    /// only (0: none; the fast preset uses 0.6). Why: seen from every side from the first
+    /// step, SDS averages the views' mirrored layouts of a left/right pair into one colour for
+    /// both objects; settled from the front first, the layout carries round the orbit
+    /// (docs/benchmarks.md, "Left/right pairs in 3D").
     pub front_fraction: f32,
     /// Azimuth range of the front steps, degrees ([-30, 30]).
     pub front_azimuth_range: [f32; 2],
