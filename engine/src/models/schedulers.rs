@@ -469,6 +469,18 @@ impl DDIMScheduler {
         ))
     }
 
+    /// The signal and noise scales `(sqrt(a_t), sqrt(1 - a_t))` as `coefficient` tensors.
+    fn signal_noise<B: Backend, const D: usize>(
+        &self,
+        like: &Tensor<B, D>,
+        timesteps: &[usize],
+    ) -> Result<(Tensor<B, D>, Tensor<B, D>), SchedulerError> {
+        Ok((
+            self.coefficient(like, timesteps, |a| a.sqrt())?,
+            self.coefficient(like, timesteps, |a| (1.0 - a).sqrt())?,
+        ))
+    }
+
     /// Forward diffusion: `sqrt(a_t) x0 + sqrt(1 - a_t) noise`.
     ///
     /// # Shapes
@@ -479,8 +491,7 @@ impl DDIMScheduler {
         noise: Tensor<B, D>,
         timesteps: &[usize],
     ) -> Result<Tensor<B, D>, SchedulerError> {
-        let sqrt_a = self.coefficient(&original_samples, timesteps, |a| a.sqrt())?;
-        let sqrt_b = self.coefficient(&original_samples, timesteps, |a| (1.0 - a).sqrt())?;
+        let (sqrt_a, sqrt_b) = self.signal_noise(&original_samples, timesteps)?;
         Ok(sqrt_a * original_samples + sqrt_b * noise)
     }
 
@@ -494,8 +505,7 @@ impl DDIMScheduler {
         noise: Tensor<B, D>,
         timesteps: &[usize],
     ) -> Result<Tensor<B, D>, SchedulerError> {
-        let sqrt_a = self.coefficient(&sample, timesteps, |a| a.sqrt())?;
-        let sqrt_b = self.coefficient(&sample, timesteps, |a| (1.0 - a).sqrt())?;
+        let (sqrt_a, sqrt_b) = self.signal_noise(&sample, timesteps)?;
         Ok(sqrt_a * noise - sqrt_b * sample)
     }
 
@@ -518,8 +528,7 @@ impl DDIMScheduler {
                 Ok(model_output)
             }
             PredictionType::VPrediction => {
-                let sqrt_a = self.coefficient(&sample, timesteps, |a| a.sqrt())?;
-                let sqrt_b = self.coefficient(&sample, timesteps, |a| (1.0 - a).sqrt())?;
+                let (sqrt_a, sqrt_b) = self.signal_noise(&sample, timesteps)?;
                 Ok(sqrt_a * sample - sqrt_b * model_output)
             }
         }
@@ -537,8 +546,7 @@ impl DDIMScheduler {
         sample: Tensor<B, D>,
         timesteps: &[usize],
     ) -> Result<Tensor<B, D>, SchedulerError> {
-        let sqrt_a = self.coefficient(&sample, timesteps, |a| a.sqrt())?;
-        let sqrt_b = self.coefficient(&sample, timesteps, |a| (1.0 - a).sqrt())?;
+        let (sqrt_a, sqrt_b) = self.signal_noise(&sample, timesteps)?;
         Ok((sample - sqrt_b * eps) / sqrt_a)
     }
 
@@ -552,8 +560,7 @@ impl DDIMScheduler {
         sample: Tensor<B, D>,
         timesteps: &[usize],
     ) -> Result<Tensor<B, D>, SchedulerError> {
-        let sqrt_a = self.coefficient(&sample, timesteps, |a| a.sqrt())?;
-        let sqrt_b = self.coefficient(&sample, timesteps, |a| (1.0 - a).sqrt())?;
+        let (sqrt_a, sqrt_b) = self.signal_noise(&sample, timesteps)?;
         Ok(match self.config.prediction_type {
             PredictionType::Epsilon => model_output,
             PredictionType::Sample => (sample - sqrt_a * model_output) / sqrt_b,
