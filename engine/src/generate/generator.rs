@@ -24,7 +24,7 @@ use crate::models::reward::ClipScore;
 use crate::optim::GroupedOptimizer;
 use crate::render::{RenderOutput, VolumeRenderer};
 use crate::rgb_image::RgbImage;
-use crate::scene::camera::{Camera, CameraError, CameraSampler, evaluation_orbit};
+use crate::scene::camera::{Camera, CameraError, CameraSampler};
 use crate::scene::gaussians::Gaussians;
 use crate::scene::nerf::Nerf;
 use crate::weights::{LoadError, resolve_model};
@@ -464,9 +464,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
 
     /// `n` views evenly around the object at 15 degrees of elevation.
     pub fn turntable(&self, n: usize, size: u32) -> Result<Vec<RgbImage>, GenerateError> {
-        let fov = 40.0f32;
-        let distance = self.config.camera.camera_distance(0.9, fov);
-        let cameras = evaluation_orbit(n, 15.0, distance, fov, size, size)?;
+        let cameras = self.config.camera.turntable(n, size)?;
         match &self.scene {
             SceneState::Nerf { nerf, renderer, .. } => {
                 Ok(render_views(nerf, renderer, &cameras, &self.device))

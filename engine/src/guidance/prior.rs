@@ -413,6 +413,11 @@ impl<B: Backend> DiffusionPrior<B> {
         &self.unet
     }
 
+    /// The text encoder (`text_encoder/`).
+    pub fn text_encoder(&self) -> &CLIPTextModel<B> {
+        &self.text_encoder
+    }
+
     /// The UNet's config.
     pub fn unet_config(&self) -> &UNet2DConditionModelConfig {
         &self.unet_config

@@ -445,6 +445,13 @@ impl OrbitConfig {
         Ok(())
     }
 
+    /// `n` turntable views of a result: evenly around it at 15 degrees elevation, fov 40,
+    /// distance value 0.9 (inside the training ranges): what results are judged and shown by.
+    pub fn turntable(&self, n: usize, size: u32) -> Result<Vec<Camera>, CameraError> {
+        let fov = 40.0;
+        evaluation_orbit(n, 15.0, self.camera_distance(0.9, fov), fov, size, size)
+    }
+
     /// Camera distance for a sampled distance value `d` and field of view.
     pub fn camera_distance(&self, d: f32, fov_y_deg: f32) -> f32 {
         if self.relative_distance {

@@ -79,6 +79,19 @@ pub fn render_example(
     (image, camera)
 }
 
+/// `composition` laid out from `seed` and rendered from the `n` turntable views the generator
+/// judges its results by ([`OrbitConfig::turntable`]): what a perfect 3D result would show.
+pub fn render_turntable(composition: &Composition, n: usize, seed: u64) -> Vec<RgbImage> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let scene = layout(composition, &mut rng);
+    training_orbit()
+        .turntable(n, IMAGE_SIZE * SUPERSAMPLE)
+        .expect("the default orbit is valid")
+        .iter()
+        .map(|camera| scene.render(camera).downsample(SUPERSAMPLE))
+        .collect()
+}
+
 /// The camera ranges of the training renders: the generator's defaults with random (not
 /// stratified) azimuths.
 pub fn training_orbit() -> OrbitConfig {

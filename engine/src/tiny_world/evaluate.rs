@@ -87,6 +87,24 @@ impl<B: Backend> Judge<B> {
             .expect("every composition is listed")
     }
 
+    /// What the judge reads in each image: its best caption, as a canonical composition.
+    pub fn readings(&self, images: Tensor<B, 4>) -> Vec<Composition> {
+        let sims = self
+            .image_embeds(images)
+            .matmul(self.caption_embeds.clone().transpose());
+        let captions = self.compositions.len();
+        let values = sims.into_data().to_vec::<f32>().expect("f32 similarities");
+        values
+            .chunks(captions)
+            .map(|row| {
+                let best = (0..captions)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .expect("the world has captions");
+                self.compositions[best].canonical()
+            })
+            .collect()
+    }
+
     /// Retrieval of `targets[i]` from image `i` among all captions.
     pub fn retrieval(&self, images: Tensor<B, 4>, targets: &[Composition]) -> Retrieval {
         let n = targets.len();
