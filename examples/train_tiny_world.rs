@@ -44,6 +44,20 @@ struct Args {
     /// of a random initialisation.
     #[arg(long)]
     init_unet: Option<PathBuf>,
+    /// Start the judge CLIP from this folder's weights (e.g. assets/models/tiny-world/judge)
+    /// instead of a random initialisation.
+    #[arg(long)]
+    init_judge: Option<PathBuf>,
+    /// Judge CLIP batch size (default: the preset's).
+    #[arg(long)]
+    judge_batch: Option<usize>,
+    /// Peak learning rate of the judge CLIP (default: the preset's).
+    #[arg(long)]
+    judge_learning_rate: Option<f64>,
+    /// Train the judge CLIP exactly this many steps, whatever the time (default: the preset's
+    /// time budget decides), so a continuation repeats on a busier or faster machine.
+    #[arg(long)]
+    judge_steps: Option<usize>,
     /// UNet batch size (default: the preset's).
     #[arg(long)]
     unet_batch: Option<usize>,
@@ -152,6 +166,27 @@ fn main() -> Result<()> {
         }
         config.unet.init_from = Some(dir.clone());
     }
+    if let Some(dir) = &args.init_judge {
+        if !dir.join("config.json").is_file() {
+            bail!(
+                "--init-judge {}: not a CLIP folder (no config.json)",
+                dir.display()
+            );
+        }
+        config.judge_training.init_from = Some(dir.clone());
+    }
+    if let Some(batch) = args.judge_batch {
+        if batch < 2 {
+            bail!("--judge-batch must be at least 2 (a contrastive batch)");
+        }
+        config.judge.batch_size = batch;
+    }
+    if let Some(lr) = args.judge_learning_rate {
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--judge-learning-rate {lr}: must be a finite number > 0");
+        }
+        config.judge.learning_rate = lr;
+    }
     if let Some(batch) = args.unet_batch {
         if batch == 0 {
             bail!("--unet-batch must be at least 1");
@@ -207,6 +242,15 @@ fn main() -> Result<()> {
         &mut config.unet.phase,
     ] {
         phase.max_seconds *= args.time_scale;
+    }
+    if let Some(steps) = args.judge_steps {
+        if steps == 0 {
+            bail!("--judge-steps must be at least 1");
+        }
+        // The warm-up a time-cut run gets (a tenth), and no time limit.
+        config.judge.steps = steps;
+        config.judge.warmup_steps = config.judge.warmup_steps.min((steps / 10).max(1));
+        config.judge.max_seconds = 1e9;
     }
     let mut phases = Phases::default();
     for name in args

@@ -133,6 +133,52 @@ fn recipe_runs_end_to_end_and_its_folders_load() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-3, "continued UNet moved by {worst}");
 
+    // The judge continued the same way (canonical pairs, the preset's) keeps its weights at
+    // learning rate 0; a folder of another CLIP configuration is refused by name.
+    let judge_weights = |dir: &std::path::Path| -> Vec<f32> {
+        let (model, _) = CLIPModel::<B>::from_folder(&dir.join("judge"), &device).unwrap();
+        model
+            .visual_projection
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let mut recipe_judge = RecipeConfig::test();
+    assert!(recipe_judge.judge_training.canonical_pairs);
+    recipe_judge.judge_training.init_from = Some(out.join("judge"));
+    recipe_judge.judge.learning_rate = 0.0;
+    let judge_phase = Phases {
+        judge: true,
+        ..Phases::default()
+    };
+    run_recipe::<Autodiff<B>>(&recipe_judge, judge_phase, &again, 2, &device, &mut |_| {}).unwrap();
+    let (before, after) = (judge_weights(&out), judge_weights(&again));
+    let worst = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "continued judge moved by {worst}");
+    let other_clip = temp_dir("tiny-world-other-clip");
+    copy_dir(&out.join("judge"), &other_clip);
+    let config_path = other_clip.join("config.json");
+    let mut config_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config_json["projection_dim"] = serde_json::json!(8);
+    std::fs::write(&config_path, config_json.to_string()).unwrap();
+    recipe_judge.judge_training.init_from = Some(other_clip.clone());
+    let err =
+        run_recipe::<Autodiff<B>>(&recipe_judge, judge_phase, &again, 2, &device, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("judge") && err.contains("config.json"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&other_clip).ok();
+
     // Continuing with another objective writes it into the prior's scheduler config (which
     // sampling and SDS convert by), and a later evaluation-only run keeps the folder's.
     let preset = RecipeConfig::test().unet.prediction_type;
@@ -276,6 +322,40 @@ fn shipped_prior_denoises_true_renders() {
         ),
         "{err}"
     );
+}
+
+/// The judge's readings of true renders are their own captions most of the time, and agree
+/// with its retrieval's top-1 (the same best caption, counted two ways).
+#[test]
+fn shipped_judge_reads_true_renders() {
+    use rewardsds_engine::tiny_world::evaluate::{Judge, spread_pairs};
+    use rewardsds_engine::tiny_world::{Dataset, Split};
+
+    let device = Default::default();
+    let root = resolve_model("tiny-world").unwrap();
+    let tokenizer = CLIPTokenizer::from_folder(&root.join("tokenizer")).unwrap();
+    let (judge, _) = CLIPModel::<B>::from_folder(&root.join("judge"), &device).unwrap();
+    let judge = Judge::new(judge, &tokenizer, &device).unwrap();
+    let captions = spread_pairs(&Split::new(0.1, 2503).train, 8);
+    let data = Dataset::render(&captions, 1, 11, 2);
+    let indices: Vec<usize> = (0..captions.len()).collect();
+    let images = data.images::<B>(&indices, &device);
+    let readings = judge.readings(images.clone());
+    assert_eq!(readings.len(), captions.len());
+    let right = readings
+        .iter()
+        .zip(&captions)
+        .filter(|(r, c)| **r == c.canonical())
+        .count();
+    let retrieval = judge.retrieval(images, &captions);
+    assert_eq!(right as f32 / captions.len() as f32, retrieval.top1);
+    assert!(
+        right * 2 > captions.len(),
+        "{right} of {}: {readings:?}",
+        captions.len()
+    );
+    // Readings are canonical: an "and" pair in item order.
+    assert!(readings.iter().all(|r| *r == r.canonical()));
 }
 
 /// Every UNet parameter gets its gradient when the training batch is split across threads

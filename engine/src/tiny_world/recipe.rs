@@ -15,7 +15,9 @@ use super::evaluate::{Judge, Retrieval, spread_pairs};
 use super::folder::{write_clip, write_pipeline_files, write_text_encoder, write_unet};
 use super::models::{ModelScale, scheduler};
 use super::sample::{SampleError, sample};
-use super::train::{LogEntry, PhaseConfig, TrainError, UnetTraining, train_clip, train_unet};
+use super::train::{
+    ClipTraining, LogEntry, PhaseConfig, TrainError, UnetTraining, train_clip, train_unet,
+};
 use crate::models::clip::CLIPModel;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, PredictionType};
@@ -41,6 +43,10 @@ pub struct RecipeConfig {
     pub reward: PhaseConfig,
     /// The judge CLIP.
     pub judge: PhaseConfig,
+    /// How the judge starts and what it counts as one caption (the reward's CLIP keeps the
+    /// defaults: its text tower is the prior's, trained as shipped).
+    #[serde(default)]
+    pub judge_training: ClipTraining,
     /// The UNet.
     pub unet: UnetTraining,
     /// Prompts per group (held-out, seen) sampled for the evaluation.
@@ -72,6 +78,11 @@ impl RecipeConfig {
             images_per_caption: 32,
             reward: phase(4000, 512, 1e-3, 60.0),
             judge: phase(4000, 512, 1e-3, 40.0),
+            // Judged up to the viewpoint, as the retrieval scores (docs/tiny_world.md, judge v1).
+            judge_training: ClipTraining {
+                init_from: None,
+                canonical_pairs: true,
+            },
             unet: UnetTraining {
                 phase: phase(40_000, 64, 1e-3, 330.0),
                 caption_dropout: 0.1,
@@ -266,6 +277,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             data,
             &tokenizer,
             &config.reward,
+            &ClipTraining::default(),
             config.seed + 1,
             device,
             &mut log,
@@ -281,6 +293,7 @@ pub fn run_recipe<B: AutodiffBackend>(
             data,
             &tokenizer,
             &config.judge,
+            &config.judge_training,
             config.seed + 2,
             device,
             &mut log,

@@ -196,6 +196,32 @@ pub fn sibling(c: &Composition, rng: &mut impl Rng) -> Composition {
     }
 }
 
+/// A hard negative for a judge that compares compositions up to the viewpoint: a [`sibling`]
+/// that is not `c` itself seen from the other side ("b and a" for "a and b" would be a false
+/// negative there).
+pub fn canonical_sibling(c: &Composition, rng: &mut impl Rng) -> Composition {
+    loop {
+        let s = sibling(c, rng);
+        if s.canonical() != c.canonical() {
+            return s;
+        }
+    }
+}
+
+/// How a CLIP phase starts and what counts as the same caption.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClipTraining {
+    /// Start from this CLIP folder's weights (same config) instead of a random
+    /// initialisation: a longer run continues a shorter one.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    /// Compare compositions up to the viewpoint, as the judge's retrieval does: a batch holds
+    /// distinct canonical compositions, an "and" pair's text comes in either order, and no
+    /// hard negative is the pair's own other order.
+    #[serde(default)]
+    pub canonical_pairs: bool,
+}
+
 /// The token ids of `prompts` as a `[n, max_length]` tensor.
 fn ids<B: Backend>(
     tokenizer: &CLIPTokenizer,
@@ -208,12 +234,14 @@ fn ids<B: Backend>(
 
 /// Train a CLIP pair on `data` (all its captions) with the symmetric contrastive loss. Each
 /// batch holds distinct captions, half of them next to a one-attribute sibling.
+#[allow(clippy::too_many_arguments)]
 pub fn train_clip<B: AutodiffBackend>(
     name: &str,
     config: &CLIPConfig,
     data: &Dataset,
     tokenizer: &CLIPTokenizer,
     phase: &PhaseConfig,
+    training: &ClipTraining,
     seed: u64,
     device: &B::Device,
     log: &mut dyn FnMut(&LogEntry),
@@ -233,9 +261,32 @@ pub fn train_clip<B: AutodiffBackend>(
         .enumerate()
         .map(|(i, c)| (*c, i))
         .collect();
+    // Canonical mode: one key per composition up to the viewpoint.
+    let key = |c: usize| -> Composition {
+        let composition = data.compositions[c];
+        if training.canonical_pairs {
+            composition.canonical()
+        } else {
+            composition
+        }
+    };
     B::seed(device, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = config.init::<B>(device);
+    if let Some(dir) = &training.init_from {
+        let file = dir.join("config.json");
+        let found = CLIPConfig::from_file(&file)?;
+        if found != *config {
+            return Err(TrainError::BadConfig {
+                phase: name.into(),
+                reason: format!(
+                    "{} is another CLIP configuration than this phase trains",
+                    file.display()
+                ),
+            });
+        }
+        model = CLIPModel::<B>::from_folder(dir, device)?.0;
+    }
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.98)
         .with_epsilon(1e-6)
@@ -252,14 +303,19 @@ pub fn train_clip<B: AutodiffBackend>(
         let mut seen = std::collections::HashSet::new();
         while chosen.len() < batch {
             let c = rng.random_range(0..captions);
-            if !seen.insert(c) {
+            if !seen.insert(key(c)) {
                 continue;
             }
             chosen.push(c);
             if chosen.len() < batch && rng.random::<bool>() {
-                let s = sibling(&data.compositions[c], &mut rng);
+                let composition = &data.compositions[c];
+                let s = if training.canonical_pairs {
+                    canonical_sibling(composition, &mut rng)
+                } else {
+                    sibling(composition, &mut rng)
+                };
                 if let Some(&j) = index_of.get(&s)
-                    && seen.insert(j)
+                    && seen.insert(key(j))
                 {
                     chosen.push(j);
                 }
@@ -271,7 +327,13 @@ pub fn train_clip<B: AutodiffBackend>(
             .collect();
         let prompts: Vec<String> = chosen
             .iter()
-            .map(|&c| data.compositions[c].caption())
+            .map(|&c| match data.compositions[c] {
+                // The image's pair named in either order: both describe it.
+                Composition::And(a, b) if training.canonical_pairs && rng.random::<bool>() => {
+                    Composition::And(b, a).caption()
+                }
+                other => other.caption(),
+            })
             .collect();
         let pixels = clip_preprocess(
             data.images::<B>(&images, device),
@@ -502,6 +564,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn canonical_siblings_are_never_the_pair_seen_from_behind() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut swapped_colours = 0;
+        for c in Composition::all().iter().step_by(17) {
+            for _ in 0..16 {
+                let s = canonical_sibling(c, &mut rng);
+                assert_ne!(s.canonical(), c.canonical(), "{c} -> {s}");
+                assert_eq!(std::mem::discriminant(c), std::mem::discriminant(&s));
+                if let (Composition::And(a, b), Composition::And(x, y)) = (c, &s) {
+                    swapped_colours += usize::from(x.color == b.color && y.color == a.color);
+                }
+            }
+        }
+        // The colour swap ("a red sphere and a blue cube" for "a red cube and a blue sphere")
+        // stays among the negatives: it is what binds shapes to colours.
+        assert!(swapped_colours > 0);
     }
 
     #[test]
