@@ -197,7 +197,7 @@ fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
     let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&dir)?, device)?;
     let images: Tensor<B, 4> = RgbImage::to_tensor(views, device);
     let targets = vec![target; views.len()];
-    let r = judge.retrieval(images, &targets);
+    let r = judge.retrieval(images.clone(), &targets);
     println!(
         "judge: {:.0}% of {} views retrieve the prompt among all captions (top-5 {:.0}%), judge CLIP score {:.1}",
         100.0 * r.top1,
@@ -205,6 +205,12 @@ fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
         100.0 * r.top5,
         r.clip_score
     );
+    let readings: Vec<String> = judge
+        .readings(images)
+        .iter()
+        .map(Composition::caption)
+        .collect();
+    println!("judge reads, view by view: {}", readings.join("; "));
     Ok(())
 }
 
