@@ -15,8 +15,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::generate::{GenerateConfig, Generator, SceneKind, load_guidance};
-use rewardsds::engine::models::clip::CLIPModel;
-use rewardsds::engine::models::tokenizer::CLIPTokenizer;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::{Composition, Split};
@@ -156,8 +154,7 @@ impl BackendTask for Bench {
         }
 
         let judge_dir = resolve_model("tiny-world-judge")?;
-        let (clip, _) = CLIPModel::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
-        let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&judge_dir)?, &device)?;
+        let judge = Judge::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
         let mut table = String::from(
             "| scene | method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | s/asset |\n|---|---|---|---|---|---|---|\n",
         );

@@ -13,8 +13,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::generate::{Image2dConfig, Image2dGenerator};
-use rewardsds::engine::models::clip::CLIPModel;
-use rewardsds::engine::models::tokenizer::CLIPTokenizer;
 use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
@@ -95,8 +93,7 @@ impl BackendTask for Bench {
         ];
 
         let judge_dir = resolve_model("tiny-world-judge")?;
-        let (clip, _) = CLIPModel::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
-        let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&judge_dir)?, &device)?;
+        let judge = Judge::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
         let mut scores = vec![Score::default(); methods.len()];
         let mut per_run: Vec<Vec<f32>> = Vec::new();
         for composition in &prompts {

@@ -19,8 +19,6 @@ use rewardsds::engine::export::write_splat_ply;
 use rewardsds::engine::generate::{
     GenerateConfig, GenerateEvent, Generator, Progress, SceneKind, checkpoint_config, slug,
 };
-use rewardsds::engine::models::clip::CLIPModel;
-use rewardsds::engine::models::tokenizer::CLIPTokenizer;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::Composition;
 use rewardsds::engine::tiny_world::evaluate::Judge;
@@ -167,11 +165,15 @@ impl BackendTask for Generate {
             .save_png(out.join("turntable.png"))
             .context("saving the turntable")?;
         std::fs::write(out.join("progress.json"), serde_json::to_string(&log)?)?;
-        // The built-in prior, or a folder of its layout (a retrained copy, with its judge).
-        let tiny_world = config.prior == "tiny-world"
-            || std::path::Path::new(&config.prior).join("judge").is_dir();
-        if tiny_world {
-            judge_views::<B::InnerBackend>(&config.prompt, &views, &device)?;
+        // The built-in prior's judge, or the judge inside a folder of its layout (a retrained
+        // copy).
+        let judge_dir = if config.prior == "tiny-world" {
+            Some(resolve_model("tiny-world-judge")?)
+        } else {
+            Some(std::path::Path::new(&config.prior).join("judge")).filter(|dir| dir.is_dir())
+        };
+        if let Some(dir) = judge_dir {
+            judge_views::<B::InnerBackend>(&config.prompt, &views, &dir, &device)?;
         }
         println!(
             "done in {:.1}s ({:.2}s per step)",
@@ -186,15 +188,15 @@ impl BackendTask for Generate {
 fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
     prompt: &str,
     views: &[RgbImage],
+    judge_dir: &std::path::Path,
     device: &B::Device,
 ) -> Result<()> {
     let Some(target) = Composition::parse(prompt) else {
         println!("judge: the prompt is not a Tiny World caption; skipped");
         return Ok(());
     };
-    let dir = resolve_model("tiny-world-judge")?;
-    let (clip, _) = CLIPModel::<B>::from_folder(&dir, device)?;
-    let judge = Judge::new(clip, &CLIPTokenizer::from_folder(&dir)?, device)?;
+    let judge = Judge::<B>::from_folder(judge_dir, device)
+        .with_context(|| format!("loading the judge {}", judge_dir.display()))?;
     let images: Tensor<B, 4> = RgbImage::to_tensor(views, device);
     let targets = vec![target; views.len()];
     let r = judge.retrieval(images.clone(), &targets);

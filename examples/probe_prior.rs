@@ -13,8 +13,6 @@ use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn;
 use rewardsds::engine::guidance::DiffusionPrior;
-use rewardsds::engine::models::clip::CLIPModel;
-use rewardsds::engine::models::tokenizer::CLIPTokenizer;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::evaluate::{Judge, Retrieval, spread_pairs};
 use rewardsds::engine::tiny_world::probe::denoise_probe;
@@ -82,10 +80,8 @@ impl BackendTask for Probe {
             .judge
             .clone()
             .unwrap_or_else(|| args.prior.join("judge"));
-        let tokenizer = CLIPTokenizer::from_folder(&args.prior.join("tokenizer"))?;
-        let (judge, _) = CLIPModel::<I<B>>::from_folder(&judge_dir, &device)
+        let judge = Judge::<I<B>>::from_folder(&judge_dir, &device)
             .with_context(|| format!("loading the judge {}", judge_dir.display()))?;
-        let judge = Judge::new(judge, &tokenizer, &device)?;
         let split = Split::new(0.1, 2503);
         let groups = [
             ("held-out", spread_pairs(&split.held_out, args.prompts)),

@@ -17,7 +17,6 @@ use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn;
 use rewardsds::engine::guidance::DiffusionPrior;
-use rewardsds::engine::models::clip::CLIPModel;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::dataset::render_turntable;
 use rewardsds::engine::tiny_world::evaluate::Judge;
@@ -81,9 +80,8 @@ impl BackendTask for SamplePrior {
             .judge
             .clone()
             .unwrap_or_else(|| args.prior.join("judge"));
-        let (clip, _) = CLIPModel::<I<B>>::from_folder(&judge_dir, &device)
+        let judge = Judge::<I<B>>::from_folder(&judge_dir, &device)
             .with_context(|| format!("loading the judge {}", judge_dir.display()))?;
-        let judge = Judge::new(clip, prior.tokenizer(), &device)?;
         let split = Split::new(0.1, 2503);
         println!(
             "prior {}, judge {}, {} samples per prompt, DDIM {}, CFG {}, seed {}\n",

@@ -280,9 +280,7 @@ fn shipped_prior_denoises_true_renders() {
     let device = Default::default();
     let root = resolve_model("tiny-world").unwrap();
     let prior = DiffusionPrior::<B>::from_folder(&root, &device).unwrap();
-    let tokenizer = CLIPTokenizer::from_folder(&root.join("tokenizer")).unwrap();
-    let (judge, _) = CLIPModel::<B>::from_folder(&root.join("judge"), &device).unwrap();
-    let judge = Judge::new(judge, &tokenizer, &device).unwrap();
+    let judge = Judge::<B>::from_folder(&root.join("judge"), &device).unwrap();
     let captions = spread_pairs(&Split::new(0.1, 2503).held_out, 4);
     let data = Dataset::render(&captions, 1, 7, 2);
     let images = data.images::<B>(&[0, 1, 2, 3], &device);
@@ -333,9 +331,7 @@ fn shipped_judge_reads_true_renders() {
 
     let device = Default::default();
     let root = resolve_model("tiny-world").unwrap();
-    let tokenizer = CLIPTokenizer::from_folder(&root.join("tokenizer")).unwrap();
-    let (judge, _) = CLIPModel::<B>::from_folder(&root.join("judge"), &device).unwrap();
-    let judge = Judge::new(judge, &tokenizer, &device).unwrap();
+    let judge = Judge::<B>::from_folder(&root.join("judge"), &device).unwrap();
     let captions = spread_pairs(&Split::new(0.1, 2503).train, 8);
     let data = Dataset::render(&captions, 1, 11, 2);
     let indices: Vec<usize> = (0..captions.len()).collect();

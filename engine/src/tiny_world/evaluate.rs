@@ -1,6 +1,8 @@
 //! The judge's measurements: caption retrieval (which of all the world's captions an image
 //! matches best) and CLIP score, with a CLIP that was never used as a reward.
 
+use std::path::Path;
+
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -63,6 +65,13 @@ impl<B: Backend> Judge<B> {
             compositions,
             caption_embeds: Tensor::cat(chunks, 0),
         })
+    }
+
+    /// The CLIP of a transformers folder (`config.json`, safetensors, `tokenizer.json`), such
+    /// as the shipped `judge/` or `reward/`, with every caption embedded.
+    pub fn from_folder(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        let (model, _) = CLIPModel::from_folder(dir, device)?;
+        Self::new(model, &CLIPTokenizer::from_folder(dir)?, device)
     }
 
     /// L2-normalised image embeddings, `[n, d]`, of images in `[0, 1]`.

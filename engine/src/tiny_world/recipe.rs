@@ -18,7 +18,6 @@ use super::sample::{SampleError, sample};
 use super::train::{
     ClipTraining, LogEntry, PhaseConfig, TrainError, UnetTraining, train_clip, train_unet,
 };
-use crate::models::clip::CLIPModel;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, PredictionType};
 use crate::models::tokenizer::CLIPTokenizer;
@@ -366,10 +365,8 @@ pub fn evaluate<B: Backend>(
         .init::<B>(device)
         .load_weights(&crate::weights::weight_files(&out.join("unet"))?, device)?
         .0;
-    let (judge_clip, _) = CLIPModel::<B>::from_folder(&out.join("judge"), device)?;
-    let judge = Judge::new(judge_clip, tokenizer, device)?;
-    let (reward_clip, _) = CLIPModel::<B>::from_folder(&out.join("reward"), device)?;
-    let reward = Judge::new(reward_clip, tokenizer, device)?;
+    let judge = Judge::<B>::from_folder(&out.join("judge"), device)?;
+    let reward = Judge::<B>::from_folder(&out.join("reward"), device)?;
     let held = spread_pairs(&split.held_out, config.eval_prompts);
     let seen = spread_pairs(&split.train, config.eval_prompts);
     let size = IMAGE_SIZE as usize;
