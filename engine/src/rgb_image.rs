@@ -27,6 +27,17 @@ pub struct ImageWriteError {
     pub source: image::ImageError,
 }
 
+/// Reading an image failed.
+#[derive(Debug, thiserror::Error)]
+#[error("could not read image {path}: {source}")]
+pub struct ImageReadError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    #[source]
+    pub source: image::ImageError,
+}
+
 impl RgbImage {
     /// An image filled with one colour.
     pub fn filled(width: u32, height: u32, color: [f32; 3]) -> Self {
@@ -36,6 +47,24 @@ impl RgbImage {
             height,
             data: color.iter().copied().cycle().take(3 * n).collect(),
         }
+    }
+
+    /// The `width` x `height` window whose top-left pixel is `(x, y)`; `None` where it does
+    /// not fit inside the image.
+    pub fn crop(&self, x: u32, y: u32, width: u32, height: u32) -> Option<Self> {
+        if x.checked_add(width)? > self.width || y.checked_add(height)? > self.height {
+            return None;
+        }
+        let mut data = Vec::with_capacity(3 * width as usize * height as usize);
+        for row in y..y + height {
+            let start = 3 * (row as usize * self.width as usize + x as usize);
+            data.extend_from_slice(&self.data[start..start + 3 * width as usize]);
+        }
+        Some(Self {
+            width,
+            height,
+            data,
+        })
     }
 
     /// Pixel at `(x, y)`.
@@ -195,6 +224,22 @@ impl RgbImage {
             source,
         })
     }
+
+    /// Reads an image file (any format the `image` crate reads here: PNG) as 8-bit RGB, the
+    /// inverse of [`RgbImage::save_png`] up to its 8-bit rounding.
+    pub fn load_png(path: impl AsRef<Path>) -> Result<Self, ImageReadError> {
+        let path = path.as_ref();
+        let image = image::open(path).map_err(|source| ImageReadError {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let rgb = image.to_rgb8();
+        Ok(Self {
+            width: rgb.width(),
+            height: rgb.height(),
+            data: rgb.as_raw().iter().map(|&v| f32::from(v) / 255.0).collect(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -222,12 +267,41 @@ mod tests {
         assert_eq!(strip.pixel(1, 2), [0.1, 0.2, 0.3]);
         let t = RgbImage::to_tensor::<NdArray>(&[a.clone(), b.clone()], &Default::default());
         assert_eq!(t.dims(), [2, 3, 3, 2]);
-        assert_eq!(RgbImage::from_tensor(t), vec![a, b]);
+        assert_eq!(RgbImage::from_tensor(t), vec![a, b.clone()]);
         // Rows: the narrower one is padded with white on the right.
         let rows = RgbImage::vstack(&[strip.clone(), RgbImage::filled(1, 2, [0.4; 3])]);
         assert_eq!((rows.width, rows.height), (4, 5));
         assert_eq!(rows.pixel(2, 0), [0.0, 0.9, 0.9]);
         assert_eq!(rows.pixel(0, 4), [0.4; 3]);
+        // A crop is the window, and out-of-bounds windows are refused.
+        assert_eq!(rows.crop(2, 0, 2, 3), Some(b));
+        assert_eq!(
+            rows.crop(0, 3, 1, 2),
+            Some(RgbImage::filled(1, 2, [0.4; 3]))
+        );
+        assert_eq!(rows.crop(3, 0, 2, 1), None);
+        assert_eq!(rows.crop(0, u32::MAX, 1, 2), None);
         assert_eq!(rows.pixel(1, 4), [1.0; 3]);
+    }
+
+    #[test]
+    fn png_round_trip_and_unreadable_file() {
+        let dir = std::env::temp_dir().join(format!("rgb_image_png_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut image = RgbImage::filled(3, 2, [0.25, 0.5, 1.0]);
+        image.data[4] = 0.0;
+        let path = dir.join("a.png");
+        image.save_png(&path).unwrap();
+        let back = RgbImage::load_png(&path).unwrap();
+        assert_eq!((back.width, back.height), (3, 2));
+        for (a, b) in image.data.iter().zip(&back.data) {
+            assert!((a - b).abs() <= 0.5 / 255.0 + 1e-6, "{a} vs {b}");
+        }
+        std::fs::write(dir.join("bad.png"), b"not a png").unwrap();
+        let err = RgbImage::load_png(dir.join("bad.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.png"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
