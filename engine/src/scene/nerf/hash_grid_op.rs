@@ -345,6 +345,7 @@ host_path!(burn::backend::Flex);
 
 /// GPU backends: the forward gathers on the device; the backward runs the host loops (its
 /// scatter-add has no fast burn op; a CubeCL kernel with atomic adds replaces this next).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 macro_rules! device_tensor_path {
     ($backend:ty) => {
         impl HashGridBackend for $backend {
