@@ -270,7 +270,13 @@ fn main() -> Result<()> {
     let kind: BackendKind = args.backend.parse().context("--backend")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let config_path = args.out.join("training_config.json");
+    // An evaluation alone must not overwrite the record of the training that made the folder.
+    let trains = phases.reward || phases.judge || phases.unet;
+    let config_path = args.out.join(if trains {
+        "training_config.json"
+    } else {
+        "eval_config.json"
+    });
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
     run_on(
