@@ -136,6 +136,7 @@ pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, B
             type B = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
             let device = Default::default();
             probe::<B>(kind, &device)?;
+            crate::host_memory::keep_freed_memory();
             Ok(task.run::<B>(device))
         }
         #[cfg(feature = "wgpu")]
@@ -157,6 +158,7 @@ pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, B
             type B = burn::backend::Autodiff<burn::backend::Flex>;
             let device = Default::default();
             probe::<B>(kind, &device)?;
+            crate::host_memory::keep_freed_memory();
             Ok(task.run::<B>(device))
         }
         #[allow(unreachable_patterns)]

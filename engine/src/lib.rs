@@ -4,6 +4,7 @@
 //!
 //! - [`backend`]: choose cpu (ndarray), wgpu or cuda at run time.
 //! - [`host_batch`]: one chunk of a batch per CPU core on host backends.
+//! - [`host_memory`]: the C allocator keeps freed memory for the host backends' next step.
 //! - [`scene`]: cameras and differentiable scene representations (hash-grid NeRF).
 //! - [`render`]: differentiable renderers (volume rendering).
 //! - [`fit`]: photometric fitting of a NeRF to posed images (renderer check, `fit_scene`).
@@ -27,6 +28,7 @@ pub mod fit;
 pub mod generate;
 pub mod guidance;
 pub mod host_batch;
+pub mod host_memory;
 pub mod mesh;
 pub mod models;
 pub mod optim;
