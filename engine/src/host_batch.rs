@@ -8,6 +8,7 @@
 
 use std::any::TypeId;
 use std::ops::Range;
+use std::sync::mpsc;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -147,6 +148,121 @@ where
         sum.accumulate(model, grads);
     }
     (total, sum.grads())
+}
+
+/// The value and parameter gradients of a loss that couples the whole batch through
+/// per-sample embeddings (CLIP's contrastive loss: every image against every caption), with
+/// the embedding passes split across at most `chunks` parts that run in parallel.
+/// `embed(model, range)` returns the embeddings of the samples in `range` (`[len, d]` each,
+/// e.g. image and text features); `loss(model, embeddings)` is the loss of the whole batch's
+/// embeddings, concatenated in order. Each part embeds its samples with its own graph; the
+/// loss and its gradient with respect to every embedding are computed once on the gathered
+/// embeddings, and each part then backpropagates its slice of that gradient (the split of
+/// GradCache, Gao et al. 2021, with each part's graph kept between the passes instead of a
+/// second forward). Parameters `loss` itself uses (a learned temperature) get their gradient
+/// from that pass. Equal to the unsplit gradient up to float summation order.
+pub fn coupled_batch_gradients<B, M, E, L>(
+    model: &M,
+    batch: usize,
+    chunks: usize,
+    embed: E,
+    loss: L,
+) -> (f32, GradientsParams)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    M::InnerModule: Sync,
+    E: Fn(&M, Range<usize>) -> Vec<Tensor<B, 2>> + Sync,
+    L: Fn(&M, Vec<Tensor<B, 2>>) -> Tensor<B, 1>,
+{
+    let ranges = split(batch, chunks);
+    if ranges.len() <= 1 {
+        let value = loss(model, embed(model, 0..batch));
+        let scalar = value.clone().into_scalar().elem::<f32>();
+        return (scalar, GradientsParams::from_grads(value.backward(), model));
+    }
+    type Inner<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 2>;
+    let inner = model.valid();
+    let mut tracked = Tracked(Vec::new());
+    model.visit(&mut tracked);
+    let (embeds_tx, embeds_rx) = mpsc::channel::<(usize, Vec<Inner<B>>)>();
+    let (grads_txs, grads_rxs): (Vec<_>, Vec<_>) = ranges
+        .iter()
+        .map(|_| mpsc::channel::<Vec<Inner<B>>>())
+        .unzip();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranges
+            .iter()
+            .cloned()
+            .zip(grads_rxs)
+            .enumerate()
+            .map(|(i, (range, grads_rx))| {
+                let (inner, tracked, embed) = (&inner, &tracked, &embed);
+                let embeds_tx = embeds_tx.clone();
+                scope.spawn(move || {
+                    // Own parameter leaves, as in `batch_gradients`.
+                    let local = M::from_inner(inner.clone()).map(&mut Track(tracked.0.iter()));
+                    let embeds = embed(&local, range);
+                    let values = embeds.iter().map(|e| e.clone().inner()).collect();
+                    // Sent, then the sender dropped: a part that fails before this point
+                    // closes the channel instead of leaving the caller waiting.
+                    embeds_tx.send((i, values)).ok()?;
+                    drop(embeds_tx);
+                    let grads = grads_rx.recv().ok()?;
+                    // d(sum(e * g)) / d(params) is the loss gradient through this part.
+                    let surrogate = embeds
+                        .into_iter()
+                        .zip(grads)
+                        .map(|(e, g)| (e * Tensor::from_inner(g)).sum())
+                        .reduce(|a, b| a + b)?;
+                    Some(GradientsParams::from_grads(surrogate.backward(), &local))
+                })
+            })
+            .collect();
+        drop(embeds_tx);
+        let mut parts: Vec<Option<Vec<Inner<B>>>> = ranges.iter().map(|_| None).collect();
+        for (i, values) in embeds_rx.iter() {
+            parts[i] = Some(values);
+        }
+        let result = parts.into_iter().collect::<Option<Vec<_>>>().map(|parts| {
+            // [batch, d] leaves, one per embedding kind.
+            let kinds = parts[0].len();
+            let leaves: Vec<Tensor<B, 2>> = (0..kinds)
+                .map(|k| {
+                    let pieces = parts.iter().map(|p| p[k].clone()).collect();
+                    Tensor::from_inner(Tensor::cat(pieces, 0)).require_grad()
+                })
+                .collect();
+            let value = loss(model, leaves.clone());
+            let scalar = value.clone().into_scalar().elem::<f32>();
+            let grads = value.backward();
+            for (range, tx) in ranges.iter().zip(&grads_txs) {
+                let slices = leaves
+                    .iter()
+                    .map(|leaf| {
+                        leaf.grad(&grads)
+                            .expect("the loss uses every embedding")
+                            .narrow(0, range.start, range.len())
+                    })
+                    .collect();
+                tx.send(slices).ok();
+            }
+            (scalar, GradientsParams::from_grads(grads, model))
+        });
+        // Waiting parts see their channel close if the loss pass did not run.
+        drop(grads_txs);
+        let mut sum = GradientsAccumulator::<M>::new();
+        for handle in handles {
+            match handle.join() {
+                Ok(Some(grads)) => sum.accumulate(model, grads),
+                Ok(None) => {}
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        let (scalar, grads) = result.expect("every part sent its embeddings");
+        sum.accumulate(model, grads);
+        (scalar, sum.grads())
+    })
 }
 
 /// Whether each float parameter requires a gradient, in visiting order.

@@ -385,3 +385,69 @@ fn split_training_batches_reach_every_unet_parameter() {
         "{value} vs {whole}"
     );
 }
+
+/// CLIP's contrastive training split across threads gives the whole batch's loss and
+/// gradients: the towers run per part, the loss (every image against every caption) once on
+/// the gathered embeddings, and each part backpropagates its slice of the embeddings'
+/// gradient. The learned temperature, used only by the loss, gets its gradient too.
+#[test]
+fn split_contrastive_gradients_are_the_whole_batchs() {
+    use burn::tensor::{Distribution, Int, Tolerance};
+    use rewardsds_engine::host_batch::coupled_batch_gradients;
+    use rewardsds_engine::models::clip::l2_normalize;
+    use rewardsds_engine::tiny_world::train::contrastive_loss;
+    type AD = Autodiff<NdArray>;
+    let device = Default::default();
+    let config = ModelScale::Test.judge_clip();
+    let model: CLIPModel<AD> = config.init::<AD>(&device);
+    let s = config.vision_config.image_size;
+    let pixels = Tensor::<B, 4>::random([5, 3, s, s], Distribution::Default, &device);
+    let tokenizer =
+        CLIPTokenizer::from_folder(&resolve_model("tiny-world-judge").unwrap()).unwrap();
+    let captions = [
+        "a red cube",
+        "a blue sphere and a red cone",
+        "a green torus on top of a black cube",
+        "a white cylinder",
+        "a purple cone and a yellow sphere",
+    ];
+    let ids: Tensor<B, 2, Int> = tokenizer.input_ids(&captions, &device).unwrap();
+    let embed = |m: &CLIPModel<AD>, r: std::ops::Range<usize>| {
+        let p = Tensor::from_inner(pixels.clone().narrow(0, r.start, r.len()));
+        let t = Tensor::from_inner(ids.clone().narrow(0, r.start, r.len()));
+        vec![
+            l2_normalize(m.get_image_features(p)),
+            l2_normalize(m.get_text_features(t)),
+        ]
+    };
+    let loss = |m: &CLIPModel<AD>, e: Vec<Tensor<AD, 2>>| {
+        contrastive_loss(m.logit_scale.val(), e[0].clone(), e[1].clone())
+    };
+    let (whole, all) = coupled_batch_gradients(&model, 5, 1, embed, loss);
+    assert!(all.len() > 10, "{} gradients", all.len());
+    let tolerance = Tolerance::<f32>::absolute(1e-5);
+    for chunks in [2, 3, 5] {
+        let (value, split) = coupled_batch_gradients(&model, 5, chunks, embed, loss);
+        assert_eq!(split.len(), all.len(), "{chunks} parts: every parameter");
+        assert!((value - whole).abs() < 1e-5, "{chunks}: {value} vs {whole}");
+        let id = model.logit_scale.id;
+        all.get::<B, 1>(id)
+            .expect("the temperature's gradient")
+            .into_data()
+            .assert_approx_eq::<f32>(&split.get::<B, 1>(id).unwrap().into_data(), tolerance);
+        for id in [
+            model.visual_projection.weight.id,
+            model.text_projection.weight.id,
+        ] {
+            all.get::<B, 2>(id)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&split.get::<B, 2>(id).unwrap().into_data(), tolerance);
+        }
+        let id = model.vision_model.embeddings.patch_embedding.weight.id;
+        all.get::<B, 4>(id)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&split.get::<B, 4>(id).unwrap().into_data(), tolerance);
+    }
+}

@@ -8,15 +8,16 @@
 //! a learner would add here.
 
 use std::f64::consts::PI;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -26,7 +27,7 @@ use super::captions::{Composition, Item};
 use super::dataset::Dataset;
 use super::ema::Ema;
 use crate::guidance::prompts::{ViewAngles, ViewDirection, ViewThresholds};
-use crate::host_batch::{batch_gradients, chunks_for};
+use crate::host_batch::{batch_gradients, chunks_for, coupled_batch_gradients};
 use crate::models::clip::{CLIPConfig, CLIPModel, l2_normalize};
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::reward::clip_preprocess;
@@ -295,7 +296,6 @@ pub fn train_clip<B: AutodiffBackend>(
         .init();
     let mut schedule = Schedule::new(phase);
     let start = Instant::now();
-    let eye = Tensor::<B, 2>::eye(batch, device);
     let mut step = 0;
     while step < schedule.total {
         // Distinct captions, half of them followed by a hard-negative sibling.
@@ -335,27 +335,30 @@ pub fn train_clip<B: AutodiffBackend>(
                 other => other.caption(),
             })
             .collect();
+        let inner = device.clone();
         let pixels = clip_preprocess(
-            data.images::<B>(&images, device),
+            data.images::<B::InnerBackend>(&images, &inner),
             config.vision_config.image_size,
         )
         .expect("dataset images are [n, 3, s, s]");
-        let text = l2_normalize(model.get_text_features(ids::<B>(tokenizer, &prompts, device)?));
-        let image = l2_normalize(model.get_image_features(pixels));
-        // CLIP clamps the learned temperature at 100.
-        let scale = model
-            .logit_scale
-            .val()
-            .clamp_max(100f32.ln())
-            .exp()
-            .unsqueeze::<2>();
-        let logits = image.matmul(text.transpose()) * scale;
-        let ce = |l: Tensor<B, 2>| -(log_softmax(l, 1) * eye.clone()).sum() / batch as f32;
-        let loss = (ce(logits.clone()) + ce(logits.transpose())) * 0.5;
+        let input_ids = ids::<B::InnerBackend>(tokenizer, &prompts, &inner)?;
+        // The towers run one part of the batch per core on a host backend; the loss, which
+        // compares every image with every caption, once on the gathered embeddings.
+        let embed = |m: &CLIPModel<B>, r: Range<usize>| {
+            let pixels = Tensor::from_inner(pixels.clone().narrow(0, r.start, r.len()));
+            let input_ids = Tensor::from_inner(input_ids.clone().narrow(0, r.start, r.len()));
+            vec![
+                l2_normalize(m.get_image_features(pixels)),
+                l2_normalize(m.get_text_features(input_ids)),
+            ]
+        };
+        let loss = |m: &CLIPModel<B>, embeds: Vec<Tensor<B, 2>>| {
+            let [image, text] = <[Tensor<B, 2>; 2]>::try_from(embeds).expect("image and text");
+            contrastive_loss(m.logit_scale.val(), image, text)
+        };
+        let (value, grads) = coupled_batch_gradients(&model, batch, chunks_for::<B>(), embed, loss);
         let lr = schedule.learning_rate(step);
-        let value: f32 = loss.clone().into_scalar().elem();
         check(name, step, value)?;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
         step += 1;
         schedule.fit_budget(step, start.elapsed().as_secs_f64());
@@ -369,6 +372,22 @@ pub fn train_clip<B: AutodiffBackend>(
         });
     }
     Ok(model.valid())
+}
+
+/// CLIP's symmetric contrastive loss (InfoNCE both ways) of L2-normalised `image` and `text`
+/// embeddings, `[batch, d]` each, the i-th image matching the i-th text, with the learned
+/// log temperature `logit_scale` (`[1]`, clamped at ln 100 as CLIP does).
+pub fn contrastive_loss<B: Backend>(
+    logit_scale: Tensor<B, 1>,
+    image: Tensor<B, 2>,
+    text: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let batch = image.dims()[0];
+    let eye = Tensor::<B, 2>::eye(batch, &image.device());
+    let scale = logit_scale.clamp_max(100f32.ln()).exp().unsqueeze::<2>();
+    let logits = image.matmul(text.transpose()) * scale;
+    let ce = |l: Tensor<B, 2>| -(log_softmax(l, 1) * eye.clone()).sum() / batch as f32;
+    (ce(logits.clone()) + ce(logits.transpose())) * 0.5
 }
 
 /// Settings of the UNet phase beyond the schedule.
