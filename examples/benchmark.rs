@@ -36,6 +36,9 @@ struct Args {
     /// Seeds per prompt.
     #[arg(long, default_value_t = 2)]
     seeds: u64,
+    /// The first seed: runs seeds `first_seed..first_seed + seeds` (to add seeds to a table).
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
     /// RewardSDS sample counts to compare (min_max, k = 2); `--n` alone compares none (SDS
     /// only, e.g. to sweep `--guidance-scale`).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "4,8")]
@@ -164,7 +167,7 @@ impl BackendTask for Bench {
             let mut per_run: Vec<Vec<f32>> = Vec::new();
             let mut sheet: Vec<RgbImage> = Vec::new();
             for (composition, group) in &prompts {
-                for seed in 0..args.seeds {
+                for seed in args.first_seed..args.first_seed + args.seeds {
                     let mut row = Vec::new();
                     for (m, method) in methods.iter().enumerate() {
                         let mut config = method.config.clone();
@@ -243,11 +246,12 @@ impl BackendTask for Bench {
             }
         }
         Ok(format!(
-            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds; prior {}, CFG {}; chance R-precision {:.2}%.\n\n{table}",
+            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds (from {}); prior {}, CFG {}; chance R-precision {:.2}%.\n\n{table}",
             prompts.len(),
             seen,
             prompts.len() - seen,
             args.seeds,
+            args.first_seed,
             methods[0].config.prior,
             methods[0].config.guidance.guidance_scale,
             100.0 / Composition::all().len() as f32

@@ -85,7 +85,8 @@ struct Args {
     /// Classifier-free guidance scale of the evaluation's samples (default: the preset's).
     #[arg(long)]
     eval_guidance_scale: Option<f32>,
-    /// Training log (JSON lines); default `<out>/training_log.jsonl`.
+    /// Training log (JSON lines); default `<out>/training_log.jsonl`, or `<out>/eval_log.jsonl`
+    /// for an evaluation alone (which keeps the log of the training that made the folder).
     #[arg(long)]
     log: Option<PathBuf>,
 }
@@ -104,7 +105,7 @@ impl BackendTask for Train {
             .args
             .log
             .clone()
-            .unwrap_or_else(|| self.args.out.join("training_log.jsonl"));
+            .unwrap_or_else(|| self.args.out.join(default_log(&self.phases)));
         std::fs::create_dir_all(&self.args.out).ok();
         let mut log = std::fs::File::create(&log_path).ok();
         let threads = self
@@ -143,6 +144,15 @@ impl BackendTask for Train {
             &mut on_event,
         )
         .map(|_| ())
+    }
+}
+
+/// The log's file name in `--out`: an evaluation alone keeps the training's log.
+fn default_log(phases: &Phases) -> &'static str {
+    if phases.trains() {
+        "training_log.jsonl"
+    } else {
+        "eval_log.jsonl"
     }
 }
 
@@ -271,8 +281,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     // An evaluation alone must not overwrite the record of the training that made the folder.
-    let trains = phases.reward || phases.judge || phases.unet;
-    let config_path = args.out.join(if trains {
+    let config_path = args.out.join(if phases.trains() {
         "training_config.json"
     } else {
         "eval_config.json"

@@ -163,6 +163,11 @@ impl Phases {
             eval: true,
         }
     }
+
+    /// Whether any model is trained (an evaluation alone trains none).
+    pub fn trains(&self) -> bool {
+        self.reward || self.judge || self.unet
+    }
 }
 
 /// What the evaluation measured.
