@@ -20,6 +20,10 @@ use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
 
+#[path = "common/prompts.rs"]
+mod prompts;
+use prompts::tiny_world_prompts;
+
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
 #[command(about = "SDS vs RewardSDS on Tiny World, judged by an independent CLIP")]
@@ -105,10 +109,7 @@ impl BackendTask for Bench {
                 .collect()
         } else {
             let mut given = Vec::new();
-            for text in &args.prompt {
-                let c = Composition::parse(text).with_context(|| {
-                    format!("--prompt {text:?}: not a Tiny World caption (e.g. \"a red cube and a blue sphere\")")
-                })?;
+            for c in tiny_world_prompts(&args.prompt)? {
                 let group = if split.held_out.contains(&c) {
                     "held-out"
                 } else {

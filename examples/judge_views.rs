@@ -20,6 +20,10 @@ use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
 
+#[path = "common/prompts.rs"]
+mod prompts;
+use prompts::tiny_world_prompts;
+
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Judge saved turntable rows (benchmark sheets, turntable.png) against prompts")]
@@ -143,14 +147,7 @@ fn main() -> Result<()> {
     if args.views == 0 || args.seeds == 0 || args.methods.is_empty() {
         bail!("--views, --seeds and --methods must not be zero or empty");
     }
-    let targets = args
-        .prompt
-        .iter()
-        .map(|p| {
-            Composition::parse(p)
-                .with_context(|| format!("--prompt `{p}`: not a Tiny World caption"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let targets = tiny_world_prompts(&args.prompt)?;
     let sheet = RgbImage::load_png(&args.png)?;
     if sheet.width % args.views != 0 {
         bail!(

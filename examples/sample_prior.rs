@@ -23,6 +23,10 @@ use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::sample::sample;
 use rewardsds::engine::tiny_world::{Composition, Dataset, Split};
 
+#[path = "common/prompts.rs"]
+mod prompts;
+use prompts::tiny_world_prompts;
+
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Sample a Tiny World prior for prompts and judge the samples")]
@@ -191,14 +195,7 @@ fn main() -> Result<()> {
             args.guidance_scale
         );
     }
-    let targets = args
-        .prompt
-        .iter()
-        .map(|p| {
-            Composition::parse(p)
-                .with_context(|| format!("--prompt `{p}`: not a Tiny World caption"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let targets = tiny_world_prompts(&args.prompt)?;
     let kind: BackendKind = args.backend.parse().context("--backend")?;
     run_on(kind, SamplePrior { args, targets })?
 }

@@ -393,9 +393,7 @@ fn split_training_batches_reach_every_unet_parameter() {
 #[test]
 fn split_contrastive_gradients_are_the_whole_batchs() {
     use burn::tensor::{Distribution, Int, Tolerance};
-    use rewardsds_engine::host_batch::coupled_batch_gradients;
-    use rewardsds_engine::models::clip::l2_normalize;
-    use rewardsds_engine::tiny_world::train::contrastive_loss;
+    use rewardsds_engine::tiny_world::train::clip_batch_gradients;
     type AD = Autodiff<NdArray>;
     let device = Default::default();
     let config = ModelScale::Test.judge_clip();
@@ -412,22 +410,11 @@ fn split_contrastive_gradients_are_the_whole_batchs() {
         "a purple cone and a yellow sphere",
     ];
     let ids: Tensor<B, 2, Int> = tokenizer.input_ids(&captions, &device).unwrap();
-    let embed = |m: &CLIPModel<AD>, r: std::ops::Range<usize>| {
-        let p = Tensor::from_inner(pixels.clone().narrow(0, r.start, r.len()));
-        let t = Tensor::from_inner(ids.clone().narrow(0, r.start, r.len()));
-        vec![
-            l2_normalize(m.get_image_features(p)),
-            l2_normalize(m.get_text_features(t)),
-        ]
-    };
-    let loss = |m: &CLIPModel<AD>, e: Vec<Tensor<AD, 2>>| {
-        contrastive_loss(m.logit_scale.val(), e[0].clone(), e[1].clone())
-    };
-    let (whole, all) = coupled_batch_gradients(&model, 5, 1, embed, loss);
+    let (whole, all) = clip_batch_gradients(&model, pixels.clone(), ids.clone(), 1);
     assert!(all.len() > 10, "{} gradients", all.len());
     let tolerance = Tolerance::<f32>::absolute(1e-5);
     for chunks in [2, 3, 5] {
-        let (value, split) = coupled_batch_gradients(&model, 5, chunks, embed, loss);
+        let (value, split) = clip_batch_gradients(&model, pixels.clone(), ids.clone(), chunks);
         assert_eq!(split.len(), all.len(), "{chunks} parts: every parameter");
         assert!((value - whole).abs() < 1e-5, "{chunks}: {value} vs {whole}");
         let id = model.logit_scale.id;

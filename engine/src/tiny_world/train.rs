@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, Optimizer};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
@@ -344,19 +344,7 @@ pub fn train_clip<B: AutodiffBackend>(
         let input_ids = ids::<B::InnerBackend>(tokenizer, &prompts, &inner)?;
         // The towers run one part of the batch per core on a host backend; the loss, which
         // compares every image with every caption, once on the gathered embeddings.
-        let embed = |m: &CLIPModel<B>, r: Range<usize>| {
-            let pixels = Tensor::from_inner(pixels.clone().narrow(0, r.start, r.len()));
-            let input_ids = Tensor::from_inner(input_ids.clone().narrow(0, r.start, r.len()));
-            vec![
-                l2_normalize(m.get_image_features(pixels)),
-                l2_normalize(m.get_text_features(input_ids)),
-            ]
-        };
-        let loss = |m: &CLIPModel<B>, embeds: Vec<Tensor<B, 2>>| {
-            let [image, text] = <[Tensor<B, 2>; 2]>::try_from(embeds).expect("image and text");
-            contrastive_loss(m.logit_scale.val(), image, text)
-        };
-        let (value, grads) = coupled_batch_gradients(&model, batch, chunks_for::<B>(), embed, loss);
+        let (value, grads) = clip_batch_gradients(&model, pixels, input_ids, chunks_for::<B>());
         let lr = schedule.learning_rate(step);
         check(name, step, value)?;
         model = optim.step(lr, model, grads);
@@ -372,6 +360,32 @@ pub fn train_clip<B: AutodiffBackend>(
         });
     }
     Ok(model.valid())
+}
+
+/// CLIP's contrastive loss over a batch of images (`pixels`, preprocessed) and their
+/// captions (`input_ids`), and its parameter gradients, the towers run in at most `chunks`
+/// parts in parallel (`coupled_batch_gradients`); the loss compares every image with every
+/// caption of the whole batch whatever the split.
+pub fn clip_batch_gradients<B: AutodiffBackend>(
+    model: &CLIPModel<B>,
+    pixels: Tensor<B::InnerBackend, 4>,
+    input_ids: Tensor<B::InnerBackend, 2, Int>,
+    chunks: usize,
+) -> (f32, GradientsParams) {
+    let batch = pixels.dims()[0];
+    let embed = |m: &CLIPModel<B>, r: Range<usize>| {
+        let pixels = Tensor::from_inner(pixels.clone().narrow(0, r.start, r.len()));
+        let input_ids = Tensor::from_inner(input_ids.clone().narrow(0, r.start, r.len()));
+        vec![
+            l2_normalize(m.get_image_features(pixels)),
+            l2_normalize(m.get_text_features(input_ids)),
+        ]
+    };
+    let loss = |m: &CLIPModel<B>, embeds: Vec<Tensor<B, 2>>| {
+        let [image, text] = <[Tensor<B, 2>; 2]>::try_from(embeds).expect("image and text");
+        contrastive_loss(m.logit_scale.val(), image, text)
+    };
+    coupled_batch_gradients(model, batch, chunks, embed, loss)
 }
 
 /// CLIP's symmetric contrastive loss (InfoNCE both ways) of L2-normalised `image` and `text`
