@@ -43,11 +43,12 @@ struct JudgeRenders {
 
 fn cells(r: &Retrieval) -> String {
     format!(
-        "{} | {:.1}% | {:.1}% | {:.1}",
+        "{} | {:.1}% | {:.1}% | {:.1} | {:.1}%",
         r.images,
         100.0 * r.top1,
         100.0 * r.top5,
-        r.clip_score
+        r.clip_score,
+        100.0 * r.binding_swaps
     )
 }
 
@@ -98,8 +99,8 @@ impl BackendTask for JudgeRenders {
                 RgbImage::to_tensor(&views, &device),
             ));
         }
-        println!("| judge | renders | images | top-1 | top-5 | CLIP |");
-        println!("|---|---|---|---|---|---|");
+        println!("| judge | renders | images | top-1 | top-5 | CLIP | read as the binding swap |");
+        println!("|---|---|---|---|---|---|---|");
         for dir in &args.judge {
             let judge = Judge::<I<B>>::from_folder(std::path::Path::new(dir), &device)
                 .with_context(|| format!("loading the judge {dir}"))?;

@@ -48,6 +48,10 @@ struct Args {
     /// instead of a random initialisation.
     #[arg(long)]
     init_judge: Option<PathBuf>,
+    /// Probability that a judge batch pairs a two-colour, two-shape caption with its binding
+    /// swap ("a blue cube and a red sphere" beside "a red cube and a blue sphere"); default 0.
+    #[arg(long)]
+    judge_binding_swaps: Option<f32>,
     /// Judge CLIP batch size (default: the preset's).
     #[arg(long)]
     judge_batch: Option<usize>,
@@ -184,6 +188,12 @@ fn main() -> Result<()> {
             );
         }
         config.judge_training.init_from = Some(dir.clone());
+    }
+    if let Some(p) = args.judge_binding_swaps {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("--judge-binding-swaps {p}: must be a probability in [0, 1]");
+        }
+        config.judge_training.binding_swaps = p;
     }
     if let Some(batch) = args.judge_batch {
         if batch < 2 {

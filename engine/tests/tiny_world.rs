@@ -352,6 +352,33 @@ fn shipped_judge_reads_true_renders() {
     );
     // Readings are canonical: an "and" pair in item order.
     assert!(readings.iter().all(|r| *r == r.canonical()));
+
+    // Binding swaps: renders of each caption's swap, scored against the caption, are read as
+    // the swap (the judge reads them right), and the share is the readings' own count.
+    let (originals, swaps): (Vec<_>, Vec<_>) = captions
+        .iter()
+        .filter_map(|c| Some((*c, c.binding_swap()?)))
+        .unzip();
+    assert!(originals.len() >= 4, "{captions:?}");
+    let swapped = Dataset::render(&swaps, 1, 11, 2);
+    let indices: Vec<usize> = (0..swaps.len()).collect();
+    let images = swapped.images::<B>(&indices, &device);
+    let read_as_swap = judge
+        .readings(images.clone())
+        .iter()
+        .zip(&swaps)
+        .filter(|(r, s)| **r == s.canonical())
+        .count();
+    let retrieval = judge.retrieval(images, &originals);
+    assert_eq!(
+        retrieval.binding_swaps,
+        read_as_swap as f32 / swaps.len() as f32
+    );
+    assert!(
+        read_as_swap * 2 > swaps.len(),
+        "{read_as_swap} of {}",
+        swaps.len()
+    );
 }
 
 /// Every UNet parameter gets its gradient when the training batch is split across threads

@@ -103,6 +103,32 @@ impl Composition {
         !matches!(self, Composition::Single(_))
     }
 
+    /// The same two shapes and colours bound the other way round ("a red cube and a blue
+    /// sphere" -> "a blue cube and a red sphere"): the confusion a CLIP that sees colours and
+    /// shapes but not which goes with which makes. `None` for one object, and for pairs whose
+    /// items share a colour or a shape (swapping changes nothing then).
+    pub fn binding_swap(&self) -> Option<Composition> {
+        let (a, b) = match *self {
+            Composition::Single(_) => return None,
+            Composition::And(a, b) | Composition::OnTopOf(a, b) => (a, b),
+        };
+        if a.color == b.color || a.shape == b.shape {
+            return None;
+        }
+        let a2 = Item {
+            color: b.color,
+            ..a
+        };
+        let b2 = Item {
+            color: a.color,
+            ..b
+        };
+        Some(match self {
+            Composition::And(..) => Composition::And(a2, b2),
+            _ => Composition::OnTopOf(a2, b2),
+        })
+    }
+
     /// Parse a caption of the templates (case and extra spaces ignored; a trailing view
     /// suffix such as ", front view" is dropped). `None` when the text is not a world caption.
     pub fn parse(text: &str) -> Option<Composition> {
@@ -221,6 +247,41 @@ mod tests {
             Composition::OnTopOf(red_cube, blue_sphere).canonical(),
             Composition::OnTopOf(blue_sphere, red_cube).canonical()
         );
+    }
+
+    #[test]
+    fn binding_swaps_exchange_colours_and_are_their_own_inverse() {
+        let readme = Composition::parse("a red cube and a blue sphere").unwrap();
+        assert_eq!(
+            readme.binding_swap(),
+            Composition::parse("a blue cube and a red sphere")
+        );
+        let stack = Composition::parse("a red cone on top of a blue cube").unwrap();
+        assert_eq!(
+            stack.binding_swap(),
+            Composition::parse("a blue cone on top of a red cube")
+        );
+        for text in [
+            "a red cube",
+            "a red cube and a red sphere",
+            "a red cube and a blue cube",
+        ] {
+            assert_eq!(
+                Composition::parse(text).unwrap().binding_swap(),
+                None,
+                "{text}"
+            );
+        }
+        let mut swappable = 0;
+        for c in Composition::all() {
+            if let Some(s) = c.binding_swap() {
+                swappable += 1;
+                assert_ne!(s.canonical(), c.canonical(), "{c}");
+                assert_eq!(s.binding_swap(), Some(c));
+            }
+        }
+        // Pairs of two different colours and two different shapes: 40 * 28 ordered, two kinds.
+        assert_eq!(swappable, 2 * 40 * 28);
     }
 
     #[test]

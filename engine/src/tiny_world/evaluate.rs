@@ -34,6 +34,10 @@ pub struct Retrieval {
     pub chance: f32,
     /// Mean judge CLIP score (100 x cosine) against the image's own caption.
     pub clip_score: f32,
+    /// Of the images whose caption has a [`Composition::binding_swap`] (two colours, two
+    /// shapes), the share read as that swap: colours on the wrong shapes.
+    #[serde(default)]
+    pub binding_swaps: f32,
 }
 
 /// A CLIP used only to evaluate, with every caption of the world embedded once.
@@ -123,12 +127,17 @@ impl<B: Backend> Judge<B> {
         let captions = self.compositions.len();
         let values = sims.into_data().to_vec::<f32>().expect("f32 similarities");
         let (mut top1, mut top5, mut score) = (0usize, 0usize, 0.0f32);
+        let (mut swappable, mut swapped) = (0usize, 0usize);
         for (i, target) in targets.iter().enumerate() {
             let row = &values[i * captions..(i + 1) * captions];
             let mut order: Vec<usize> = (0..captions).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             let right = |&j: &usize| self.compositions[j].canonical() == target.canonical();
             top1 += usize::from(right(&order[0]));
+            if let Some(swap) = target.binding_swap() {
+                swappable += 1;
+                swapped += usize::from(self.compositions[order[0]].canonical() == swap.canonical());
+            }
             // Five distinct compositions (a pair's two orders count once).
             let mut distinct: Vec<Composition> = Vec::new();
             for &j in &order {
@@ -154,6 +163,7 @@ impl<B: Backend> Judge<B> {
             top5: top5 as f32 / n.max(1) as f32,
             chance: 1.0 / distinct.len() as f32,
             clip_score: score / n.max(1) as f32,
+            binding_swaps: swapped as f32 / swappable.max(1) as f32,
         }
     }
 

@@ -79,8 +79,8 @@ impl RecipeConfig {
             judge: phase(4000, 512, 1e-3, 40.0),
             // Judged up to the viewpoint, as the retrieval scores (docs/tiny_world.md, judge v1).
             judge_training: ClipTraining {
-                init_from: None,
                 canonical_pairs: true,
+                ..ClipTraining::default()
             },
             unet: UnetTraining {
                 phase: phase(40_000, 64, 1e-3, 330.0),

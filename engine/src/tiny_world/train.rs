@@ -221,6 +221,11 @@ pub struct ClipTraining {
     /// hard negative is the pair's own other order.
     #[serde(default)]
     pub canonical_pairs: bool,
+    /// Probability that a two-colour, two-shape pair is followed in its batch by its
+    /// [`Composition::binding_swap`] (the same colours on the other shapes), so that the
+    /// towers must bind each colour to its shape; 0 leaves the swap to the siblings' share.
+    #[serde(default)]
+    pub binding_swaps: f32,
 }
 
 /// The token ids of `prompts` as a `[n, max_length]` tensor.
@@ -262,15 +267,6 @@ pub fn train_clip<B: AutodiffBackend>(
         .enumerate()
         .map(|(i, c)| (*c, i))
         .collect();
-    // Canonical mode: one key per composition up to the viewpoint.
-    let key = |c: usize| -> Composition {
-        let composition = data.compositions[c];
-        if training.canonical_pairs {
-            composition.canonical()
-        } else {
-            composition
-        }
-    };
     B::seed(device, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = config.init::<B>(device);
@@ -298,29 +294,7 @@ pub fn train_clip<B: AutodiffBackend>(
     let start = Instant::now();
     let mut step = 0;
     while step < schedule.total {
-        // Distinct captions, half of them followed by a hard-negative sibling.
-        let mut chosen: Vec<usize> = Vec::with_capacity(batch);
-        let mut seen = std::collections::HashSet::new();
-        while chosen.len() < batch {
-            let c = rng.random_range(0..captions);
-            if !seen.insert(key(c)) {
-                continue;
-            }
-            chosen.push(c);
-            if chosen.len() < batch && rng.random::<bool>() {
-                let composition = &data.compositions[c];
-                let s = if training.canonical_pairs {
-                    canonical_sibling(composition, &mut rng)
-                } else {
-                    sibling(composition, &mut rng)
-                };
-                if let Some(&j) = index_of.get(&s)
-                    && seen.insert(key(j))
-                {
-                    chosen.push(j);
-                }
-            }
-        }
+        let chosen = contrastive_batch(&data.compositions, &index_of, batch, training, &mut rng);
         let images: Vec<usize> = chosen
             .iter()
             .map(|&c| c + captions * rng.random_range(0..per_caption))
@@ -360,6 +334,61 @@ pub fn train_clip<B: AutodiffBackend>(
         });
     }
     Ok(model.valid())
+}
+
+/// The caption indices of one contrastive batch of `batch` distinct captions (distinct up to
+/// the viewpoint with `training.canonical_pairs`): a pair is followed by its binding swap with
+/// probability `training.binding_swaps`, otherwise half of the captions by a hard-negative
+/// [`sibling`]; `index_of` maps each composition to its index in `compositions`.
+pub fn contrastive_batch(
+    compositions: &[Composition],
+    index_of: &std::collections::HashMap<Composition, usize>,
+    batch: usize,
+    training: &ClipTraining,
+    rng: &mut StdRng,
+) -> Vec<usize> {
+    let key = |c: usize| -> Composition {
+        if training.canonical_pairs {
+            compositions[c].canonical()
+        } else {
+            compositions[c]
+        }
+    };
+    let batch = batch.min(compositions.len());
+    let mut chosen: Vec<usize> = Vec::with_capacity(batch);
+    let mut seen = std::collections::HashSet::new();
+    while chosen.len() < batch {
+        let c = rng.random_range(0..compositions.len());
+        if !seen.insert(key(c)) {
+            continue;
+        }
+        chosen.push(c);
+        if chosen.len() == batch {
+            break;
+        }
+        let composition = &compositions[c];
+        // No draw for the swap when it is off: runs without it keep their batches.
+        let swap = composition.binding_swap().filter(|_| {
+            training.binding_swaps > 0.0 && rng.random::<f32>() < training.binding_swaps
+        });
+        let negative = if swap.is_some() {
+            swap
+        } else if rng.random::<bool>() {
+            Some(if training.canonical_pairs {
+                canonical_sibling(composition, rng)
+            } else {
+                sibling(composition, rng)
+            })
+        } else {
+            None
+        };
+        if let Some(&j) = negative.as_ref().and_then(|s| index_of.get(s))
+            && seen.insert(key(j))
+        {
+            chosen.push(j);
+        }
+    }
+    chosen
 }
 
 /// CLIP's contrastive loss over a batch of images (`pixels`, preprocessed) and their
@@ -616,6 +645,43 @@ mod tests {
         // The colour swap ("a red sphere and a blue cube" for "a red cube and a blue sphere")
         // stays among the negatives: it is what binds shapes to colours.
         assert!(swapped_colours > 0);
+    }
+
+    #[test]
+    fn batches_are_distinct_and_carry_binding_swaps_as_asked() {
+        let all = Composition::all();
+        let index_of: std::collections::HashMap<Composition, usize> =
+            all.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+        // Share of the batch's swappable captions whose binding swap is in the batch too.
+        let swap_share = |binding_swaps: f32| {
+            let training = ClipTraining {
+                canonical_pairs: true,
+                binding_swaps,
+                ..ClipTraining::default()
+            };
+            let mut rng = StdRng::seed_from_u64(3);
+            let (mut swappable, mut paired) = (0, 0);
+            for _ in 0..20 {
+                let batch = contrastive_batch(&all, &index_of, 256, &training, &mut rng);
+                assert_eq!(batch.len(), 256);
+                let keys: std::collections::HashSet<Composition> =
+                    batch.iter().map(|&c| all[c].canonical()).collect();
+                assert_eq!(keys.len(), 256, "distinct up to the viewpoint");
+                for &c in &batch {
+                    if let Some(swap) = all[c].binding_swap() {
+                        swappable += 1;
+                        paired += usize::from(keys.contains(&swap.canonical()));
+                    }
+                }
+            }
+            paired as f32 / swappable as f32
+        };
+        let (off, half, always) = (swap_share(0.0), swap_share(0.5), swap_share(1.0));
+        println!("pairs with their swap in the batch: {off:.2} / {half:.2} / {always:.2}");
+        // Off, swaps come only from the siblings (about one in six); asked for, most pairs.
+        assert!(off < 0.35, "{off}");
+        assert!(half > off + 0.2, "{half} vs {off}");
+        assert!(always > 0.85, "{always}");
     }
 
     #[test]
