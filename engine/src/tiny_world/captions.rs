@@ -115,14 +115,7 @@ impl Composition {
         if a.color == b.color || a.shape == b.shape {
             return None;
         }
-        let a2 = Item {
-            color: b.color,
-            ..a
-        };
-        let b2 = Item {
-            color: a.color,
-            ..b
-        };
+        let (a2, b2) = colours_swapped(a, b);
         Some(match self {
             Composition::And(..) => Composition::And(a2, b2),
             _ => Composition::OnTopOf(a2, b2),
@@ -155,6 +148,20 @@ impl Composition {
             _ => None,
         }
     }
+}
+
+/// `a` and `b` with their colours exchanged, shapes kept.
+pub(crate) fn colours_swapped(a: Item, b: Item) -> (Item, Item) {
+    (
+        Item {
+            color: b.color,
+            ..a
+        },
+        Item {
+            color: a.color,
+            ..b
+        },
+    )
 }
 
 impl fmt::Display for Composition {

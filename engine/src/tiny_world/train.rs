@@ -23,7 +23,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::captions::{Composition, Item};
+use super::captions::{Composition, Item, colours_swapped};
 use super::dataset::Dataset;
 use super::ema::Ema;
 use crate::guidance::prompts::{ViewAngles, ViewDirection, ViewThresholds};
@@ -173,18 +173,8 @@ pub fn sibling(c: &Composition, rng: &mut impl Rng) -> Composition {
     match *c {
         Composition::Single(a) => Composition::Single(change(a, rng)),
         Composition::And(a, b) | Composition::OnTopOf(a, b) => {
-            let swap_colors = (
-                Item {
-                    color: b.color,
-                    ..a
-                },
-                Item {
-                    color: a.color,
-                    ..b
-                },
-            );
             let (a2, b2) = match rng.random_range(0..4) {
-                0 => swap_colors,
+                0 => colours_swapped(a, b),
                 1 => (change(a, rng), b),
                 2 => (a, change(b, rng)),
                 _ => (b, a),
