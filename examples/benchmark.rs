@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::generate::{GenerateConfig, Generator, SceneKind, load_guidance};
+use rewardsds::engine::guidance::RewardFeedbackConfig;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::{Composition, Split};
@@ -47,6 +48,13 @@ struct Args {
     /// only, e.g. to sweep `--guidance-scale`).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "4,8")]
     n: Vec<usize>,
+    /// Leave out the row of SDS given the last RewardSDS method's wall-clock.
+    #[arg(long)]
+    no_equal_time: bool,
+    /// Also run SDS and the first RewardSDS method with reward feedback of this scale
+    /// (`guidance.reward_feedback`); every other row runs without it.
+    #[arg(long)]
+    reward_feedback: Option<f32>,
     /// Classifier-free guidance scale of every method (default: the `fast` preset's).
     #[arg(long)]
     guidance_scale: Option<f32>,
@@ -140,7 +148,7 @@ impl BackendTask for Bench {
                 equal_time_to: None,
             });
         }
-        if let Some(&n) = args.n.last() {
+        if let Some(&n) = args.n.last().filter(|_| !args.no_equal_time) {
             methods.push(Method {
                 name: format!("SDS, time of N={n}"),
                 config: GenerateConfig::preset("fast-sds")?,
@@ -148,6 +156,26 @@ impl BackendTask for Bench {
             });
         }
 
+        for method in &mut methods {
+            // The paper's methods: feedback only where asked, below.
+            method.config.guidance.reward_feedback = None;
+        }
+        if let Some(scale) = args.reward_feedback {
+            let with_feedback = |m: &Method| {
+                let mut m = m.clone();
+                m.name = format!("{} + feedback {scale}", m.name);
+                m.config.guidance.reward_feedback = Some(RewardFeedbackConfig { scale });
+                anyhow::Ok(m)
+            };
+            let sds = with_feedback(&methods[0])?;
+            let reward_sds = args
+                .n
+                .first()
+                .map(|_| with_feedback(&methods[1]))
+                .transpose()?;
+            methods.push(sds);
+            methods.extend(reward_sds);
+        }
         for method in &mut methods {
             if let Some(scale) = args.guidance_scale {
                 method.config.guidance.guidance_scale = scale;

@@ -19,6 +19,7 @@ use rewardsds::engine::export::write_splat_ply;
 use rewardsds::engine::generate::{
     GenerateConfig, GenerateEvent, Generator, Progress, SceneKind, checkpoint_config, slug,
 };
+use rewardsds::engine::guidance::RewardFeedbackConfig;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::Composition;
 use rewardsds::engine::tiny_world::evaluate::Judge;
@@ -56,6 +57,10 @@ struct Args {
     /// config's when unset).
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// Weight of the reward's own gradient (`guidance.reward_feedback.scale`); 0 turns it
+    /// off (the preset's or config's when unset).
+    #[arg(long)]
+    reward_feedback: Option<f32>,
     /// Backend: cpu, wgpu or cuda (when unset: the config's `backend`, else cpu).
     #[arg(long)]
     backend: Option<String>,
@@ -64,7 +69,7 @@ struct Args {
     out: Option<PathBuf>,
     /// Continue the run checkpointed in this folder, with its exact config (the options
     /// above that change the config are not allowed with it).
-    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every"])]
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every", "reward_feedback"])]
     resume: Option<PathBuf>,
 }
 
@@ -276,6 +281,9 @@ fn main() -> Result<()> {
     }
     if let Some(every) = args.checkpoint_every {
         config.checkpoint_every = every;
+    }
+    if let Some(scale) = args.reward_feedback {
+        config.guidance.reward_feedback = (scale != 0.0).then_some(RewardFeedbackConfig { scale });
     }
     let kind = backend_for(&config);
     // config.toml records the backend that ran, so it reruns the same way.

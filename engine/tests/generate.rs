@@ -12,6 +12,7 @@ use rewardsds_engine::generate::{
     CheckpointError, CheckpointState, GenerateConfig, GenerateError, GenerateEvent, Generator,
     ResolutionMilestone, StopReason, latest_checkpoint,
 };
+use rewardsds_engine::guidance::RewardFeedbackConfig;
 
 type B = Autodiff<NdArray>;
 
@@ -249,6 +250,53 @@ fn a_diverging_run_stops_and_names_the_last_good_checkpoint() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Reward feedback on the shipped reward CLIP: every step reports the views' mean CLIPScore,
+/// which the feedback raises; without a reward model the config is refused naming `reward`.
+#[test]
+fn reward_feedback_reports_and_raises_the_reward() {
+    let _turn = serial();
+    let device = Default::default();
+    let run = |feedback: Option<f32>| {
+        let mut config = small(12);
+        config.snapshot_every = 0;
+        config.guidance.reward_feedback = feedback.map(|scale| RewardFeedbackConfig { scale });
+        let mut generator = Generator::<B>::load(config, &device).unwrap();
+        let mut reported = Vec::new();
+        generator
+            .run(&AtomicBool::new(false), &mut |e| {
+                if let GenerateEvent::Progress(p) = e {
+                    reported.push(p.feedback_reward);
+                }
+            })
+            .unwrap();
+        reported
+    };
+    let without = run(None);
+    assert!(without.iter().all(Option::is_none));
+    let with = run(Some(1.0));
+    let scores: Vec<f32> = with
+        .iter()
+        .map(|r| r.expect("every step reports"))
+        .collect();
+    assert!(scores.iter().all(|s| s.is_finite()), "{scores:?}");
+    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
+    let (first, last) = (mean(&scores[..4]), mean(&scores[8..]));
+    println!(
+        "reward feedback: CLIPScore {first:.1} over the first 4 steps, {last:.1} over the last 4"
+    );
+    assert!(last > first, "{scores:?}");
+
+    let mut config = small(1);
+    config.reward = None;
+    config.guidance.reward = None;
+    config.guidance.reward_feedback = Some(RewardFeedbackConfig::default());
+    let err = Generator::<B>::load(config, &device).unwrap_err();
+    assert!(
+        matches!(&err, GenerateError::Config(c) if c.field == "reward"),
+        "{err}"
+    );
 }
 
 #[test]

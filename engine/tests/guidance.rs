@@ -14,7 +14,8 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use rewardsds_engine::guidance::scoring::{Scorer, ddim_scoring_grid};
 use rewardsds_engine::guidance::{
     BoxedReward, DDIM_SCORING_STEPS, DiffusionPrior, Guidance, GuidanceConfig, GuidanceError,
-    PriorParts, RewardSdsConfig, ScoringMode, ViewAngles, ViewDirection, WeightStrategy,
+    PriorParts, RewardFeedbackConfig, RewardSdsConfig, ScoringMode, ViewAngles, ViewDirection,
+    WeightStrategy,
 };
 use rewardsds_engine::models::reward::{RewardError, RewardModel};
 use rewardsds_engine::models::unet_2d::{DownBlockType, PerBlock, UpBlockType};
@@ -509,6 +510,84 @@ fn bad_inputs_and_configs_are_named() {
         .step(images(3, 8, &device), &views(), 0, 0)
         .unwrap_err();
     assert!(e.to_string().contains("3 images but 2 view angles"), "{e}");
+}
+
+/// Reward feedback adds exactly `-scale * d mean_b reward / d image` to the RewardSDS
+/// gradient, reports the mean reward, and is refused without a model or with a bad scale.
+#[test]
+fn reward_feedback_adds_the_reward_gradient() {
+    let device = Default::default();
+    let (batch, side, scale) = (2, 8, 3.0);
+    let x = images(batch, side, &device);
+    let base = GuidanceConfig {
+        reward: Some(RewardSdsConfig {
+            n_samples: 4,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let plain =
+        Guidance::<A>::new(base.clone(), pixel_prior(&device), "a cube", reward(), 10).unwrap();
+    let (loss_plain, grad_plain, stats_plain) = loss_and_grad(&plain, &x, 3, 5);
+    assert_eq!(stats_plain.feedback_reward, None);
+
+    let config = GuidanceConfig {
+        reward_feedback: Some(RewardFeedbackConfig { scale }),
+        ..base
+    };
+    // The same prior: its random weights come from the process-wide generator.
+    let (prior, _) = plain.into_parts();
+    let mut guided = Guidance::<A>::new(config.clone(), prior, "a cube", reward(), 10).unwrap();
+    // Configured but nothing attached: the step says which setting needs what.
+    let e = guided.step(x.clone(), &views(), 3, 5).unwrap_err();
+    assert!(
+        matches!(&e, GuidanceError::Config(c) if c.field == "reward_feedback"),
+        "{e}"
+    );
+    guided.set_reward_feedback(Box::new(Brightness));
+    let (loss, grad, stats) = loss_and_grad(&guided, &x, 3, 5);
+    assert_eq!(stats.t, stats_plain.t);
+    assert_eq!(
+        stats.weights, stats_plain.weights,
+        "the SDS part is unchanged"
+    );
+
+    // Brightness = mean(all) - 0.5 mean(blue) per image; the term averages it over the batch.
+    let reward: Vec<f32> = to_vec(Brightness.score(x.clone().inner(), "a cube").unwrap());
+    let mean_reward = reward.iter().sum::<f32>() / batch as f32;
+    let reported = stats.feedback_reward.expect("feedback reports its reward");
+    assert!(
+        (reported - mean_reward).abs() < 1e-6,
+        "{reported} vs {mean_reward}"
+    );
+    let expected_loss = loss_plain - scale * mean_reward;
+    assert!(
+        (loss - expected_loss).abs() < 1e-4 * expected_loss.abs().max(1.0),
+        "{loss} vs {expected_loss}"
+    );
+    let hw = (side * side) as f32;
+    let expected: Vec<f32> = grad_plain
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let channel = (i / (side * side)) % 3;
+            let d_reward = 1.0 / (3.0 * hw) - if channel == 2 { 0.5 / hw } else { 0.0 };
+            g - scale * d_reward / batch as f32
+        })
+        .collect();
+    let err = max_abs(&grad, &expected);
+    let moved = max_abs(&grad, &grad_plain);
+    assert!(err < 1e-5 && moved > 1e-3, "error {err}, change {moved}");
+    println!("reward feedback: gradient change {moved:.3e}, max abs error {err:.2e}");
+
+    for bad in [0.0, -1.0, f32::NAN] {
+        let config = GuidanceConfig {
+            reward_feedback: Some(RewardFeedbackConfig { scale: bad }),
+            ..Default::default()
+        };
+        let e = config.validate().unwrap_err();
+        assert_eq!(e.field, "reward_feedback.scale", "{e}");
+    }
 }
 
 #[test]

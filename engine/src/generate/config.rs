@@ -156,6 +156,7 @@ impl GenerateConfig {
         };
         if sds {
             config.guidance.reward = None;
+            config.guidance.reward_feedback = None;
         }
         Ok(config)
     }
@@ -179,6 +180,10 @@ impl GenerateConfig {
                     reward_duration: 0.7,
                     scoring_guidance_scale: None,
                 }),
+                // Off: the paper's RewardSDS. Feedback (`--reward-feedback 1`) lifts the NeRF
+                // benchmark's judge R-precision from 67% to 86% but grows adversarial splats
+                // on Gaussians (docs/tiny_world.md, "Reward feedback").
+                reward_feedback: None,
                 ..GuidanceConfig::default()
             },
             scene: SceneKind::Nerf,
@@ -300,18 +305,7 @@ impl GenerateConfig {
             return Err(ConfigError::new("prior", "is empty"));
         }
         self.guidance.validate().map_err(|e| e.within("guidance"))?;
-        if self
-            .guidance
-            .reward
-            .as_ref()
-            .is_some_and(|r| r.strategy.uses_rewards())
-            && self.reward.is_none()
-        {
-            return Err(ConfigError::new(
-                "reward",
-                "RewardSDS ranks samples by reward: name a reward model (e.g. tiny-world-reward)",
-            ));
-        }
+        self.guidance.check_reward_model(self.reward.as_deref())?;
         self.nerf
             .validate()
             .map_err(|e| ConfigError::new("nerf", e))?;
@@ -401,6 +395,8 @@ mod tests {
             let back = GenerateConfig::from_toml(&config.to_toml()).unwrap();
             assert_eq!(back, config, "{name}");
             assert_eq!(config.guidance.reward.is_none(), name.ends_with("-sds"));
+            // The paper's methods: reward feedback is opt-in.
+            assert_eq!(config.guidance.reward_feedback, None, "{name}");
         }
         assert_eq!(GenerateConfig::preset("slow").unwrap_err().field, "preset");
     }

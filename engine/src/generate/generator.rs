@@ -110,6 +110,9 @@ pub struct Progress {
     pub rewards: Vec<f32>,
     /// Their weights.
     pub weights: Vec<f32>,
+    /// Mean reward of the rendered views when reward feedback is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_reward: Option<f32>,
     /// Seconds this step took.
     pub seconds: f64,
     /// Seconds left at the mean pace so far.
@@ -219,17 +222,33 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
         .reward
         .as_ref()
         .is_some_and(|r| r.strategy.uses_rewards());
-    let reward: Option<BoxedReward<B>> = match (&config.reward, wants_reward) {
-        (Some(spec), true) => Some(Box::new(load_reward::<B::InnerBackend>(spec, device)?)),
+    let wants_feedback = config.guidance.reward_feedback.is_some();
+    // One copy of the reward model serves both: feedback lifts it to the autodiff backend.
+    let model = match &config.reward {
+        Some(spec) if wants_reward || wants_feedback => {
+            Some(load_reward::<B::InnerBackend>(spec, device)?)
+        }
         _ => None,
     };
-    Ok(Guidance::new(
+    let feedback = match (&model, wants_feedback) {
+        (Some(m), true) => Some(m.autodiff::<B>()),
+        _ => None,
+    };
+    let reward: Option<BoxedReward<B>> = match model {
+        Some(m) if wants_reward => Some(Box::new(m)),
+        _ => None,
+    };
+    let mut guidance = Guidance::new(
         config.guidance.clone(),
         prior,
         &config.prompt,
         reward,
         config.steps,
-    )?)
+    )?;
+    if let Some(f) = feedback {
+        guidance.set_reward_feedback(Box::new(f));
+    }
+    Ok(guidance)
 }
 
 /// The prior named by the config's `prior` (the error names the field).
@@ -418,6 +437,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             render_size: size,
             rewards: guided.stats.rewards,
             weights: guided.stats.weights,
+            feedback_reward: guided.stats.feedback_reward,
             seconds,
             eta_seconds: self.elapsed / self.step as f64 * remaining as f64,
         })

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::generator::{GenerateError, Progress, StopReason, load_prior, load_reward};
 use crate::backend::EngineAutodiffBackend;
 use crate::guidance::{
-    BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceConfig, RewardSdsConfig,
-    ScoringMode, WeightStrategy, standard_normal,
+    BoxedFeedbackReward, BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceConfig,
+    RewardSdsConfig, ScoringMode, WeightStrategy, standard_normal,
 };
 use crate::models::reward::{ClipScore, RewardModel};
 use crate::optim::{GroupedOptimizer, OptimizerConfig, ParamGroup};
@@ -121,18 +121,7 @@ impl Image2dConfig {
                 "must be false in 2D mode: an image has no camera to name",
             ));
         }
-        if self
-            .guidance
-            .reward
-            .as_ref()
-            .is_some_and(|r| r.strategy.uses_rewards())
-            && self.reward.is_none()
-        {
-            return Err(ConfigError::new(
-                "reward",
-                "RewardSDS ranks samples by reward: name a reward model (e.g. tiny-world-reward)",
-            ));
-        }
+        self.guidance.check_reward_model(self.reward.as_deref())?;
         self.optimizer
             .validate()
             .map_err(|e| ConfigError::new("optimizer", e))?;
@@ -217,23 +206,39 @@ where
     pub fn load(config: Image2dConfig, device: &B::Device) -> Result<Self, GenerateError> {
         config.validate()?;
         let prior = load_prior::<B::InnerBackend>(&config.prior, device)?;
-        let scorer: Option<SharedReward<B>> = match &config.reward {
-            Some(spec) => Some(Arc::new(load_reward::<B::InnerBackend>(spec, device)?)),
+        let clip = match &config.reward {
+            Some(spec) => Some(load_reward::<B::InnerBackend>(spec, device)?),
             None => None,
         };
-        Self::new(config, prior, scorer, device)
+        // Reward feedback differentiates the same weights on the autodiff backend.
+        let feedback = clip
+            .as_ref()
+            .filter(|_| config.guidance.reward_feedback.is_some())
+            .map(|c| c.autodiff::<B>());
+        let scorer: Option<SharedReward<B>> = clip.map(|c| Arc::new(c) as SharedReward<B>);
+        let feedback = feedback.map(|f| Box::new(f) as BoxedFeedbackReward<B>);
+        Self::new(config, prior, scorer, feedback, device)
     }
 }
 
 impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
-    /// A generator from a loaded prior and (optional) reward model.
+    /// A generator from a loaded prior, (optional) reward model and, when
+    /// `guidance.reward_feedback` is set, the differentiable model it needs.
     pub fn new(
         config: Image2dConfig,
         prior: DiffusionPrior<B::InnerBackend>,
         scorer: Option<SharedReward<B>>,
+        feedback: Option<BoxedFeedbackReward<B>>,
         device: &B::Device,
     ) -> Result<Self, GenerateError> {
         config.validate()?;
+        if config.guidance.reward_feedback.is_some() && feedback.is_none() {
+            return Err(ConfigError::new(
+                "guidance.reward_feedback",
+                "is set but no differentiable reward model was given",
+            )
+            .into());
+        }
         let size = match config.size {
             0 => prior.resolution(),
             s => s,
@@ -247,13 +252,16 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
             (Some(s), true) => Some(Box::new(s.clone())),
             _ => None,
         };
-        let guidance = Guidance::new(
+        let mut guidance = Guidance::new(
             config.guidance.clone(),
             prior,
             &config.prompt,
             reward,
             config.steps,
         )?;
+        if let Some(f) = feedback {
+            guidance.set_reward_feedback(f);
+        }
         // Mid-grey plus a little seeded noise: the host draws it, so runs are reproducible.
         let noise = standard_normal(&mut StdRng::seed_from_u64(config.seed), 3 * size * size);
         let pixels: Vec<f32> = noise
@@ -354,6 +362,7 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
                 render_size: self.canvas.pixels.dims()[3] as u32,
                 rewards: guided.stats.rewards,
                 weights: guided.stats.weights,
+                feedback_reward: guided.stats.feedback_reward,
                 seconds,
                 eta_seconds: self.elapsed / self.step as f64 * remaining as f64,
             },

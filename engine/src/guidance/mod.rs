@@ -13,6 +13,8 @@
 //! - [`scoring`]: how a noisy sample is denoised and scored ([`ScoringMode`]: `ddim` on the
 //!   official 15-point grid, `one_step`).
 //! - [`sds`]: [`GuidanceConfig`] and [`Guidance`], the per-step SDS / RewardSDS loss.
+//! - [`reward_feedback`]: the reward's own gradient as an extra loss term (DreamReward,
+//!   Dream Fields), off by default.
 //!
 //! The prior and the reward model run on the autodiff backend's inner backend (no graph is
 //! recorded for their passes); only the image encoding and the surrogate loss live on the
@@ -21,12 +23,15 @@
 
 pub mod prior;
 pub mod prompts;
+pub mod reward_feedback;
 pub mod scoring;
 pub mod sds;
 pub mod weighting;
 
-pub use prior::{DiffusionPrior, ImageEncoder, PriorParts, resize_bilinear};
+pub use crate::models::resize::resize_bilinear;
+pub use prior::{DiffusionPrior, ImageEncoder, PriorParts};
 pub use prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds};
+pub use reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
 pub use scoring::{DDIM_SCORING_STEPS, Scorer, ScoringMode, ddim_scoring_grid};
 pub use sds::{
     AnnealedFraction, BoxedReward, Guidance, GuidanceConfig, GuidanceOutput, GuidanceStats,

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::prior::{DiffusionPrior, ImageEncoder};
 use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds};
+use super::reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
 use super::scoring::{Scorer, ScoringMode};
 use super::weighting::{WeightStrategy, selected};
 use super::{ConfigError, GuidanceError};
@@ -202,6 +203,10 @@ pub struct GuidanceConfig {
     pub max_batch: usize,
     /// RewardSDS; `None` is plain SDS.
     pub reward: Option<RewardSdsConfig>,
+    /// The reward's own gradient added to the loss ([`super::reward_feedback`]); `None`
+    /// (the default) is the paper's RewardSDS. Needs a model attached with
+    /// [`Guidance::set_reward_feedback`].
+    pub reward_feedback: Option<RewardFeedbackConfig>,
 }
 
 impl Default for GuidanceConfig {
@@ -217,6 +222,7 @@ impl Default for GuidanceConfig {
             view_thresholds: ViewThresholds::default(),
             max_batch: 16,
             reward: None,
+            reward_feedback: None,
         }
     }
 }
@@ -280,6 +286,37 @@ impl GuidanceConfig {
         if let Some(reward) = &self.reward {
             reward.validate().map_err(|e| e.within("reward"))?;
         }
+        if let Some(feedback) = &self.reward_feedback {
+            feedback
+                .validate()
+                .map_err(|e| e.within("reward_feedback"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the settings that use a reward model have one: `reward` is the host config's
+    /// reward spec (a folder or preset name). The error names `reward`.
+    pub fn check_reward_model(&self, reward: Option<&str>) -> Result<(), ConfigError> {
+        if reward.is_some() {
+            return Ok(());
+        }
+        if self
+            .reward
+            .as_ref()
+            .is_some_and(|r| r.strategy.uses_rewards())
+        {
+            return Err(ConfigError::new(
+                "reward",
+                "RewardSDS ranks samples by reward: name a reward model (e.g. tiny-world-reward)",
+            ));
+        }
+        if self.reward_feedback.is_some() {
+            return Err(ConfigError::new(
+                "reward",
+                "guidance.reward_feedback differentiates a reward: name a reward model (e.g. \
+                 tiny-world-reward)",
+            ));
+        }
         Ok(())
     }
 }
@@ -319,12 +356,15 @@ pub struct GuidanceStats {
     pub selected: Vec<usize>,
     /// The prompt direction of each view (empty without view-dependent prompting).
     pub directions: Vec<ViewDirection>,
+    /// Mean reward of the rendered views under reward feedback (`None` without it).
+    pub feedback_reward: Option<f32>,
 }
 
 /// The result of [`Guidance::step`].
 #[derive(Debug, Clone)]
 pub struct GuidanceOutput<B: AutodiffBackend> {
-    /// The surrogate loss `0.5 ||z - stopgrad(z - g)||^2 / B`, shape `[1]`; call `backward`.
+    /// The surrogate loss `0.5 ||z - stopgrad(z - g)||^2 / B`, plus `-scale * mean reward`
+    /// under reward feedback (so it can be negative), shape `[1]`; call `backward`.
     pub loss: Tensor<B, 1>,
     /// What happened.
     pub stats: GuidanceStats,
@@ -341,6 +381,7 @@ pub struct Guidance<B: AutodiffBackend> {
     encoder: ImageEncoder<B>,
     prompts: PromptEmbeddings<B::InnerBackend>,
     reward: Option<BoxedReward<B>>,
+    feedback: Option<BoxedFeedbackReward<B>>,
     total_steps: usize,
 }
 
@@ -350,6 +391,7 @@ impl<B: AutodiffBackend> std::fmt::Debug for Guidance<B> {
             .field("config", &self.config)
             .field("prompt", &self.prompts.prompt())
             .field("reward", &self.reward.as_ref().map(|r| r.name()))
+            .field("feedback", &self.feedback.as_ref().map(|r| r.name()))
             .field("total_steps", &self.total_steps)
             .finish_non_exhaustive()
     }
@@ -393,8 +435,16 @@ impl<B: AutodiffBackend> Guidance<B> {
             encoder,
             prompts,
             reward,
+            feedback: None,
             total_steps,
         })
+    }
+
+    /// Attaches the differentiable reward model that `reward_feedback` differentiates (on
+    /// the autodiff backend; [`crate::models::ClipScore::autodiff`] shares the RewardSDS
+    /// model's weights).
+    pub fn set_reward_feedback(&mut self, model: BoxedFeedbackReward<B>) {
+        self.feedback = Some(model);
     }
 
     /// Takes the guidance apart, to build another (other settings or prompt) without loading
@@ -495,6 +545,25 @@ impl<B: AutodiffBackend> Guidance<B> {
             )));
         }
 
+        // 0. reward feedback on the views as rendered (the gradient the prior cannot give)
+        let feedback = match (&self.config.reward_feedback, &self.feedback) {
+            (None, _) => None,
+            (Some(config), Some(model)) => Some(feedback_loss(
+                model.as_ref(),
+                config,
+                images.clone(),
+                self.prompts.prompt(),
+            )?),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "reward_feedback",
+                    "is set but no differentiable reward model is attached \
+                     (Guidance::set_reward_feedback)",
+                )
+                .into());
+            }
+        };
+
         // 1. encode (autodiff), then leave the graph for the prior
         let mut posterior_rng = StdRng::seed_from_u64(seed ^ POSTERIOR_STREAM);
         let z = self.encoder.encode(images, &mut posterior_rng);
@@ -594,6 +663,10 @@ impl<B: AutodiffBackend> Guidance<B> {
         // 5. surrogate loss on the autodiff backend: d loss / d z = (z - target) / B = g / B
         let target = z.clone().detach() - Tensor::<B, 4>::from_inner(g);
         let loss = (z - target).powi_scalar(2).sum() * (0.5 / batch as f32);
+        let (loss, feedback_reward) = match feedback {
+            Some((term, reward)) => (loss + term, Some(reward)),
+            None => (loss, None),
+        };
 
         let stats = GuidanceStats {
             step,
@@ -606,6 +679,7 @@ impl<B: AutodiffBackend> Guidance<B> {
             rewards,
             weights,
             directions,
+            feedback_reward,
         };
         Ok(GuidanceOutput { loss, stats })
     }

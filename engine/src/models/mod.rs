@@ -7,6 +7,7 @@ pub mod clip_text;
 pub mod clip_vision;
 pub mod conv;
 pub mod embeddings;
+pub mod resize;
 pub mod resnet;
 pub mod reward;
 pub mod schedulers;

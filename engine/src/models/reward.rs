@@ -11,15 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 use super::clip::{CLIPModel, l2_normalize};
 use super::clip_vision::CLIPVisionModelWithProjection;
+use super::resize::resize_bilinear;
 use super::tokenizer::CLIPTokenizer;
 use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with, weight_files};
 
@@ -81,14 +80,11 @@ pub fn clip_preprocess<B: Backend>(
         return Err(RewardError::BadImages { shape });
     }
     let device = images.device();
+    // Differentiable on every backend: reward feedback backpropagates through it.
     let images = if h == size && w == size {
         images
     } else {
-        let options = InterpolateOptions {
-            mode: InterpolateMode::Bilinear,
-            align_corners: false,
-        };
-        interpolate(images, [size, size], options)
+        resize_bilinear(images, [size, size])
     };
     let channel = |v: [f32; 3]| {
         Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [3]), &device).reshape([1, 3, 1, 1])
@@ -145,6 +141,15 @@ impl<B: Backend> ClipScore<B> {
     /// The wrapped CLIP model.
     pub fn model(&self) -> &CLIPModel<B> {
         &self.model
+    }
+
+    /// The same scorer on an autodiff backend whose inner backend is `B`, sharing the weights
+    /// (no copy) with their gradients off: reward feedback differentiates into the images only.
+    pub fn autodiff<AD: AutodiffBackend<InnerBackend = B>>(&self) -> ClipScore<AD> {
+        ClipScore::new(
+            CLIPModel::<AD>::from_inner(self.model.clone()).no_grad(),
+            self.tokenizer.clone(),
+        )
     }
 }
 
