@@ -230,14 +230,13 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
         }
         _ => None,
     };
-    let feedback = match (&model, wants_feedback) {
-        (Some(m), true) => Some(m.autodiff::<B>()),
-        _ => None,
-    };
-    let reward: Option<BoxedReward<B>> = match model {
-        Some(m) if wants_reward => Some(Box::new(m)),
-        _ => None,
-    };
+    let feedback = model
+        .as_ref()
+        .filter(|_| wants_feedback)
+        .map(|m| m.autodiff::<B>());
+    let reward = model
+        .filter(|_| wants_reward)
+        .map(|m| Box::new(m) as BoxedReward<B>);
     let mut guidance = Guidance::new(
         config.guidance.clone(),
         prior,
