@@ -3,7 +3,8 @@
 //! `cargo run --release --example benchmark -- --steps 200 --prompts 4 --seeds 2`
 //! prints a Markdown table (and writes it with `--out`): per scene representation and method,
 //! the judge's R-precision (top-1 caption retrieval among all compositions) over 8 views,
-//! mean judge CLIP score, wins per prompt and time per asset; RewardSDS at equal steps, SDS
+//! mean judge CLIP score, wins per prompt, the objects whose colour took the asked-for shape
+//! (`tiny_world::shape_check`, no CLIP) and time per asset; RewardSDS at equal steps, SDS
 //! also at equal wall-clock. `--images <dir>` saves the judged views (one row per run, in the
 //! order of the log lines).
 
@@ -18,6 +19,7 @@ use rewardsds::engine::generate::{GenerateConfig, Generator, SceneKind, load_gui
 use rewardsds::engine::guidance::RewardFeedbackConfig;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::evaluate::Judge;
+use rewardsds::engine::tiny_world::shape_check::check_shapes;
 use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
 
@@ -92,6 +94,10 @@ struct Score {
     clip_score: f32,
     seconds: f64,
     steps: usize,
+    /// Objects whose colour took the asked-for shape (the CLIP-free shape check), of those
+    /// checked.
+    shapes_right: usize,
+    shapes: usize,
 }
 
 struct Bench {
@@ -188,7 +194,7 @@ impl BackendTask for Bench {
         let judge_dir = resolve_model("tiny-world-judge")?;
         let judge = Judge::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
         let mut table = String::from(
-            "| scene | method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | s/asset |\n|---|---|---|---|---|---|---|\n",
+            "| scene | method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | shapes right (no CLIP) | s/asset |\n|---|---|---|---|---|---|---|---|\n",
         );
         for &scene in &args.scenes {
             let mut scores: Vec<Score> = vec![Score::default(); methods.len()];
@@ -226,6 +232,9 @@ impl BackendTask for Bench {
                         let images = RgbImage::to_tensor::<B::InnerBackend>(&views, &device);
                         let r = judge.retrieval(images, &vec![*composition; views.len()]);
                         sheet.push(RgbImage::hstack(&views));
+                        // Compositions whose objects share a colour cannot be checked.
+                        let shapes =
+                            check_shapes(&generator.surface(&config.mesh)?.mesh, composition).ok();
                         let s = &mut scores[m];
                         s.runs += 1;
                         s.views += views.len();
@@ -233,15 +242,20 @@ impl BackendTask for Bench {
                         s.clip_score += r.clip_score;
                         s.seconds += seconds;
                         s.steps += config.steps;
+                        if let Some(check) = &shapes {
+                            s.shapes_right += check.correct();
+                            s.shapes += check.objects.len();
+                        }
                         row.push(r.clip_score);
                         eprintln!(
-                            "{} {group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s",
+                            "{} {group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s  shapes: {}",
                             scene.name(),
                             composition.caption(),
                             method.name,
                             r.top1,
                             r.clip_score,
-                            seconds
+                            seconds,
+                            shapes.map_or("not checked".into(), |c| c.to_string())
                         );
                     }
                     per_run.push(row);
@@ -259,7 +273,7 @@ impl BackendTask for Bench {
                 let s = &scores[m];
                 let wins = per_run.iter().filter(|r| r[m] > r[0]).count();
                 table += &format!(
-                    "| {} | {} | {} | {:.1}% | {:.2} | {} | {:.1} |\n",
+                    "| {} | {} | {} | {:.1}% | {:.2} | {} | {}/{} | {:.1} |\n",
                     scene.name(),
                     method.name,
                     s.steps / s.runs.max(1),
@@ -270,6 +284,8 @@ impl BackendTask for Bench {
                     } else {
                         format!("{wins}/{}", per_run.len())
                     },
+                    s.shapes_right,
+                    s.shapes,
                     s.seconds / s.runs.max(1) as f64
                 );
             }

@@ -23,6 +23,7 @@ use rewardsds::engine::guidance::RewardFeedbackConfig;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::Composition;
 use rewardsds::engine::tiny_world::evaluate::Judge;
+use rewardsds::engine::tiny_world::shape_check::check_shapes;
 use rewardsds::engine::weights::resolve_model;
 
 /// Command-line options; each overrides the preset or config file.
@@ -153,9 +154,9 @@ impl BackendTask for Generate {
             glb.display(),
             export.triangles,
             export.bytes / 1024,
-            mesh.iso_level,
+            mesh.report.iso_level,
             {
-                let t = &mesh.timings;
+                let t = &mesh.report.timings;
                 (t.sample + t.extract + t.cleanup + t.simplify + t.color).as_secs_f64()
             }
         );
@@ -179,6 +180,13 @@ impl BackendTask for Generate {
         };
         if let Some(dir) = judge_dir {
             judge_views::<B::InnerBackend>(&config.prompt, &views, &dir, &device)?;
+        }
+        // Geometry, read without a CLIP: which shape each colour of the prompt took.
+        if let Some(target) = Composition::parse(&config.prompt) {
+            match check_shapes(&mesh.mesh, &target) {
+                Ok(check) => println!("shapes (no CLIP): {check}"),
+                Err(e) => println!("shapes (no CLIP): skipped, {e}"),
+            }
         }
         println!(
             "done in {:.1}s ({:.2}s per step)",

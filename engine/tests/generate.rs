@@ -73,7 +73,7 @@ fn short_generation_writes_a_valid_glb() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("a-red-cube-and-a-blue-sphere.glb");
     let (export, mesh) = generator.export_glb(&path).unwrap();
-    assert!(export.triangles > 0 && mesh.triangles == export.triangles);
+    assert!(export.triangles > 0 && mesh.report.triangles == export.triangles);
     // Read back: one mesh with positions and normals, placed on the ground.
     let gltf = gltf::Gltf::open(&path).unwrap();
     let extras = gltf.document.as_json().asset.extras.as_ref().unwrap().get();

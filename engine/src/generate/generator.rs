@@ -19,7 +19,7 @@ use crate::fit::render_views;
 use crate::guidance::{
     BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceError, ViewAngles,
 };
-use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, MeshReport, NerfField, extract_mesh};
+use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, NerfField, extract_mesh};
 use crate::models::reward::ClipScore;
 use crate::optim::GroupedOptimizer;
 use crate::render::{RenderOutput, VolumeRenderer};
@@ -515,11 +515,11 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     }
 
     /// Extract the surface and write it to `path` as a `.glb` (atomically), with the prompt,
-    /// seed and steps in `asset.extras`.
+    /// seed and steps in `asset.extras`; returns the extracted mesh too (checks read it).
     pub fn export_glb(
         &self,
         path: &std::path::Path,
-    ) -> Result<(ExportReport, MeshReport), GenerateError> {
+    ) -> Result<(ExportReport, ExtractedMesh), GenerateError> {
         let extracted = self.surface(&self.config.mesh)?;
         let mut extras = serde_json::Map::new();
         extras.insert("seed".into(), self.config.seed.into());
@@ -534,7 +534,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             ..ExportConfig::default()
         };
         let report = write_glb(&extracted.mesh, extracted.texture.as_ref(), path, &config)?;
-        Ok((report, extracted.report))
+        Ok((report, extracted))
     }
 }
 

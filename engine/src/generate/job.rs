@@ -314,7 +314,7 @@ impl BackendTask for Job {
             backend: Some(request.backend),
             ..request.config
         };
-        write_sidecar(&report, &config, mesh.iso_level)?;
+        write_sidecar(&report, &config, mesh.report.iso_level)?;
         Ok(JobEvent::Finished(report))
     }
 }

@@ -15,6 +15,7 @@ pub mod models;
 pub mod probe;
 pub mod recipe;
 pub mod sample;
+pub mod shape_check;
 pub mod train;
 pub mod vocab;
 
