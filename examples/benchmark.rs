@@ -98,6 +98,8 @@ struct Score {
     /// checked.
     shapes_right: usize,
     shapes: usize,
+    /// Sum over the checked objects of the asked-for shape's fit error.
+    shape_error: f32,
 }
 
 struct Bench {
@@ -194,7 +196,7 @@ impl BackendTask for Bench {
         let judge_dir = resolve_model("tiny-world-judge")?;
         let judge = Judge::<B::InnerBackend>::from_folder(&judge_dir, &device)?;
         let mut table = String::from(
-            "| scene | method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | shapes right (no CLIP) | s/asset |\n|---|---|---|---|---|---|---|---|\n",
+            "| scene | method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | shapes right (no CLIP) | asked-shape fit error | s/asset |\n|---|---|---|---|---|---|---|---|---|\n",
         );
         for &scene in &args.scenes {
             let mut scores: Vec<Score> = vec![Score::default(); methods.len()];
@@ -245,6 +247,13 @@ impl BackendTask for Bench {
                         if let Some(check) = &shapes {
                             s.shapes_right += check.correct();
                             s.shapes += check.objects.len();
+                            // A missing colour counts as the worst error measured (1: the
+                            // whole extent away).
+                            s.shape_error += check
+                                .objects
+                                .iter()
+                                .map(|o| o.asked_error().unwrap_or(1.0))
+                                .sum::<f32>();
                         }
                         row.push(r.clip_score);
                         eprintln!(
@@ -273,7 +282,7 @@ impl BackendTask for Bench {
                 let s = &scores[m];
                 let wins = per_run.iter().filter(|r| r[m] > r[0]).count();
                 table += &format!(
-                    "| {} | {} | {} | {:.1}% | {:.2} | {} | {}/{} | {:.1} |\n",
+                    "| {} | {} | {} | {:.1}% | {:.2} | {} | {}/{} | {:.3} | {:.1} |\n",
                     scene.name(),
                     method.name,
                     s.steps / s.runs.max(1),
@@ -286,6 +295,7 @@ impl BackendTask for Bench {
                     },
                     s.shapes_right,
                     s.shapes,
+                    s.shape_error / s.shapes.max(1) as f32,
                     s.seconds / s.runs.max(1) as f64
                 );
             }

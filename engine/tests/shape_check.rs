@@ -91,7 +91,8 @@ fn a_binding_swap_fails_both_objects_and_a_missing_colour_is_named() {
         item(Color::Blue, Shape::Sphere),
     );
     let mesh = true_mesh(&truth, 0, 0.5);
-    assert_eq!(check_shapes(&mesh, &truth).unwrap().correct(), 2);
+    let right = check_shapes(&mesh, &truth).unwrap();
+    assert_eq!(right.correct(), 2);
 
     let swap = truth.binding_swap().unwrap();
     let check = check_shapes(&mesh, &swap).unwrap();
@@ -99,6 +100,14 @@ fn a_binding_swap_fails_both_objects_and_a_missing_colour_is_named() {
     // The swap's blue cube is the true blue sphere, its red sphere the true red cube.
     assert_eq!(check.objects[0].shape(), Some(Shape::Sphere), "{check}");
     assert_eq!(check.objects[1].shape(), Some(Shape::Cube), "{check}");
+    // The asked-for shapes fit the true scene far worse than the true ones.
+    for (swapped, true_one) in check.objects.iter().zip(&right.objects) {
+        let (bad, good) = (
+            swapped.asked_error().unwrap(),
+            true_one.asked_error().unwrap(),
+        );
+        assert!(bad > 5.0 * good && bad > 0.01, "{bad} vs {good}: {check}");
+    }
 
     let with_green = Composition::And(
         item(Color::Red, Shape::Cube),
@@ -107,6 +116,7 @@ fn a_binding_swap_fails_both_objects_and_a_missing_colour_is_named() {
     let check = check_shapes(&mesh, &with_green).unwrap();
     assert_eq!(check.correct(), 1, "{check}");
     assert_eq!(check.objects[1].shape(), None, "{check}");
+    assert_eq!(check.objects[1].asked_error(), None, "{check}");
     assert!(
         check.to_string().contains("a green sphere: missing"),
         "{check}"

@@ -68,6 +68,15 @@ impl ObjectShape {
     pub fn is_correct(&self) -> bool {
         self.shape() == Some(self.item.shape)
     }
+
+    /// How far the vertices lie from the asked-for shape at its best fit (the scale-free
+    /// [`ShapeFit::error`]); `None` when the colour is missing.
+    pub fn asked_error(&self) -> Option<f32> {
+        self.fits
+            .iter()
+            .find(|f| f.shape == self.item.shape)
+            .map(|f| f.error)
+    }
 }
 
 impl fmt::Display for ObjectShape {
