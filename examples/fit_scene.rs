@@ -16,6 +16,7 @@ use rewardsds::engine::export::write_splat_ply;
 use rewardsds::engine::fit::{
     FitConfig, GaussianFitConfig, fit_gaussians, fit_nerf, render_gaussian_views, render_views,
 };
+use rewardsds::engine::mesh::{MeshConfig, NerfField, extract_mesh};
 use rewardsds::engine::procedural::SdfScene;
 use rewardsds::engine::render::{VolumeRenderer, VolumeRendererConfig};
 use rewardsds::engine::rgb_image::RgbImage;
@@ -24,6 +25,8 @@ use rewardsds::engine::scene::gaussians::{DensifyConfig, GaussiansConfig};
 use rewardsds::engine::scene::nerf::{
     BackgroundConfig, BackgroundKind, HashGridConfig, NerfConfig,
 };
+use rewardsds::engine::tiny_world::Item;
+use rewardsds::engine::tiny_world::shape_check::check_items;
 
 /// Command-line options; every field is also documented in `--help`.
 #[derive(Parser, Debug, Clone)]
@@ -228,7 +231,22 @@ fn fit_nerf_scene<B: EngineAutodiffBackend>(args: Args, device: B::Device) -> Re
         mean,
         fit_time
     );
-    write_views(&args, &psnr, &predicted, &heldout_images)
+    write_views(&args, &psnr, &predicted, &heldout_images)?;
+
+    // The control of the shape check: a NeRF fitted to true renders, meshed as `generate`
+    // meshes its results, should show each object's true shape.
+    let field = NerfField::from_autodiff(&nerf);
+    let mesh = extract_mesh(&field, Some(&field), field.bounds(), &MeshConfig::default())?;
+    let items: Vec<Item> = scene
+        .objects
+        .iter()
+        .map(|o| Item {
+            color: o.color,
+            shape: o.shape,
+        })
+        .collect();
+    println!("shapes (no CLIP): {}", check_items(&mesh.mesh, &items)?);
+    Ok(())
 }
 
 /// Prints the per-view PSNR and writes the predicted and true turntables.

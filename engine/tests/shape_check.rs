@@ -133,7 +133,7 @@ fn unusable_input_is_named() {
     );
     let err = check_shapes(&mesh, &same).unwrap_err();
     assert!(matches!(err, ShapeCheckError::SharedColor(..)));
-    assert!(err.to_string().contains("are red"), "{err}");
+    assert!(err.to_string().contains("are both red"), "{err}");
 
     mesh.colors.clear();
     let err = check_shapes(&mesh, &truth).unwrap_err();

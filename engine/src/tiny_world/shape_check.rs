@@ -139,9 +139,9 @@ pub enum ShapeCheckError {
     /// The mesh carries no vertex colours.
     #[error("the mesh has no vertex colours: the shape check sorts vertices by colour")]
     NoColors,
-    /// Two objects of the prompt share a colour.
-    #[error("both objects of \"{0}\" are {1}: colours cannot tell them apart")]
-    SharedColor(String, &'static str),
+    /// Two objects share a colour.
+    #[error("{0} and {1} are both {2}: colours cannot tell them apart")]
+    SharedColor(Item, Item, &'static str),
 }
 
 /// Fits every world shape to each object of `composition`, found in `mesh` by its colour
@@ -151,29 +151,32 @@ pub fn check_shapes(
     mesh: &TriMesh,
     composition: &Composition,
 ) -> Result<ShapeCheck, ShapeCheckError> {
+    let items = match *composition {
+        Composition::Single(a) => vec![a],
+        Composition::And(a, b) | Composition::OnTopOf(a, b) => vec![a, b],
+    };
+    check_items(mesh, &items)
+}
+
+/// [`check_shapes`] for any list of objects of distinct colours (a scene of more than two,
+/// such as [`crate::procedural::SdfScene::example`]).
+pub fn check_items(mesh: &TriMesh, items: &[Item]) -> Result<ShapeCheck, ShapeCheckError> {
     if mesh.colors.len() != mesh.positions.len() || mesh.positions.is_empty() {
         return Err(ShapeCheckError::NoColors);
     }
-    let items = match *composition {
-        Composition::Single(a) => vec![a],
-        Composition::And(a, b) | Composition::OnTopOf(a, b) => {
-            if a.color == b.color {
-                return Err(ShapeCheckError::SharedColor(
-                    composition.caption(),
-                    a.color.name(),
-                ));
-            }
-            vec![a, b]
+    for (i, a) in items.iter().enumerate() {
+        if let Some(b) = items[i + 1..].iter().find(|b| b.color == a.color) {
+            return Err(ShapeCheckError::SharedColor(*a, *b, a.color.name()));
         }
-    };
+    }
     let nearest: Vec<Color> = mesh
         .colors
         .iter()
         .map(|c| nearest_color(Vec3::from(c.map(linear_to_srgb))))
         .collect();
     let objects = items
-        .into_iter()
-        .map(|item| {
+        .iter()
+        .map(|&item| {
             let points: Vec<Vec3> = mesh
                 .positions
                 .iter()
