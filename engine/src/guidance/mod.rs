@@ -21,6 +21,7 @@
 //! autodiff backend. Randomness (timestep, noises, VAE posterior sample) comes from a seeded
 //! `StdRng` on the host, so CPU runs are reproducible bit for bit.
 
+pub mod ism;
 pub mod prior;
 pub mod prompts;
 pub mod reward_feedback;
@@ -29,6 +30,7 @@ pub mod sds;
 pub mod weighting;
 
 pub use crate::models::resize::resize_bilinear;
+pub use ism::{IsmConfig, IsmTarget, ddim_move, interval_target};
 pub use prior::{DiffusionPrior, ImageEncoder, PriorParts};
 pub use prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds};
 pub use reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};

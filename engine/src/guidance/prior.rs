@@ -500,6 +500,33 @@ impl<B: Backend> DiffusionPrior<B> {
         self.scheduler.pred_epsilon(guided, x_t, &[t])
     }
 
+    /// The noise prediction under one text embedding (no CFG: one UNet branch), converted to
+    /// epsilon as [`predict_noise_cfg`](Self::predict_noise_cfg) does; e.g. the unconditional
+    /// predictions of a DDIM inversion.
+    ///
+    /// # Shapes
+    /// - x_t: `[n, channels, h, w]`
+    /// - context: `[n, seq, hidden]` or `[1, seq, hidden]` (broadcast)
+    /// - output: `[n, channels, h, w]`
+    pub fn predict_noise(
+        &self,
+        x_t: Tensor<B, 4>,
+        t: usize,
+        context: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 4>, SchedulerError> {
+        let n = x_t.dims()[0];
+        self.scheduler.alpha_prod(t)?;
+        let context = match context.dims()[0] {
+            m if m == n => context,
+            1 => context.repeat_dim(0, n),
+            m => panic!("{m} text embeddings for a batch of {n} samples"),
+        };
+        let out = map_batch(x_t.clone(), context, |sample, context| {
+            self.unet.forward_timestep(sample, t as f32, context)
+        });
+        self.scheduler.pred_epsilon(out, x_t, &[t])
+    }
+
     /// [`predict_noise_cfg`](Self::predict_noise_cfg) in passes of at most `max_batch`
     /// samples (UNet batches of `2 * max_batch`), to bound memory.
     ///

@@ -20,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::ism::{IsmConfig, interval_target};
 use super::prior::{DiffusionPrior, ImageEncoder};
 use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds};
 use super::reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
@@ -207,6 +208,11 @@ pub struct GuidanceConfig {
     /// (the default) is the paper's RewardSDS. Needs a model attached with
     /// [`Guidance::set_reward_feedback`].
     pub reward_feedback: Option<RewardFeedbackConfig>,
+    /// Interval score matching ([`super::ism`]): `x_t` by DDIM inversion and the prior's
+    /// prediction at `x_s` as the target, instead of a random noise; `None` (the default) is
+    /// SDS's random noise. With RewardSDS the `N` samples differ only in the inversion's
+    /// starting noise.
+    pub ism: Option<IsmConfig>,
 }
 
 impl Default for GuidanceConfig {
@@ -223,6 +229,7 @@ impl Default for GuidanceConfig {
             max_batch: 16,
             reward: None,
             reward_feedback: None,
+            ism: None,
         }
     }
 }
@@ -290,6 +297,9 @@ impl GuidanceConfig {
             feedback
                 .validate()
                 .map_err(|e| e.within("reward_feedback"))?;
+        }
+        if let Some(ism) = &self.ism {
+            ism.validate().map_err(|e| e.within("ism"))?;
         }
         Ok(())
     }
@@ -581,11 +591,30 @@ impl<B: AutodiffBackend> Guidance<B> {
             TensorData::new(draw.noise, [n * batch, channels, zh, zw]),
             (&device, z_inner.dtype()),
         );
-        let x_t = self.prior.scheduler().add_noise(
-            z_inner.clone().repeat_dim(0, n),
-            noise.clone(),
-            &[t],
-        )?;
+        // SDS: a random x_t, compared with its own noise; ISM: x_t by DDIM inversion, compared
+        // with the prior's prediction at x_s.
+        let (x_t, target_noise) = match &self.config.ism {
+            None => {
+                let x_t = self.prior.scheduler().add_noise(
+                    z_inner.clone().repeat_dim(0, n),
+                    noise.clone(),
+                    &[t],
+                )?;
+                (x_t, noise)
+            }
+            Some(ism) => {
+                let target = interval_target(
+                    &self.prior,
+                    z_inner.clone().repeat_dim(0, n),
+                    noise,
+                    t,
+                    self.prompts.uncond(),
+                    ism,
+                    self.config.max_batch,
+                )?;
+                (target.x_t, target.target)
+            }
+        };
 
         // 3. CFG noise predictions for all samples
         let directions = if view_dependent {
@@ -610,7 +639,7 @@ impl<B: AutodiffBackend> Guidance<B> {
             self.config.max_batch,
         )?;
         let time_weight = self.time_weight(t)?;
-        let diff = eps_cfg.clone() - noise;
+        let diff = eps_cfg.clone() - target_noise;
 
         // 4. rewards, weights and g
         let (g, rewards, weights) = match reward {
