@@ -320,3 +320,87 @@ fn unknown_models_are_rejected_naming_the_field() {
         );
     }
 }
+
+/// A generator started from an existing NeRF continues from that field (a fitted scene, an
+/// earlier result); a field of another shape or a Gaussian config is refused naming the field.
+#[test]
+fn a_generator_starts_from_a_given_nerf() {
+    let _turn = serial();
+    let device = Default::default();
+    // A finished short run's NeRF is the starting field.
+    let mut first = Generator::<B>::load(small(3), &device).unwrap();
+    first.run(&AtomicBool::new(false), &mut |_| {}).unwrap();
+    let nerf = first.nerf().unwrap().clone();
+    let load = |config: GenerateConfig, nerf| {
+        let guidance = rewardsds_engine::generate::load_guidance::<B>(&config, &device).unwrap();
+        Generator::<B>::from_nerf(config, guidance, nerf, &device)
+    };
+    let started = load(small(3), nerf.clone()).unwrap();
+    assert_eq!(started.steps_done(), 0);
+    assert_eq!(parameters(&started), parameters(&first));
+    assert_eq!(
+        started.turntable(2, 16).unwrap(),
+        first.turntable(2, 16).unwrap()
+    );
+    // A fresh generator of the same config is a different field.
+    let fresh = Generator::<B>::load(small(3), &device).unwrap();
+    assert_ne!(parameters(&fresh), parameters(&started));
+
+    let mut wider = small(3);
+    wider.nerf.hidden *= 2;
+    let err = load(wider, nerf.clone()).unwrap_err();
+    assert!(
+        matches!(&err, GenerateError::Config(c) if c.field == "nerf"),
+        "{err}"
+    );
+    let mut gaussians = small(3);
+    gaussians.scene = rewardsds_engine::generate::SceneKind::Gaussians;
+    let err = load(gaussians, nerf).unwrap_err();
+    assert!(
+        matches!(&err, GenerateError::Config(c) if c.field == "scene"),
+        "{err}"
+    );
+}
+
+/// With `learning_rate_end_factor` the NeRF's steps shrink over the run: the same first step
+/// as a constant-rate run, then smaller parameter changes by the last step.
+#[test]
+fn learning_rates_decay_as_configured() {
+    let _turn = serial();
+    let device = Default::default();
+    let run = |factor: f64| {
+        let mut config = small(6);
+        config.snapshot_every = 0;
+        config.learning_rate_end_factor = factor;
+        let mut g = Generator::<B>::load(config, &device).unwrap();
+        let mut snapshots = vec![parameters(&g)];
+        for _ in 0..6 {
+            g.step().unwrap();
+            snapshots.push(parameters(&g));
+        }
+        snapshots
+    };
+    let change = |a: &[Vec<f32>], b: &[Vec<f32>]| -> f32 {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .sum()
+    };
+    let (constant, decayed) = (run(1.0), run(0.01));
+    // Step 0 runs at the full rates either way.
+    assert_eq!(constant[1], decayed[1]);
+    let last_constant = change(&constant[5], &constant[6]);
+    let last_decayed = change(&decayed[5], &decayed[6]);
+    println!(
+        "last step's total parameter change: constant {last_constant:.3}, decayed to 1% {last_decayed:.3}"
+    );
+    assert!(last_decayed < 0.1 * last_constant);
+
+    let mut config = small(1);
+    config.learning_rate_end_factor = 0.0;
+    assert_eq!(
+        config.validate().unwrap_err().field,
+        "learning_rate_end_factor"
+    );
+}

@@ -327,6 +327,41 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         })
     }
 
+    /// A NeRF generator that starts from `nerf` instead of a fresh field (threestudio's
+    /// `geometry_convert_from`): refining a fitted or earlier result, or asking whether the
+    /// guidance keeps a known scene (`examples/sds_from_truth.rs`). The optimiser starts fresh.
+    pub fn from_nerf(
+        config: GenerateConfig,
+        guidance: Guidance<B>,
+        nerf: Nerf<B>,
+        device: &B::Device,
+    ) -> Result<Self, GenerateError> {
+        if config.scene != SceneKind::Nerf {
+            return Err(ConfigError::new(
+                "scene",
+                "a generator started from a NeRF needs `scene = \"nerf\"`",
+            )
+            .into());
+        }
+        let mut generator = Self::new(config, guidance, device)?;
+        if let SceneState::Nerf { nerf: current, .. } = &mut generator.scene {
+            // A field of another shape would fail deep inside the first step: say so here.
+            let (expected, given) = (current.num_params(), nerf.num_params());
+            if expected != given {
+                return Err(ConfigError::new(
+                    "nerf",
+                    format!(
+                        "the starting NeRF has {given} parameters but `nerf` describes one \
+                         of {expected}: build it from the same `NerfConfig`"
+                    ),
+                )
+                .into());
+            }
+            *current = nerf;
+        }
+        Ok(generator)
+    }
+
     /// Makes [`run`](Self::run) write a checkpoint into `dir` every `checkpoint_every` steps
     /// and after the last one (see [`save_checkpoint`](Self::save_checkpoint)).
     pub fn checkpoint_to(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
@@ -414,7 +449,8 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 },
                 _,
             ) => {
-                let groups = nerf.param_groups(&mut grads, &self.config.learning_rates);
+                let rates = self.config.learning_rates_at(self.step);
+                let groups = nerf.param_groups(&mut grads, &rates);
                 *nerf = optimizer.step(nerf.clone(), groups);
             }
             (SceneState::Gaussians(g), Some(pending)) => {

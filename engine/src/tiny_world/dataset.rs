@@ -82,13 +82,25 @@ pub fn render_example(
 /// `composition` laid out from `seed` and rendered from the `n` turntable views the generator
 /// judges its results by ([`OrbitConfig::turntable`]): what a perfect 3D result would show.
 pub fn render_turntable(composition: &Composition, n: usize, seed: u64) -> Vec<RgbImage> {
+    let cameras = training_orbit()
+        .turntable(n, IMAGE_SIZE)
+        .expect("the default orbit is valid");
+    render_views(composition, seed, &cameras)
+}
+
+/// `composition` laid out from `seed` (one layout for all views) and rendered from each of
+/// `cameras` at its own size, supersampled as the training renders are.
+pub fn render_views(composition: &Composition, seed: u64, cameras: &[Camera]) -> Vec<RgbImage> {
     let mut rng = StdRng::seed_from_u64(seed);
     let scene = layout(composition, &mut rng);
-    training_orbit()
-        .turntable(n, IMAGE_SIZE * SUPERSAMPLE)
-        .expect("the default orbit is valid")
+    cameras
         .iter()
-        .map(|camera| scene.render(camera).downsample(SUPERSAMPLE))
+        .map(|camera| {
+            let fine = camera
+                .with_size(camera.width * SUPERSAMPLE, camera.height * SUPERSAMPLE)
+                .expect("a larger size of a valid camera is valid");
+            scene.render(&fine).downsample(SUPERSAMPLE)
+        })
         .collect()
 }
 
