@@ -60,6 +60,13 @@ struct Args {
     /// Classifier-free guidance scale of every method (default: the `fast` preset's).
     #[arg(long)]
     guidance_scale: Option<f32>,
+    /// CFG scale at the last step of every method, reached linearly (default: constant).
+    #[arg(long)]
+    guidance_scale_end: Option<f32>,
+    /// The NeRF's learning rates at the last step as a fraction of the first (default: 1,
+    /// constant).
+    #[arg(long)]
+    learning_rate_end_factor: Option<f64>,
     /// Prior model: preset name or diffusers folder (default: the `fast` preset's, Tiny World).
     #[arg(long)]
     prior: Option<String>,
@@ -188,6 +195,12 @@ impl BackendTask for Bench {
             if let Some(scale) = args.guidance_scale {
                 method.config.guidance.guidance_scale = scale;
             }
+            if let Some(end) = args.guidance_scale_end {
+                method.config.guidance.guidance_scale_end = Some(end);
+            }
+            if let Some(factor) = args.learning_rate_end_factor {
+                method.config.learning_rate_end_factor = factor;
+            }
             if let Some(prior) = &args.prior {
                 method.config.prior = prior.clone();
             }
@@ -301,7 +314,7 @@ impl BackendTask for Bench {
             }
         }
         Ok(format!(
-            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds (from {}); prior {}, CFG {}; chance R-precision {:.2}%.\n\n{table}",
+            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds (from {}); prior {}, CFG {}{}, learning rates to x{} by the last step; chance R-precision {:.2}%.\n\n{table}",
             prompts.len(),
             seen,
             prompts.len() - seen,
@@ -309,6 +322,13 @@ impl BackendTask for Bench {
             args.first_seed,
             methods[0].config.prior,
             methods[0].config.guidance.guidance_scale,
+            methods[0]
+                .config
+                .guidance
+                .guidance_scale_end
+                .map(|end| format!(" -> {end}"))
+                .unwrap_or_default(),
+            methods[0].config.learning_rate_end_factor,
             100.0 / Composition::all().len() as f32
         ))
     }

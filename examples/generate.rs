@@ -62,6 +62,14 @@ struct Args {
     /// off (the preset's or config's when unset).
     #[arg(long)]
     reward_feedback: Option<f32>,
+    /// CFG scale at the last step, reached linearly from the preset's
+    /// (`guidance.guidance_scale_end`; the preset's or config's when unset).
+    #[arg(long)]
+    guidance_scale_end: Option<f32>,
+    /// The NeRF's learning rates at the last step as a fraction of the first
+    /// (`learning_rate_end_factor`; the preset's or config's when unset).
+    #[arg(long)]
+    learning_rate_end_factor: Option<f64>,
     /// Backend: cpu, wgpu or cuda (when unset: the config's `backend`, else cpu).
     #[arg(long)]
     backend: Option<String>,
@@ -70,7 +78,7 @@ struct Args {
     out: Option<PathBuf>,
     /// Continue the run checkpointed in this folder, with its exact config (the options
     /// above that change the config are not allowed with it).
-    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every", "reward_feedback"])]
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "learning_rate_end_factor"])]
     resume: Option<PathBuf>,
 }
 
@@ -289,6 +297,12 @@ fn main() -> Result<()> {
     }
     if let Some(every) = args.checkpoint_every {
         config.checkpoint_every = every;
+    }
+    if let Some(end) = args.guidance_scale_end {
+        config.guidance.guidance_scale_end = Some(end);
+    }
+    if let Some(factor) = args.learning_rate_end_factor {
+        config.learning_rate_end_factor = factor;
     }
     if let Some(scale) = args.reward_feedback {
         config.guidance.reward_feedback = (scale != 0.0).then_some(RewardFeedbackConfig { scale });

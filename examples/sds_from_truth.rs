@@ -38,6 +38,10 @@ struct Args {
     /// Generation preset (`fast`, `fast-sds`, ...).
     #[arg(long, default_value = "fast")]
     preset: String,
+    /// Diffusion prior: preset or folder (a retrained Tiny World copy); the preset's when
+    /// unset.
+    #[arg(long)]
+    prior: Option<String>,
     /// Guidance steps after the fit.
     #[arg(long, default_value_t = 250)]
     steps: usize,
@@ -215,6 +219,9 @@ fn main() -> Result<()> {
     let mut config = GenerateConfig::preset(&args.preset)?;
     config.prompt = args.prompt.clone();
     config.seed = args.seed;
+    if let Some(prior) = &args.prior {
+        config.prior = prior.clone();
+    }
     config.steps = args.steps;
     if let Some(t) = args.t_max {
         config.guidance.t_max = AnnealedFraction { start: t, end: t };

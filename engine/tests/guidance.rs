@@ -549,6 +549,45 @@ fn reward_duration_and_annealing() {
 }
 
 #[test]
+fn guidance_scale_anneals_linearly_to_its_end() {
+    let device = Default::default();
+    let annealed = GuidanceConfig {
+        guidance_scale: 5.0,
+        guidance_scale_end: Some(1.5),
+        ..Default::default()
+    };
+    let guidance = Guidance::<A>::new(annealed, pixel_prior(&device), "a cube", None, 11).unwrap();
+    assert_eq!(guidance.guidance_scale_at(0), 5.0);
+    assert_eq!(guidance.guidance_scale_at(5), 3.25);
+    assert_eq!(guidance.guidance_scale_at(10), 1.5);
+    assert_eq!(guidance.guidance_scale_at(50), 1.5);
+    // The last step guides exactly as a constant 1.5 does, the first as a constant 5.
+    let x = images(2, 8, &device);
+    let (_, last, _) = loss_and_grad(&guidance, &x, 10, 3);
+    let (_, first, _) = loss_and_grad(&guidance, &x, 0, 3);
+    let (prior, _) = guidance.into_parts();
+    let constant = |scale: f32, prior| {
+        let config = GuidanceConfig {
+            guidance_scale: scale,
+            ..Default::default()
+        };
+        Guidance::<A>::new(config, prior, "a cube", None, 11).unwrap()
+    };
+    let low = constant(1.5, prior);
+    assert_eq!(loss_and_grad(&low, &x, 10, 3).1, last);
+    let (prior, _) = low.into_parts();
+    let high = constant(5.0, prior);
+    assert_eq!(loss_and_grad(&high, &x, 0, 3).1, first);
+    // ... and not as a constant 5 would at the last step.
+    assert_ne!(last, loss_and_grad(&high, &x, 10, 3).1);
+    let bad = GuidanceConfig {
+        guidance_scale_end: Some(-1.0),
+        ..Default::default()
+    };
+    assert_eq!(bad.validate().unwrap_err().field, "guidance_scale_end");
+}
+
+#[test]
 fn guidance_can_move_to_a_worker_thread() {
     fn assert_send<T: Send>() {}
     assert_send::<Guidance<A>>();

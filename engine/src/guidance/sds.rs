@@ -184,8 +184,12 @@ impl RewardSdsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GuidanceConfig {
-    /// Classifier-free guidance scale `s` (100).
+    /// Classifier-free guidance scale `s` (100), at step 0.
     pub guidance_scale: f32,
+    /// CFG scale at the last step, reached linearly from `guidance_scale`; `None` (the
+    /// default): constant. A high scale forms the objects, a low one keeps their shaded
+    /// faces (docs/tiny_world.md, "SDS from the true scene").
+    pub guidance_scale_end: Option<f32>,
     /// Prompt of CFG's unconditional branch (`""`).
     pub negative_prompt: String,
     /// Lower end of the timestep range as a fraction of `T` (0.02).
@@ -219,6 +223,7 @@ impl Default for GuidanceConfig {
     fn default() -> Self {
         Self {
             guidance_scale: 100.0,
+            guidance_scale_end: None,
             negative_prompt: String::new(),
             t_min: AnnealedFraction::constant(0.02),
             t_max: AnnealedFraction::constant(0.98),
@@ -237,12 +242,18 @@ impl Default for GuidanceConfig {
 impl GuidanceConfig {
     /// Checks every field; errors name it (`guidance_scale`, `t_min`, `reward.strategy.k`, ...).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = self.guidance_scale;
-        if !(s.is_finite() && s >= 0.0) {
-            return Err(ConfigError::new(
-                "guidance_scale",
-                format!("{s} is not a finite number >= 0"),
-            ));
+        for (field, s) in [
+            ("guidance_scale", Some(self.guidance_scale)),
+            ("guidance_scale_end", self.guidance_scale_end),
+        ] {
+            if let Some(s) = s
+                && !(s.is_finite() && s >= 0.0)
+            {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{s} is not a finite number >= 0"),
+                ));
+            }
         }
         for (name, f) in [("t_min", self.t_min), ("t_max", self.t_max)] {
             for (end, v) in [("start", f.start), ("end", f.end)] {
@@ -510,6 +521,19 @@ impl<B: AutodiffBackend> Guidance<B> {
         (step < last).then_some(r)
     }
 
+    /// The CFG scale of `step`: `guidance_scale`, moved linearly to `guidance_scale_end` by the
+    /// last of `total_steps`.
+    pub fn guidance_scale_at(&self, step: usize) -> f32 {
+        let start = self.config.guidance_scale;
+        match self.config.guidance_scale_end {
+            Some(end) if self.total_steps > 1 => {
+                let f = step.min(self.total_steps - 1) as f32 / (self.total_steps - 1) as f32;
+                start + (end - start) * f
+            }
+            _ => start,
+        }
+    }
+
     /// The timestep and `n_samples` noises of `step` for samples of shape `dims`
     /// (`[B, C, h, w]`), exactly as [`step`](Self::step) draws them.
     pub fn draw(&self, step: usize, seed: u64, dims: [usize; 4], n_samples: usize) -> StepDraw {
@@ -629,7 +653,7 @@ impl<B: AutodiffBackend> Guidance<B> {
         }
         .repeat_dim(0, n);
         let uncond = self.prompts.uncond();
-        let scale = self.config.guidance_scale;
+        let scale = self.guidance_scale_at(step);
         let eps_cfg = self.prior.predict_noise_cfg_chunked(
             x_t.clone(),
             t,
