@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(at(0), 1.0);
         assert!((at(50) - 0.1).abs() < 1e-12, "{}", at(50));
         assert!((at(100) - 0.01).abs() < 1e-12);
-        // Past the end (a resumed run given more steps) it stays at the end.
+        // Past the last step it stays at the end factor.
         assert_eq!(at(500), at(100));
         let r = config.learning_rates_at(100);
         assert!((r.network / config.learning_rates.network - 0.01).abs() < 1e-12);

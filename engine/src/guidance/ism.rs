@@ -3,11 +3,12 @@
 //!
 //! SDS pulls a render `x` toward the prior's one-step estimate `E[x0 | x_t]` of a randomly
 //! noised copy; at large `t` that estimate is an average over everything the noise allows, so
-//! SDS blurs edges and rounds shapes even when `x` already is a perfect sample
-//! (`examples/sds_from_truth.rs` melts a true cube into a sphere in 50 steps). ISM reaches
+//! SDS blurs edges and rounds shapes even when `x` already is a perfect sample. ISM reaches
 //! `x_s` from `x` by unconditional DDIM inversion (which maps back onto `x`), steps on to
 //! `x_t = x_{s + delta}`, and takes `g = w(t) (eps_cfg(x_t, t) - eps_uncond(x_s, s))`: the
 //! target is the inversion's own prediction, so what is left is mostly the prompt's direction.
+//! It needs accurate unconditional predictions: on the 32 px Tiny World prior it is worse
+//! than SDS (docs/tiny_world.md, "SDS from the true scene").
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
