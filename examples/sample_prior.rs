@@ -9,7 +9,6 @@
 //! writes a PNG: per prompt a row of samples, then a row of true renders. A prompt the 3D generation gets wrong
 //! is checked here first: if the prior's own samples miss it, the 3D loop cannot do better.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -19,7 +18,7 @@ use rewardsds::engine::burn;
 use rewardsds::engine::guidance::DiffusionPrior;
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::dataset::render_turntable;
-use rewardsds::engine::tiny_world::evaluate::Judge;
+use rewardsds::engine::tiny_world::evaluate::{Judge, most_read};
 use rewardsds::engine::tiny_world::sample::sample;
 use rewardsds::engine::tiny_world::{Composition, Dataset, Split};
 
@@ -163,25 +162,6 @@ impl BackendTask for SamplePrior {
         println!("\nwrote {}", args.png.display());
         Ok(())
     }
-}
-
-/// The `k` compositions read most often, with their counts ("a red cube (4); ...").
-fn most_read(readings: &[Composition], k: usize) -> String {
-    let mut counts: HashMap<Composition, usize> = HashMap::new();
-    for reading in readings {
-        *counts.entry(*reading).or_default() += 1;
-    }
-    let mut counts: Vec<(Composition, usize)> = counts.into_iter().collect();
-    counts.sort_by(|a, b| {
-        b.1.cmp(&a.1)
-            .then_with(|| a.0.caption().cmp(&b.0.caption()))
-    });
-    counts
-        .iter()
-        .take(k)
-        .map(|(c, n)| format!("{} ({n})", c.caption()))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn main() -> Result<()> {

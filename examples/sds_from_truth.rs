@@ -24,7 +24,7 @@ use rewardsds::engine::scene::camera::CameraSampler;
 use rewardsds::engine::scene::nerf::Nerf;
 use rewardsds::engine::tiny_world::Composition;
 use rewardsds::engine::tiny_world::dataset::{IMAGE_SIZE, render_views, training_orbit};
-use rewardsds::engine::tiny_world::evaluate::Judge;
+use rewardsds::engine::tiny_world::evaluate::{Judge, most_read};
 use rewardsds::engine::tiny_world::shape_check::check_shapes;
 use rewardsds::engine::weights::resolve_model;
 
@@ -125,7 +125,7 @@ impl BackendTask for Run {
                 "| {step} | {} of 8 | {:.1} | {} | {shapes} |",
                 (r.top1 * r.images as f32).round(),
                 r.clip_score,
-                most_common(&readings)
+                most_read(&readings, 1)
             );
             rows.push(RgbImage::hstack(&views));
             if step >= args.steps {
@@ -197,18 +197,6 @@ fn fitted_nerf<B: EngineAutodiffBackend>(
         println!("wrote the fitted NeRF to {}", path.display());
     }
     Ok(nerf)
-}
-
-/// The caption read most often, with its count.
-fn most_common(readings: &[Composition]) -> String {
-    let mut best = (0, String::new());
-    for r in readings {
-        let n = readings.iter().filter(|x| *x == r).count();
-        if n > best.0 {
-            best = (n, r.caption());
-        }
-    }
-    format!("{} ({})", best.1, best.0)
 }
 
 fn main() -> Result<()> {

@@ -1,6 +1,7 @@
 //! The judge's measurements: caption retrieval (which of all the world's captions an image
 //! matches best) and CLIP score, with a CLIP that was never used as a reward.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use burn::tensor::Tensor;
@@ -171,4 +172,23 @@ impl<B: Backend> Judge<B> {
     pub fn model(&self) -> &CLIPModel<B> {
         &self.model
     }
+}
+
+/// The `k` compositions read most often, with their counts ("a red cube (4); ...").
+pub fn most_read(readings: &[Composition], k: usize) -> String {
+    let mut counts: HashMap<Composition, usize> = HashMap::new();
+    for reading in readings {
+        *counts.entry(*reading).or_default() += 1;
+    }
+    let mut counts: Vec<(Composition, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| a.0.caption().cmp(&b.0.caption()))
+    });
+    counts
+        .iter()
+        .take(k)
+        .map(|(c, n)| format!("{} ({n})", c.caption()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
