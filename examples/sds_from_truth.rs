@@ -35,9 +35,16 @@ struct Args {
     /// A Tiny World caption.
     #[arg(long, default_value = "a red cube and a blue sphere")]
     prompt: String,
+    /// Fit the true scene of this caption instead of the prompt's (does the guidance turn a
+    /// sphere into the prompt's cube?).
+    #[arg(long)]
+    start: Option<String>,
     /// Generation preset (`fast`, `fast-sds`, ...).
     #[arg(long, default_value = "fast")]
     preset: String,
+    /// A generation config (TOML, as `generate --config`) instead of the preset.
+    #[arg(long, conflicts_with = "preset")]
+    config: Option<PathBuf>,
     /// Diffusion prior: preset or folder (a retrained Tiny World copy); the preset's when
     /// unset.
     #[arg(long)]
@@ -86,15 +93,16 @@ struct Args {
     out: PathBuf,
 }
 
-struct Run(Args, GenerateConfig, Composition);
+/// The options, the config, the prompt's composition and the fitted scene's.
+struct Run(Args, GenerateConfig, Composition, Composition);
 
 impl BackendTask for Run {
     type Output = Result<()>;
 
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let Run(args, config, composition) = self;
+        let Run(args, config, composition, start_composition) = self;
         let start = Instant::now();
-        let nerf = fitted_nerf::<B>(&args, &config, &composition, &device)?;
+        let nerf = fitted_nerf::<B>(&args, &config, &start_composition, &device)?;
         println!("fitted NeRF ready in {:.1}s", start.elapsed().as_secs_f64());
 
         let guidance = load_guidance::<B>(&config, &device).context("loading the guidance")?;
@@ -204,7 +212,20 @@ fn main() -> Result<()> {
     let Some(composition) = Composition::parse(&args.prompt) else {
         bail!("--prompt `{}` is not a Tiny World caption", args.prompt);
     };
-    let mut config = GenerateConfig::preset(&args.preset)?;
+    let start = match &args.start {
+        Some(caption) => Composition::parse(caption)
+            .with_context(|| format!("--start `{caption}` is not a Tiny World caption"))?,
+        None => composition,
+    };
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --config {}", path.display()))?;
+            GenerateConfig::from_toml(&text)
+                .with_context(|| format!("--config {}", path.display()))?
+        }
+        None => GenerateConfig::preset(&args.preset)?,
+    };
     config.prompt = args.prompt.clone();
     config.seed = args.seed;
     if let Some(prior) = &args.prior {
@@ -232,5 +253,5 @@ fn main() -> Result<()> {
     }
     config.validate()?;
     let kind: BackendKind = args.backend.parse()?;
-    run_on(kind, Run(args, config, composition))?
+    run_on(kind, Run(args, config, composition, start))?
 }
