@@ -1,6 +1,6 @@
 //! UNet2DConditionModel against diffusers: tiny random-weight models with SD 1.5 and SD 2.x
-//! style configs (fixtures from `tools/fixtures/make_unet_fixtures.py`), and the full-size
-//! parameter counts.
+//! style configs and a pixel-space one with a camera ("projection") class embedding (fixtures
+//! from `tools/fixtures/make_unet_fixtures.py`), and the full-size parameter counts.
 
 use std::path::{Path, PathBuf};
 
@@ -33,14 +33,14 @@ impl Io {
     }
 
     fn get<const D: usize>(&mut self, name: &str) -> Tensor<B, D> {
-        let data = self
-            .0
-            .get_snapshot(name)
-            .unwrap()
+        self.maybe(name)
             .unwrap_or_else(|| panic!("fixture tensor {name} missing"))
-            .to_data()
-            .unwrap();
-        Tensor::from_data(data, &Default::default())
+    }
+
+    /// The tensor `name`, if the fixture has it.
+    fn maybe<const D: usize>(&mut self, name: &str) -> Option<Tensor<B, D>> {
+        let data = self.0.get_snapshot(name).unwrap()?.to_data().unwrap();
+        Some(Tensor::from_data(data, &Default::default()))
     }
 }
 
@@ -61,10 +61,11 @@ fn check_unet(name: &str) {
 
     let mut io = Io::open(dir.join("io.safetensors"));
     for suffix in ["", "_odd"] {
-        let out = unet.forward(
+        let out = unet.forward_with_class_labels(
             io.get(&format!("sample{suffix}")),
             io.get(&format!("timesteps{suffix}")),
             io.get(&format!("encoder_hidden_states{suffix}")),
+            io.maybe(&format!("class_labels{suffix}")),
         );
         let expected: Tensor<B, 4> = io.get(&format!("out{suffix}"));
         let err = max_abs_diff(out, expected.clone());
@@ -84,6 +85,39 @@ fn unet_sd15_tiny_matches_diffusers() {
 #[test]
 fn unet_sd21_tiny_matches_diffusers() {
     check_unet("unet_sd21_tiny");
+}
+
+#[test]
+fn unet_camera_tiny_matches_diffusers() {
+    check_unet("unet_camera_tiny");
+}
+
+#[test]
+fn the_camera_embedding_changes_the_prediction() {
+    // The labels reach the output (a model that dropped them would still load every tensor).
+    let dir = fixture("unet_camera_tiny");
+    let config = UNet2DConditionModelConfig::from_file(dir.join("config.json")).unwrap();
+    let device = Default::default();
+    let (unet, _) = config
+        .init::<B>(&device)
+        .load_weights(&[dir.join("diffusion_pytorch_model.safetensors")], &device)
+        .unwrap();
+    assert_eq!(unet.class_labels_width(), Some(4));
+    let mut io = Io::open(dir.join("io.safetensors"));
+    let (sample, t, context): (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) = (
+        io.get("sample"),
+        io.get("timesteps"),
+        io.get("encoder_hidden_states"),
+    );
+    let labels: Tensor<B, 2> = io.get("class_labels");
+    let a = unet.forward_with_class_labels(
+        sample.clone(),
+        t.clone(),
+        context.clone(),
+        Some(labels.clone()),
+    );
+    let b = unet.forward_with_class_labels(sample, t, context, Some(labels.neg()));
+    assert!(max_abs_diff(a, b) > 1e-2);
 }
 
 #[test]

@@ -293,6 +293,14 @@ pub struct UNet2DConditionModelConfig {
     /// tensor's precision; kept for the record.
     #[serde(default)]
     pub upcast_attention: bool,
+    /// `"projection"`: a [`TimestepEmbedding`] of `class_labels` (e.g. camera features, as
+    /// MVDream conditions on the camera) added to the time embedding; `None`: no class input.
+    /// diffusers' other kinds are not supported.
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    /// Width of the `class_labels` the `"projection"` class embedding takes.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     /// Every other field of the file (diffusers bookkeeping such as `_class_name`, and
     /// features checked by `validate`).
     #[serde(flatten)]
@@ -457,6 +465,24 @@ impl UNet2DConditionModelConfig {
                 "must be the same at every level (one text encoder)".into(),
             ));
         }
+        match (
+            self.class_embed_type.as_deref(),
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (None, _) | (Some("projection"), Some(1..)) => {}
+            (Some("projection"), _) => {
+                return Err(invalid(
+                    "projection_class_embeddings_input_dim",
+                    "a positive width is needed with class_embed_type \"projection\"".into(),
+                ));
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    "class_embed_type",
+                    format!("\"{other}\" is not supported (only \"projection\" or null)"),
+                ));
+            }
+        }
         use serde_json::Value::{Bool as B, Null};
         reject_unsupported(
             UNET,
@@ -464,7 +490,6 @@ impl UNet2DConditionModelConfig {
             &[
                 ("only_cross_attention", B(false)),
                 ("dual_cross_attention", B(false)),
-                ("class_embed_type", Null),
                 ("num_class_embeds", Null),
                 ("addition_embed_type", Null),
                 ("encoder_hid_dim", Null),
@@ -474,7 +499,6 @@ impl UNet2DConditionModelConfig {
                 ("time_embedding_act_fn", Null),
                 ("timestep_post_act", Null),
                 ("reverse_transformer_layers_per_block", Null),
-                ("projection_class_embeddings_input_dim", Null),
                 ("resnet_skip_time_act", B(false)),
                 ("class_embeddings_concat", B(false)),
                 ("time_embedding_type", "positional".into()),
@@ -569,6 +593,10 @@ impl UNet2DConditionModelConfig {
                 .with_downscale_freq_shift(self.freq_shift)
                 .init(),
             time_embedding: TimestepEmbeddingConfig::new(boc[0], temb).init(device),
+            class_embedding: self
+                .projection_class_embeddings_input_dim
+                .filter(|_| self.class_embed_type.is_some())
+                .map(|width| TimestepEmbeddingConfig::new(width, temb).init(device)),
             down_blocks,
             mid_block,
             up_blocks,
@@ -602,6 +630,9 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub time_proj: Timesteps,
     /// Timestep MLP.
     pub time_embedding: TimestepEmbedding<B>,
+    /// MLP of the class labels (`class_embed_type = "projection"`), added to the time
+    /// embedding.
+    pub class_embedding: Option<TimestepEmbedding<B>>,
     /// Encoder levels.
     pub down_blocks: Vec<UNetDownBlock<B>>,
     /// Bottleneck.
@@ -631,6 +662,35 @@ impl<B: Backend> UNet2DConditionModel<B> {
         timesteps: Tensor<B, 1>,
         encoder_hidden_states: Tensor<B, 3>,
     ) -> Tensor<B, 4> {
+        self.forward_with_class_labels(sample, timesteps, encoder_hidden_states, None)
+    }
+
+    /// Whether the model takes `class_labels` ([`forward_with_class_labels`]), and how wide.
+    ///
+    /// [`forward_with_class_labels`]: Self::forward_with_class_labels
+    pub fn class_labels_width(&self) -> Option<usize> {
+        self.class_embedding
+            .as_ref()
+            .map(|e| e.linear_1.weight.dims()[0])
+    }
+
+    /// [`forward`](Self::forward) with the class labels a `class_embed_type = "projection"`
+    /// model is conditioned on (diffusers' `class_labels`).
+    ///
+    /// # Shapes
+    /// - class_labels: `[batch, projection_class_embeddings_input_dim]`
+    ///
+    /// # Panics
+    /// If the model has a class embedding and `class_labels` is `None`, or the other way
+    /// round (diffusers ignores labels a model cannot take; a silent drop hides a wrong
+    /// pipeline here).
+    pub fn forward_with_class_labels(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 4> {
         let [batch, _, h, w] = sample.dims();
         // Upsamplers must hit the skip sizes when h, w are not multiples of 2^num_upsamplers.
         let factor = 1usize << (self.up_blocks.len().saturating_sub(1));
@@ -652,7 +712,15 @@ impl<B: Backend> UNet2DConditionModel<B> {
         // [batch, block_out_channels[0]], in the sample's float type (f16 runs, as diffusers)
         let t_emb = self.time_proj.forward(timesteps).cast(sample.dtype());
         // [batch, time_embed_dim]
-        let emb = self.time_embedding.forward(t_emb);
+        let mut emb = self.time_embedding.forward(t_emb);
+        match (&self.class_embedding, class_labels) {
+            (Some(embedding), Some(labels)) => {
+                emb = emb + embedding.forward(labels.cast(sample.dtype()));
+            }
+            (None, None) => {}
+            (Some(_), None) => panic!("this UNet has a class embedding: class_labels are needed"),
+            (None, Some(_)) => panic!("this UNet has no class embedding to take class_labels"),
+        }
 
         // 2. pre-process
         // [batch, block_out_channels[0], h, w]
@@ -823,6 +891,8 @@ mod tests {
         assert!(e.contains("`down_block_types`"), "{e}");
         let e = err(r#"{"class_embed_type": "timestep"}"#);
         assert!(e.contains("`class_embed_type`"), "{e}");
+        let e = err(r#"{"class_embed_type": "projection"}"#);
+        assert!(e.contains("`projection_class_embeddings_input_dim`"), "{e}");
         let e = err(r#"{"attention_head_dim": [5, 10]}"#);
         assert!(e.contains("`attention_head_dim`"), "{e}");
         let e = err(r#"{"norm_num_groups": 48}"#);
