@@ -15,9 +15,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn;
-use rewardsds::engine::guidance::DiffusionPrior;
+use rewardsds::engine::guidance::{DiffusionPrior, ViewAngles, camera_labels};
 use rewardsds::engine::rgb_image::RgbImage;
-use rewardsds::engine::tiny_world::dataset::render_turntable;
+use rewardsds::engine::scene::camera::CameraSampler;
+use rewardsds::engine::tiny_world::dataset::{render_turntable, training_orbit};
 use rewardsds::engine::tiny_world::evaluate::{Judge, most_read};
 use rewardsds::engine::tiny_world::sample::sample;
 use rewardsds::engine::tiny_world::{Composition, Dataset, Split};
@@ -104,12 +105,27 @@ impl BackendTask for SamplePrior {
         let mut rows = Vec::new();
         for (prompt, target) in args.prompt.iter().zip(&self.targets) {
             let prompts = vec![prompt.clone(); args.n];
+            // A camera-conditioned prior samples from cameras of the training orbit.
+            let labels = match prior.unet().class_labels_width() {
+                Some(_) => {
+                    let size = prior.resolution();
+                    let cameras = CameraSampler::new(training_orbit(), args.seed)?.sample(
+                        args.n,
+                        size as u32,
+                        size as u32,
+                    )?;
+                    let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
+                    Some(camera_labels(&views, &device))
+                }
+                None => None,
+            };
             let images = sample(
                 prior.unet(),
                 prior.text_encoder(),
                 prior.tokenizer(),
                 prior.scheduler(),
                 &prompts,
+                labels,
                 args.guidance_scale,
                 args.steps,
                 prior.resolution(),

@@ -77,6 +77,10 @@ struct Args {
     /// an epsilon UNet with v_prediction fine-tunes it to the new objective.
     #[arg(long)]
     prediction_type: Option<String>,
+    /// Condition the UNet on the camera (azimuth, elevation) as well as the caption; with
+    /// --init-unet from a UNet without it, the camera embedding starts at zero.
+    #[arg(long)]
+    camera_conditioning: bool,
     /// Cap of the UNet weights' moving average (default: the preset's; 0 turns it off).
     #[arg(long)]
     ema_decay: Option<f32>,
@@ -232,6 +236,7 @@ fn main() -> Result<()> {
             other => bail!("unknown --prediction-type `{other}` (epsilon or v_prediction)"),
         };
     }
+    config.unet.camera_conditioning = args.camera_conditioning;
     if let Some(decay) = args.ema_decay {
         if !(0.0..1.0).contains(&decay) {
             bail!("--ema-decay {decay}: must be in [0, 1)");

@@ -101,6 +101,34 @@ where
     Tensor::cat(parts, 0)
 }
 
+/// [`map_batch`] with optional per-sample `labels` (a UNet's `class_labels`), split alike.
+pub fn map_batch_labelled<B, const D: usize, const C: usize, const O: usize, F>(
+    x: Tensor<B, D>,
+    context: Tensor<B, C>,
+    labels: Option<Tensor<B, 2>>,
+    f: F,
+) -> Tensor<B, O>
+where
+    B: Backend,
+    F: Fn(Tensor<B, D>, Tensor<B, C>, Option<Tensor<B, 2>>) -> Tensor<B, O> + Sync,
+{
+    let batch = x.dims()[0];
+    let mut parts = map_chunks(batch, chunks_for::<B>(), |r| {
+        if r.len() == batch {
+            return f(x.clone(), context.clone(), labels.clone());
+        }
+        f(
+            x.clone().narrow(0, r.start, r.len()),
+            context.clone().narrow(0, r.start, r.len()),
+            labels.clone().map(|l| l.narrow(0, r.start, r.len())),
+        )
+    });
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    Tensor::cat(parts, 0)
+}
+
 /// The value and parameter gradients of a loss that is a mean over the samples of a batch,
 /// with the batch in at most `chunks` parts ([`chunks_for`] on the training backend) that run
 /// forward and backward in parallel. `loss(model, range)` is the mean loss of the samples in

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
+use rewardsds_engine::guidance::{CAMERA_LABELS, ViewAngles, camera_labels};
 use rewardsds_engine::models::clip::CLIPModel;
 use rewardsds_engine::models::clip_text::CLIPTextModel;
 use rewardsds_engine::models::reward::{ClipScore, RewardModel};
@@ -209,6 +210,82 @@ fn recipe_runs_end_to_end_and_its_folders_load() {
         other,
         "the preset's {preset:?} replaced the folder's"
     );
+    std::fs::remove_dir_all(&again).ok();
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn camera_conditioning_continues_a_unet_without_it() {
+    let device = Default::default();
+    let out = temp_dir("tiny-world-camera");
+    let train = Phases {
+        reward: true,
+        judge: true,
+        unet: true,
+        eval: false,
+    };
+    run_recipe::<Autodiff<B>>(&RecipeConfig::test(), train, &out, 2, &device, &mut |_| {}).unwrap();
+    let again = temp_dir("tiny-world-camera-continue");
+    std::fs::create_dir_all(&again).unwrap();
+    for folder in ["text_encoder", "tokenizer", "scheduler", "reward", "judge"] {
+        copy_dir(&out.join(folder), &again.join(folder));
+    }
+    let mut recipe = RecipeConfig::test();
+    recipe.unet.init_from = Some(out.join("unet"));
+    recipe.unet.camera_conditioning = true;
+    recipe.unet.phase.learning_rate = 0.0;
+    let phases = Phases {
+        unet: true,
+        eval: true,
+        ..Phases::default()
+    };
+    // The evaluation samples through the camera embedding (it panics without labels).
+    run_recipe::<Autodiff<B>>(&recipe, phases, &again, 2, &device, &mut |_| {})
+        .unwrap()
+        .expect("eval ran");
+
+    let load = |dir: &std::path::Path| {
+        let config = UNet2DConditionModelConfig::from_file(dir.join("unet/config.json")).unwrap();
+        let (model, report) = config
+            .init::<B>(&device)
+            .load_weights(&weight_files(&dir.join("unet")).unwrap(), &device)
+            .unwrap();
+        assert!(report.is_exact(), "{report:?}");
+        (config, model)
+    };
+    let (config, camera) = load(&again);
+    assert_eq!(config.class_embed_type.as_deref(), Some("projection"));
+    assert_eq!(camera.class_labels_width(), Some(CAMERA_LABELS));
+    let (_, plain) = load(&out);
+    assert_eq!(plain.class_labels_width(), None);
+
+    // At learning rate 0 the zero-initialised embedding leaves every prediction as it was,
+    // from any camera: the continuation starts where the old prior stood.
+    let sample = Tensor::<B, 4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<B, 1>::from_floats([700.0, 40.0], &device);
+    let context = Tensor::<B, 3>::random(
+        [2, 16, config.cross_attention_dim.get(0)],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let before = plain.forward(sample.clone(), t.clone(), context.clone());
+    for views in [[0.0, 0.0], [45.0, 180.0]] {
+        let labels = camera_labels::<B>(
+            &[
+                ViewAngles::new(views[0], 15.0),
+                ViewAngles::new(views[1], 5.0),
+            ],
+            &device,
+        );
+        let after = camera.forward_with_class_labels(
+            sample.clone(),
+            t.clone(),
+            context.clone(),
+            Some(labels),
+        );
+        let diff: f32 = (after - before.clone()).abs().max().into_scalar();
+        assert!(diff < 1e-6, "camera {views:?}: {diff}");
+    }
     std::fs::remove_dir_all(&again).ok();
     std::fs::remove_dir_all(&out).ok();
 }

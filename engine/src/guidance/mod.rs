@@ -32,7 +32,9 @@ pub mod weighting;
 pub use crate::models::resize::resize_bilinear;
 pub use ism::{IsmConfig, IsmTarget, ddim_move, interval_target};
 pub use prior::{DiffusionPrior, ImageEncoder, PriorParts};
-pub use prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds};
+pub use prompts::{
+    CAMERA_LABELS, PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds, camera_labels,
+};
 pub use reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
 pub use scoring::{DDIM_SCORING_STEPS, Scorer, ScoringMode, ddim_scoring_grid};
 pub use sds::{

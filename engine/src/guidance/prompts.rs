@@ -14,8 +14,8 @@
 //! the front view, so angles map one to one. The negative prompt is the same for every view
 //! (threestudio's `negative_prompt` per direction is the identity).
 
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::prior::DiffusionPrior;
@@ -39,6 +39,30 @@ impl ViewAngles {
             elevation_deg,
         }
     }
+
+    /// The features a camera-conditioned prior takes as `class_labels` (its UNet's
+    /// `class_embed_type = "projection"`; MVDream conditions on the camera likewise): sine and
+    /// cosine of azimuth and elevation, smooth where the view words jump, so the prior can
+    /// tell which way a cube faces.
+    pub fn camera_labels(&self) -> [f32; CAMERA_LABELS] {
+        let (az, el) = (
+            self.azimuth_deg.to_radians(),
+            self.elevation_deg.to_radians(),
+        );
+        [az.sin(), az.cos(), el.sin(), el.cos()]
+    }
+}
+
+/// Width of [`ViewAngles::camera_labels`].
+pub const CAMERA_LABELS: usize = 4;
+
+/// `[views.len(), CAMERA_LABELS]`: the views' [`ViewAngles::camera_labels`].
+pub fn camera_labels<B: Backend>(views: &[ViewAngles], device: &B::Device) -> Tensor<B, 2> {
+    let values: Vec<f32> = views.iter().flat_map(ViewAngles::camera_labels).collect();
+    Tensor::from_data(
+        TensorData::new(values, [views.len(), CAMERA_LABELS]),
+        device,
+    )
 }
 
 impl From<&Camera> for ViewAngles {
@@ -246,6 +270,21 @@ mod tests {
             ViewAngles::new(azimuth, elevation),
             &ViewThresholds::default(),
         )
+    }
+
+    #[test]
+    fn camera_labels_tell_apart_views_one_word_lumps_together() {
+        let labels = |az: f32, el: f32| ViewAngles::new(az, el).camera_labels();
+        let close = |a: [f32; CAMERA_LABELS], b: [f32; CAMERA_LABELS]| {
+            a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+        };
+        assert!(close(labels(0.0, 0.0), [0.0, 1.0, 0.0, 1.0]));
+        assert!(close(labels(90.0, 30.0), [1.0, 0.0, 0.5, 0.75f32.sqrt()]));
+        // The same wrapped azimuth, the same labels.
+        assert!(close(labels(-90.0, 10.0), labels(270.0, 10.0)));
+        // Both "front view", a face and a corner of a cube: the labels differ.
+        assert_eq!(dir(0.0, 10.0), dir(40.0, 10.0));
+        assert!(!close(labels(0.0, 10.0), labels(40.0, 10.0)));
     }
 
     #[test]

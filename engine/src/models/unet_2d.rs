@@ -674,6 +674,18 @@ impl<B: Backend> UNet2DConditionModel<B> {
             .map(|e| e.linear_1.weight.dims()[0])
     }
 
+    /// The model with a `"projection"` class embedding of `width` labels whose output layer is
+    /// zero, so it predicts exactly as before until trained (ControlNet's zero layers; how a
+    /// trained prior learns camera conditioning without forgetting).
+    pub fn with_zero_class_embedding(mut self, width: usize, device: &B::Device) -> Self {
+        let temb = self.time_embedding.linear_2.weight.dims()[1];
+        let mut embedding = TimestepEmbeddingConfig::new(width, temb).init(device);
+        embedding.linear_2.weight = Param::from_tensor(Tensor::zeros([temb, temb], device));
+        embedding.linear_2.bias = Some(Param::from_tensor(Tensor::zeros([temb], device)));
+        self.class_embedding = Some(embedding);
+        self
+    }
+
     /// [`forward`](Self::forward) with the class labels a `class_embed_type = "projection"`
     /// model is conditioned on (diffusers' `class_labels`).
     ///

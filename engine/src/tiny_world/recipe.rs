@@ -18,6 +18,7 @@ use super::sample::{SampleError, sample};
 use super::train::{
     ClipTraining, LogEntry, PhaseConfig, TrainError, UnetTraining, train_clip, train_unet,
 };
+use crate::guidance::prompts::{CAMERA_LABELS, ViewAngles, camera_labels};
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, PredictionType};
 use crate::models::tokenizer::CLIPTokenizer;
@@ -95,6 +96,9 @@ impl RecipeConfig {
                 // v weight, min(SNR, 5) / (SNR + 1), would all but drop those levels again.
                 snr_gamma: None,
                 prediction_type: PredictionType::VPrediction,
+                // Off: the shipped v5 was trained without it (docs/tiny_world.md, "Why the
+                // cubes come out round").
+                camera_conditioning: false,
             },
             eval_prompts: 64,
             eval_steps: 25,
@@ -314,7 +318,11 @@ pub fn run_recipe<B: AutodiffBackend>(
             .iter()
             .map(|c| !split.is_held_out(c))
             .collect();
-        let unet_config = scale.unet();
+        let mut unet_config = scale.unet();
+        if config.unet.camera_conditioning {
+            unet_config.class_embed_type = Some("projection".into());
+            unet_config.projection_class_embeddings_input_dim = Some(CAMERA_LABELS);
+        }
         let unet_dir = out.join("unet");
         let mut saved = Ok(());
         let mut checkpoint = |unet: &UNet2DConditionModel<B::InnerBackend>, _step: usize| {
@@ -378,14 +386,28 @@ pub fn evaluate<B: Backend>(
     let start = Instant::now();
     let run = |group: &[Composition], seed: u64| -> Result<_, RecipeError> {
         let prompts: Vec<String> = group.iter().map(Composition::caption).collect();
+        let truth = Dataset::render(
+            group,
+            1,
+            seed,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        // A camera-conditioned prior samples each caption from its true render's camera.
+        let views: Vec<ViewAngles> = (0..group.len())
+            .map(|i| ViewAngles::new(truth.azimuth_deg[i], truth.elevation_deg[i]))
+            .collect();
         let mut images = Vec::new();
         for (i, chunk) in prompts.chunks(64).enumerate() {
+            let labels = unet
+                .class_labels_width()
+                .map(|_| camera_labels::<B>(&views[i * 64..i * 64 + chunk.len()], device));
             images.push(sample(
                 &unet,
                 &text_encoder,
                 tokenizer,
                 scheduler,
                 chunk,
+                labels,
                 config.eval_guidance_scale,
                 config.eval_steps,
                 size,
@@ -394,12 +416,6 @@ pub fn evaluate<B: Backend>(
             )?);
         }
         let samples = burn::tensor::Tensor::cat(images, 0);
-        let truth = Dataset::render(
-            group,
-            1,
-            seed,
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        );
         let indices: Vec<usize> = (0..group.len()).collect();
         Ok((samples, truth.images::<B>(&indices, device)))
     };

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use super::captions::{Composition, Item, colours_swapped};
 use super::dataset::Dataset;
 use super::ema::Ema;
-use crate::guidance::prompts::{ViewAngles, ViewDirection, ViewThresholds};
+use crate::guidance::prompts::{
+    CAMERA_LABELS, ViewAngles, ViewDirection, ViewThresholds, camera_labels,
+};
 use crate::host_batch::{batch_gradients, chunks_for, coupled_batch_gradients};
 use crate::models::clip::{CLIPConfig, CLIPModel, l2_normalize};
 use crate::models::clip_text::CLIPTextModel;
@@ -455,6 +457,14 @@ pub struct UnetTraining {
     /// instead of an epsilon whose error `x0` amplifies by up to `sqrt((1 - a) / a)`.
     #[serde(default)]
     pub prediction_type: PredictionType,
+    /// Condition the UNet on each image's camera ([`ViewAngles::camera_labels`] through a
+    /// `"projection"` class embedding) as well as the caption: a view word spans 90 degrees of
+    /// azimuth, in which an axis-aligned cube shows every turn it has, so without the camera
+    /// SDS's views ask for cubes turned each its own way (docs/tiny_world.md, "Why the cubes
+    /// come out round"). The UNet config must have that embedding; an `init_from` UNet without
+    /// one gets it zero-initialised ([`UNet2DConditionModel::with_zero_class_embedding`]).
+    #[serde(default)]
+    pub camera_conditioning: bool,
 }
 
 /// The min-SNR-gamma weight, `SNR = alpha_bar / (1 - alpha_bar)`, of a loss on `prediction`:
@@ -498,10 +508,7 @@ pub fn train_unet<B: AutodiffBackend>(
     }
     B::seed(device, seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut model = config.init::<B>(device);
-    if let Some(dir) = &settings.init_from {
-        model = model.load_weights(&weight_files(dir)?, device)?.0;
-    }
+    let mut model = initial_unet::<B>(config, settings, device)?;
     let mut ema = Ema::new(model.valid(), settings.ema_decay);
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.999)
@@ -537,6 +544,13 @@ pub fn train_unet<B: AutodiffBackend>(
             .collect();
         // Inputs on the inner backend: only the UNet's parameters need gradients.
         let context = text_encoder.prompt_embeds(ids(tokenizer, &prompts, device)?, 0);
+        let labels = settings.camera_conditioning.then(|| {
+            let views: Vec<ViewAngles> = batch
+                .iter()
+                .map(|&i| ViewAngles::new(data.azimuth_deg[i], data.elevation_deg[i]))
+                .collect();
+            camera_labels::<B::InnerBackend>(&views, device)
+        });
         let t: Vec<usize> = batch
             .iter()
             .map(|_| rng.random_range(0..timesteps))
@@ -568,7 +582,10 @@ pub fn train_unet<B: AutodiffBackend>(
             };
             let t = Tensor::from_inner(t_tensor.clone().narrow(0, r.start, r.len()));
             let context = Tensor::from_inner(context.clone().narrow(0, r.start, r.len()));
-            let pred = m.forward(part(x_t.clone()), t, context);
+            let labels = labels
+                .clone()
+                .map(|l| Tensor::from_inner(l.narrow(0, r.start, r.len())));
+            let pred = m.forward_with_class_labels(part(x_t.clone()), t, context, labels);
             let error = (pred - part(target.clone())).powi_scalar(2);
             match &weight {
                 // Every sample has as many elements, so this is the mean of weighted MSEs.
@@ -597,6 +614,49 @@ pub fn train_unet<B: AutodiffBackend>(
         }
     }
     Ok(ema.into_model())
+}
+
+/// The UNet a phase starts from: `config`'s, random or read from `settings.init_from`; a
+/// camera-conditioned phase continuing a UNet without the camera embedding adds it at zero.
+fn initial_unet<B: AutodiffBackend>(
+    config: &UNet2DConditionModelConfig,
+    settings: &UnetTraining,
+    device: &B::Device,
+) -> Result<UNet2DConditionModel<B>, TrainError> {
+    let bad = |reason: String| TrainError::BadConfig {
+        phase: "unet".into(),
+        reason,
+    };
+    let width = config
+        .projection_class_embeddings_input_dim
+        .filter(|_| config.class_embed_type.is_some());
+    if settings.camera_conditioning != (width == Some(CAMERA_LABELS)) {
+        return Err(bad(format!(
+            "camera_conditioning is {} but the UNet config's class embedding takes {width:?} \
+             labels ({CAMERA_LABELS} camera labels needed, or none)",
+            settings.camera_conditioning
+        )));
+    }
+    let Some(dir) = &settings.init_from else {
+        return Ok(config.init::<B>(device));
+    };
+    let path = dir.join("config.json");
+    let existing =
+        UNet2DConditionModelConfig::from_file(&path).map_err(|e| LoadError::BadConfig {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    let files = weight_files(dir)?;
+    if settings.camera_conditioning && existing.class_embed_type.is_none() {
+        let without = UNet2DConditionModelConfig {
+            class_embed_type: None,
+            projection_class_embeddings_input_dim: None,
+            ..config.clone()
+        };
+        let model = without.init::<B>(device).load_weights(&files, device)?.0;
+        return Ok(model.with_zero_class_embedding(CAMERA_LABELS, device));
+    }
+    Ok(config.init::<B>(device).load_weights(&files, device)?.0)
 }
 
 #[cfg(test)]
