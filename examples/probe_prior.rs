@@ -113,6 +113,7 @@ impl BackendTask for Probe {
                 &judge,
                 images.clone(),
                 captions,
+                &data.views(&indices),
                 &self.timesteps,
                 args.guidance_scale,
                 args.seed,

@@ -13,9 +13,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use rewardsds_engine::guidance::scoring::{Scorer, ddim_scoring_grid};
 use rewardsds_engine::guidance::{
-    BoxedReward, DDIM_SCORING_STEPS, DiffusionPrior, Guidance, GuidanceConfig, GuidanceError,
-    IsmConfig, PriorParts, RewardFeedbackConfig, RewardSdsConfig, ScoringMode, ViewAngles,
-    ViewDirection, WeightStrategy,
+    BoxedReward, CAMERA_LABELS, DDIM_SCORING_STEPS, DiffusionPrior, Guidance, GuidanceConfig,
+    GuidanceError, IsmConfig, PriorParts, RewardFeedbackConfig, RewardSdsConfig, ScoringMode,
+    ViewAngles, ViewDirection, WeightStrategy,
 };
 use rewardsds_engine::models::reward::{RewardError, RewardModel};
 use rewardsds_engine::models::unet_2d::{DownBlockType, PerBlock, UpBlockType};
@@ -325,7 +325,7 @@ fn reward_sds_gradient_is_the_weighted_sum_of_sds_gradients() {
         );
         let x_t = z.clone() * a.sqrt() + eps.clone() * (1.0 - a).sqrt();
         let eps_cfg = prior
-            .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), scale)
+            .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), None, scale)
             .unwrap();
         let g_i = to_vec((eps_cfg.clone() - eps) * w_t);
         for (e, g) in expected.iter_mut().zip(g_i) {
@@ -340,7 +340,14 @@ fn reward_sds_gradient_is_the_weighted_sum_of_sds_gradients() {
                 prior.alpha_prod(pair[1]).unwrap(),
             );
             let e = prior
-                .predict_noise_cfg(x_k.clone(), pair[0], cond.clone(), uncond.clone(), scale)
+                .predict_noise_cfg(
+                    x_k.clone(),
+                    pair[0],
+                    cond.clone(),
+                    uncond.clone(),
+                    None,
+                    scale,
+                )
                 .unwrap();
             let x0 = (x_k - e.clone() * (1.0 - a_k).sqrt()) / a_k.sqrt();
             x_k = x0 * a_next.sqrt() + e * (1.0 - a_next).sqrt();
@@ -391,18 +398,20 @@ fn ism_gradient_is_the_interval_score() {
     let mut x_k = z * abar(0).sqrt() + eps * (1.0 - abar(0)).sqrt();
     for (from, to) in [(0, 200), (200, s)] {
         let e = prior
-            .predict_noise(x_k.clone(), from, uncond.clone())
+            .predict_noise(x_k.clone(), from, uncond.clone(), None)
             .unwrap();
         let x0 = (x_k - e.clone() * (1.0 - abar(from)).sqrt()) / abar(from).sqrt();
         x_k = x0 * abar(to).sqrt() + e * (1.0 - abar(to)).sqrt();
     }
-    let target = prior.predict_noise(x_k.clone(), s, uncond.clone()).unwrap();
+    let target = prior
+        .predict_noise(x_k.clone(), s, uncond.clone(), None)
+        .unwrap();
     let x0 = (x_k - target.clone() * (1.0 - abar(s)).sqrt()) / abar(s).sqrt();
     let x_t = x0 * abar(t).sqrt() + target.clone() * (1.0 - abar(t)).sqrt();
     let cond = guidance.prompts().cond(&views(), true);
     let scale = guidance.config().guidance_scale;
     let eps_cfg = prior
-        .predict_noise_cfg(x_t, t, cond, uncond, scale)
+        .predict_noise_cfg(x_t, t, cond, uncond, None, scale)
         .unwrap();
     let expected: Vec<f32> = to_vec((eps_cfg - target) * (1.0 - abar(t)))
         .into_iter()
@@ -437,7 +446,7 @@ fn one_step_scoring_matches_the_x0_formula() {
     let x_t = Tensor::<I, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
     let t = 500;
     let eps = prior
-        .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), 7.5)
+        .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), None, 7.5)
         .unwrap();
     let a = prior.alpha_prod(t).unwrap();
     let expected = (x_t.clone() - eps * (1.0 - a).sqrt()) / a.sqrt();
@@ -449,7 +458,7 @@ fn one_step_scoring_matches_the_x0_formula() {
         guidance_scale: 7.5,
         max_batch: 1,
     };
-    let x0 = scorer.denoise(x_t, t, cond, uncond, None).unwrap();
+    let x0 = scorer.denoise(x_t, t, cond, uncond, None, None).unwrap();
     assert!(max_abs(&to_vec(x0.clone()), &to_vec(expected)) < 1e-5);
     // Two samples of one view each: one reward per sample.
     let rewards = scorer.rewards(x0, 2).unwrap();
@@ -472,13 +481,14 @@ fn cfg_converts_v_prediction_and_chunks_exactly() {
     let x_t = Tensor::<I, 4>::random([3, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
     let (t, s) = (700, 7.5);
     let eps = prior
-        .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), s)
+        .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), None, s)
         .unwrap();
     // diffusers: CFG on the model output (v), then eps = sqrt(a) v + sqrt(1 - a) x_t.
     let raw = prior.unet().forward_timestep(
         Tensor::cat(vec![x_t.clone(), x_t.clone()], 0),
         t as f32,
         Tensor::cat(vec![uncond.clone().repeat_dim(0, 3), cond.clone()], 0),
+        None,
     );
     let (v_u, v_c) = (raw.clone().narrow(0, 0, 3), raw.narrow(0, 3, 3));
     let v = v_u.clone() + (v_c - v_u) * s;
@@ -488,7 +498,7 @@ fn cfg_converts_v_prediction_and_chunks_exactly() {
     assert!(err < 1e-4, "v-prediction conversion error {err}");
     // Chunked passes give the same samples.
     let chunked = prior
-        .predict_noise_cfg_chunked(x_t, t, cond, uncond, s, 2)
+        .predict_noise_cfg_chunked(x_t, t, cond, uncond, None, s, 2)
         .unwrap();
     let err = max_abs(&to_vec(eps), &to_vec(chunked));
     assert!(err < 1e-5, "chunking error {err}");
@@ -514,6 +524,49 @@ fn steps_are_deterministic_in_the_seed() {
     assert_ne!(l1, l3);
     assert!(s1.t >= 20 && s1.t <= 980, "t {}", s1.t);
     assert_eq!(s1.t_range, [20, 980]);
+}
+
+#[test]
+fn a_camera_conditioned_prior_sees_each_views_camera() {
+    let device = Default::default();
+    let x = images(2, 8, &device);
+    let config = UNet2DConditionModelConfig {
+        class_embed_type: Some("projection".into()),
+        projection_class_embeddings_input_dim: Some(CAMERA_LABELS),
+        ..tiny_unet_config(3, 8)
+    };
+    let prior = tiny_prior(config, None, DDIMSchedulerConfig::sd21_base(), &device);
+    assert_eq!(prior.class_labels_width(), Some(CAMERA_LABELS));
+    let guidance =
+        Guidance::<A>::new(GuidanceConfig::default(), prior, "a red cube", None, 100).unwrap();
+    let grad = |views: &[ViewAngles]| {
+        let out = guidance.step(x.clone(), views, 3, 11).unwrap();
+        let grads = out.loss.backward();
+        to_vec(x.grad(&grads).unwrap())
+    };
+    // The first image seen from 10 or 40 degrees: both "front view", so the text is the same
+    // and only the camera labels differ; the second image keeps its camera.
+    let a = grad(&[ViewAngles::new(10.0, 15.0), ViewAngles::new(170.0, 20.0)]);
+    let b = grad(&[ViewAngles::new(40.0, 15.0), ViewAngles::new(170.0, 20.0)]);
+    let half = a.len() / 2;
+    assert!(
+        max_abs(&a[..half], &b[..half]) > 1e-4,
+        "the camera did not reach the prior"
+    );
+    assert!(
+        max_abs(&a[half..], &b[half..]) < 1e-6,
+        "one view's camera moved another's"
+    );
+
+    // Without view angles the camera is unknown: refused, naming why.
+    let (prior, _) = guidance.into_parts();
+    let plain = GuidanceConfig {
+        view_dependent_prompting: false,
+        ..Default::default()
+    };
+    let guidance = Guidance::<A>::new(plain, prior, "a red cube", None, 100).unwrap();
+    let err = guidance.step(x, &[], 3, 11).unwrap_err().to_string();
+    assert!(err.contains("camera-conditioned"), "{err}");
 }
 
 #[test]
@@ -825,7 +878,14 @@ fn latent_gradient_is_g_pulled_back_through_the_vae() {
         );
         let x_t = z_inner.clone() * a.sqrt() + eps.clone() * (1.0 - a).sqrt();
         let eps_cfg = prior
-            .predict_noise_cfg(x_t, draw.t, cond.clone(), guidance.prompts().uncond(), 7.5)
+            .predict_noise_cfg(
+                x_t,
+                draw.t,
+                cond.clone(),
+                guidance.prompts().uncond(),
+                None,
+                7.5,
+            )
             .unwrap();
         g = g + (eps_cfg - eps) * (stats.weights[i] * (1.0 - a));
     }

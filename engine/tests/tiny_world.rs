@@ -366,6 +366,7 @@ fn shipped_prior_denoises_true_renders() {
         &judge,
         images.clone(),
         &captions,
+        &data.views(&[0, 1, 2, 3]),
         &[50, 300],
         1.0,
         0,
@@ -386,7 +387,18 @@ fn shipped_prior_denoises_true_renders() {
     }
     // More noise, more to remove.
     assert!(rows[0].1.dims() == rows[1].1.dims() && rows[0].0.input_mse < rows[1].0.input_mse);
-    let err = denoise_probe(&prior, &judge, images, &captions[..3], &[50], 1.0, 0).unwrap_err();
+    let views = data.views(&[0, 1, 2, 3]);
+    let err = denoise_probe(
+        &prior,
+        &judge,
+        images,
+        &captions[..3],
+        &views,
+        &[50],
+        1.0,
+        0,
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,

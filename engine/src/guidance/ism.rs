@@ -90,12 +90,15 @@ pub fn ddim_move<B: Backend>(
 ///
 /// # Shapes
 /// - x0, noise: `[n, channels, h, w]`; uncond: `[1, seq, hidden]`
+/// - class_labels: `[n, width]` (a camera-conditioned prior's cameras)
+#[allow(clippy::too_many_arguments)]
 pub fn interval_target<B: Backend>(
     prior: &DiffusionPrior<B>,
     x0: Tensor<B, 4>,
     noise: Tensor<B, 4>,
     t: usize,
     uncond: Tensor<B, 3>,
+    class_labels: Option<Tensor<B, 2>>,
     config: &IsmConfig,
     max_batch: usize,
 ) -> Result<IsmTarget<B>, SchedulerError> {
@@ -106,7 +109,13 @@ pub fn interval_target<B: Backend>(
         let mut out = Vec::with_capacity(n.div_ceil(chunk));
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
-            out.push(prior.predict_noise(x.clone().narrow(0, start, len), at, uncond.clone())?);
+            let labels = class_labels.clone().map(|l| l.narrow(0, start, len));
+            out.push(prior.predict_noise(
+                x.clone().narrow(0, start, len),
+                at,
+                uncond.clone(),
+                labels,
+            )?);
         }
         Ok(Tensor::cat(out, 0))
     };

@@ -20,7 +20,7 @@ use rand::Rng;
 
 use super::ConfigError;
 use super::sds::standard_normal;
-use crate::host_batch::map_batch;
+use crate::host_batch::map_batch_labelled;
 use crate::models::CLIPTextModel;
 use crate::models::resize::resize_bilinear;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, SchedulerError};
@@ -465,11 +465,13 @@ impl<B: Backend> DiffusionPrior<B> {
     /// Classifier-free-guided noise prediction `eps_uncond + s (eps_cond - eps_uncond)` at
     /// timestep `t`, in one UNet pass over the doubled batch. v- and x0-predicting models are
     /// converted to epsilon (the conversion is linear, so guiding before or after it is the
-    /// same).
+    /// same). `class_labels` (a camera-conditioned prior's cameras, [`Self::class_labels_width`])
+    /// go to both branches: CFG drops the text, not the view.
     ///
     /// # Shapes
     /// - x_t: `[n, channels, h, w]`
     /// - cond, uncond: `[n, seq, hidden]` or `[1, seq, hidden]` (broadcast)
+    /// - class_labels: `[n, width]` or `[1, width]` (broadcast)
     /// - output: `[n, channels, h, w]`
     pub fn predict_noise_cfg(
         &self,
@@ -477,22 +479,23 @@ impl<B: Backend> DiffusionPrior<B> {
         t: usize,
         cond: Tensor<B, 3>,
         uncond: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
         guidance_scale: f32,
     ) -> Result<Tensor<B, 4>, SchedulerError> {
         let n = x_t.dims()[0];
         // Fails early on a timestep outside the schedule.
         self.scheduler.alpha_prod(t)?;
-        let broadcast = |e: Tensor<B, 3>| match e.dims()[0] {
-            m if m == n => e,
-            1 => e.repeat_dim(0, n),
-            m => panic!("{m} text embeddings for a batch of {n} samples"),
-        };
         // [2n, ...]: unconditional first, then conditional.
         let sample = Tensor::cat(vec![x_t.clone(), x_t.clone()], 0);
-        let context = Tensor::cat(vec![broadcast(uncond), broadcast(cond)], 0);
+        let context = Tensor::cat(vec![broadcast(uncond, n), broadcast(cond, n)], 0);
+        let labels = class_labels.map(|l| {
+            let l = broadcast(l, n);
+            Tensor::cat(vec![l.clone(), l], 0)
+        });
         // On a CPU backend the samples run as one UNet forward per core (`host_batch`).
-        let out = map_batch(sample, context, |sample, context| {
-            self.unet.forward_timestep(sample, t as f32, context)
+        let out = map_batch_labelled(sample, context, labels, |sample, context, labels| {
+            self.unet
+                .forward_timestep(sample, t as f32, context, labels)
         });
         let uncond_out = out.clone().narrow(0, 0, n);
         let cond_out = out.narrow(0, n, n);
@@ -507,24 +510,30 @@ impl<B: Backend> DiffusionPrior<B> {
     /// # Shapes
     /// - x_t: `[n, channels, h, w]`
     /// - context: `[n, seq, hidden]` or `[1, seq, hidden]` (broadcast)
+    /// - class_labels: `[n, width]` or `[1, width]` (broadcast)
     /// - output: `[n, channels, h, w]`
     pub fn predict_noise(
         &self,
         x_t: Tensor<B, 4>,
         t: usize,
         context: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
     ) -> Result<Tensor<B, 4>, SchedulerError> {
         let n = x_t.dims()[0];
         self.scheduler.alpha_prod(t)?;
-        let context = match context.dims()[0] {
-            m if m == n => context,
-            1 => context.repeat_dim(0, n),
-            m => panic!("{m} text embeddings for a batch of {n} samples"),
-        };
-        let out = map_batch(x_t.clone(), context, |sample, context| {
-            self.unet.forward_timestep(sample, t as f32, context)
+        let context = broadcast(context, n);
+        let labels = class_labels.map(|l| broadcast(l, n));
+        let out = map_batch_labelled(x_t.clone(), context, labels, |sample, context, labels| {
+            self.unet
+                .forward_timestep(sample, t as f32, context, labels)
         });
         self.scheduler.pred_epsilon(out, x_t, &[t])
+    }
+
+    /// The width of the class labels (camera features) the prior's UNet is conditioned on,
+    /// if it is ([`crate::guidance::camera_labels`]).
+    pub fn class_labels_width(&self) -> Option<usize> {
+        self.unet.class_labels_width()
     }
 
     /// [`predict_noise_cfg`](Self::predict_noise_cfg) in passes of at most `max_batch`
@@ -532,37 +541,59 @@ impl<B: Backend> DiffusionPrior<B> {
     ///
     /// # Shapes
     /// As [`predict_noise_cfg`](Self::predict_noise_cfg).
+    #[allow(clippy::too_many_arguments)]
     pub fn predict_noise_cfg_chunked(
         &self,
         x_t: Tensor<B, 4>,
         t: usize,
         cond: Tensor<B, 3>,
         uncond: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
         guidance_scale: f32,
         max_batch: usize,
     ) -> Result<Tensor<B, 4>, SchedulerError> {
         let n = x_t.dims()[0];
         let max_batch = max_batch.max(1);
         if n <= max_batch {
-            return self.predict_noise_cfg(x_t, t, cond, uncond, guidance_scale);
+            return self.predict_noise_cfg(x_t, t, cond, uncond, class_labels, guidance_scale);
         }
-        let per_sample = cond.dims()[0] == n;
+        // Per-sample inputs are cut with the batch; broadcast ones pass whole.
         let mut out = Vec::with_capacity(n.div_ceil(max_batch));
         for start in (0..n).step_by(max_batch) {
             let len = max_batch.min(n - start);
-            let cond = if per_sample {
+            let cond = if cond.dims()[0] == n {
                 cond.clone().narrow(0, start, len)
             } else {
                 cond.clone()
             };
+            let labels = class_labels.clone().map(|l| {
+                if l.dims()[0] == n {
+                    l.narrow(0, start, len)
+                } else {
+                    l
+                }
+            });
             out.push(self.predict_noise_cfg(
                 x_t.clone().narrow(0, start, len),
                 t,
                 cond,
                 uncond.clone(),
+                labels,
                 guidance_scale,
             )?);
         }
         Ok(Tensor::cat(out, 0))
+    }
+}
+
+/// `e` for a batch of `n`: as is when it has `n` rows, its one row repeated otherwise.
+///
+/// # Panics
+/// On any other row count (a caller's bug: the shapes are documented).
+fn broadcast<B: Backend, const D: usize>(e: Tensor<B, D>, n: usize) -> Tensor<B, D> {
+    match e.dims()[0] {
+        m if m == n => e,
+        1 => e.repeat_dim(0, n),
+        m => panic!("{m} conditioning rows for a batch of {n} samples"),
     }
 }

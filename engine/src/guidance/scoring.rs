@@ -79,12 +79,14 @@ impl<B: Backend> Scorer<'_, B> {
     /// # Shapes
     /// - x_t, eps_at_t, output: `[n, channels, h, w]`
     /// - cond: `[n, seq, hidden]`; uncond: `[1, seq, hidden]`
+    /// - class_labels: `[n, width]` (a camera-conditioned prior's cameras)
     pub fn denoise(
         &self,
         x_t: Tensor<B, 4>,
         t: usize,
         cond: Tensor<B, 3>,
         uncond: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
         eps_at_t: Option<Tensor<B, 4>>,
     ) -> Result<Tensor<B, 4>, SchedulerError> {
         let prior = self.prior;
@@ -94,6 +96,7 @@ impl<B: Backend> Scorer<'_, B> {
                 t,
                 cond.clone(),
                 uncond.clone(),
+                class_labels.clone(),
                 self.guidance_scale,
                 self.max_batch,
             )

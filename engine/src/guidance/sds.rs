@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ism::{IsmConfig, interval_target};
 use super::prior::{DiffusionPrior, ImageEncoder};
-use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds};
+use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds, camera_labels};
 use super::reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
 use super::scoring::{Scorer, ScoringMode};
 use super::weighting::{WeightStrategy, selected};
@@ -615,6 +615,20 @@ impl<B: AutodiffBackend> Guidance<B> {
             TensorData::new(draw.noise, [n * batch, channels, zh, zw]),
             (&device, z_inner.dtype()),
         );
+        // A camera-conditioned prior sees each view's camera (sample-major, as x_t).
+        let class_labels = match self.prior.class_labels_width() {
+            None => None,
+            Some(_) if views.len() == batch => {
+                Some(camera_labels::<B::InnerBackend>(views, &device).repeat_dim(0, n))
+            }
+            Some(_) => {
+                return Err(GuidanceError::BadInput(format!(
+                    "the prior is camera-conditioned: {batch} images need as many view \
+                     angles, got {}",
+                    views.len()
+                )));
+            }
+        };
         // SDS: a random x_t, compared with its own noise; ISM: x_t by DDIM inversion, compared
         // with the prior's prediction at x_s.
         let (x_t, target_noise) = match &self.config.ism {
@@ -633,6 +647,7 @@ impl<B: AutodiffBackend> Guidance<B> {
                     noise,
                     t,
                     self.prompts.uncond(),
+                    class_labels.clone(),
                     ism,
                     self.config.max_batch,
                 )?;
@@ -659,6 +674,7 @@ impl<B: AutodiffBackend> Guidance<B> {
             t,
             cond.clone(),
             uncond.clone(),
+            class_labels.clone(),
             scale,
             self.config.max_batch,
         )?;
@@ -682,7 +698,7 @@ impl<B: AutodiffBackend> Guidance<B> {
                     };
                     // The SDS pass already is the first denoising pass when the scales agree.
                     let eps_at_t = (scoring_scale == scale).then(|| eps_cfg.clone());
-                    let x0 = scorer.denoise(x_t, t, cond, uncond, eps_at_t)?;
+                    let x0 = scorer.denoise(x_t, t, cond, uncond, class_labels, eps_at_t)?;
                     scorer.rewards(x0, n)?
                 } else {
                     Vec::new()

@@ -818,20 +818,23 @@ impl<B: Backend> UNet2DConditionModel<B> {
         load_safetensors_with(self, files, device, &options)
     }
 
-    /// [`forward`](Self::forward) with one timestep for the whole batch.
+    /// [`forward_with_class_labels`](Self::forward_with_class_labels) with one timestep for
+    /// the whole batch.
     ///
     /// # Shapes
     /// - sample: `[batch, in_channels, h, w]`
     /// - encoder_hidden_states: `[batch, seq_text, cross_attention_dim]`
+    /// - class_labels: `[batch, projection_class_embeddings_input_dim]`
     /// - output: `[batch, out_channels, h, w]`
     pub fn forward_timestep(
         &self,
         sample: Tensor<B, 4>,
         timestep: f32,
         encoder_hidden_states: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
     ) -> Tensor<B, 4> {
         let t = Tensor::<B, 1>::from_data([timestep], (&sample.device(), sample.dtype()));
-        self.forward(sample, t, encoder_hidden_states)
+        self.forward_with_class_labels(sample, t, encoder_hidden_states, class_labels)
     }
 }
 

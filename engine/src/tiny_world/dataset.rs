@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::captions::{Composition, Item};
+use crate::guidance::prompts::ViewAngles;
 use crate::procedural::{Object, SdfScene};
 use crate::rgb_image::RgbImage;
 use crate::scene::camera::{Camera, CameraSampler, OrbitConfig};
@@ -181,6 +182,14 @@ impl Dataset {
     /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.caption.is_empty()
+    }
+
+    /// The cameras the images at `indices` were rendered from.
+    pub fn views(&self, indices: &[usize]) -> Vec<ViewAngles> {
+        indices
+            .iter()
+            .map(|&i| ViewAngles::new(self.azimuth_deg[i], self.elevation_deg[i]))
+            .collect()
     }
 
     /// The images at `indices` as a `[b, 3, 32, 32]` tensor in `[0, 1]`.

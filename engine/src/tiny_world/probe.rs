@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::captions::Composition;
 use super::evaluate::{Judge, Retrieval};
-use crate::guidance::{DiffusionPrior, standard_normal};
+use crate::guidance::{DiffusionPrior, ViewAngles, camera_labels, standard_normal};
 use crate::models::SchedulerError;
 use crate::weights::LoadError;
 
@@ -32,6 +32,14 @@ pub enum ProbeError {
         images: usize,
         /// Captions given.
         captions: usize,
+    },
+    /// A camera-conditioned prior was given no camera for some image.
+    #[error("the prior is camera-conditioned: {images} images need as many views, got {views}")]
+    MissingViews {
+        /// Images given.
+        images: usize,
+        /// Views given.
+        views: usize,
     },
 }
 
@@ -56,13 +64,15 @@ pub struct ProbeRow {
 /// Probe `prior` at each of `timesteps` with `images` (`[n, 3, s, s]` in `[0, 1]`, at the
 /// prior's resolution) of `captions`, guidance `eps_u + scale (eps_c - eps_u)` (1 = the
 /// conditional prediction). The same noise (seeded by `seed`) serves every timestep, so rows
-/// differ only by the noise level. Returns a row and the clean estimates (`[0, 1]`) per
-/// timestep.
+/// differ only by the noise level. `views` are the images' cameras, which a camera-conditioned
+/// prior is given. Returns a row and the clean estimates (`[0, 1]`) per timestep.
+#[allow(clippy::too_many_arguments)]
 pub fn denoise_probe<B: Backend>(
     prior: &DiffusionPrior<B>,
     judge: &Judge<B>,
     images: Tensor<B, 4>,
     captions: &[Composition],
+    views: &[ViewAngles],
     timesteps: &[usize],
     guidance_scale: f32,
     seed: u64,
@@ -75,6 +85,16 @@ pub fn denoise_probe<B: Backend>(
         });
     }
     let device = images.device();
+    let class_labels = match prior.class_labels_width() {
+        None => None,
+        Some(_) if views.len() == dims[0] => Some(camera_labels::<B>(views, &device)),
+        Some(_) => {
+            return Err(ProbeError::MissingViews {
+                images: dims[0],
+                views: views.len(),
+            });
+        }
+    };
     let text: Vec<String> = captions.iter().map(Composition::caption).collect();
     let refs: Vec<&str> = text.iter().map(String::as_str).collect();
     let cond = prior.encode_prompts(&refs)?;
@@ -99,6 +119,7 @@ pub fn denoise_probe<B: Backend>(
             t,
             cond.clone(),
             uncond.clone(),
+            class_labels.clone(),
             guidance_scale,
         )?;
         let x0_hat = to_unit(scheduler.original_from_epsilon(eps.clone(), x_t.clone(), &[t])?);

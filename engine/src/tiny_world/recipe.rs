@@ -18,7 +18,7 @@ use super::sample::{SampleError, sample};
 use super::train::{
     ClipTraining, LogEntry, PhaseConfig, TrainError, UnetTraining, train_clip, train_unet,
 };
-use crate::guidance::prompts::{CAMERA_LABELS, ViewAngles, camera_labels};
+use crate::guidance::prompts::{CAMERA_LABELS, camera_labels};
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, PredictionType};
 use crate::models::tokenizer::CLIPTokenizer;
@@ -393,9 +393,7 @@ pub fn evaluate<B: Backend>(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
         // A camera-conditioned prior samples each caption from its true render's camera.
-        let views: Vec<ViewAngles> = (0..group.len())
-            .map(|i| ViewAngles::new(truth.azimuth_deg[i], truth.elevation_deg[i]))
-            .collect();
+        let views = truth.views(&(0..group.len()).collect::<Vec<_>>());
         let mut images = Vec::new();
         for (i, chunk) in prompts.chunks(64).enumerate() {
             let labels = unet

@@ -544,13 +544,9 @@ pub fn train_unet<B: AutodiffBackend>(
             .collect();
         // Inputs on the inner backend: only the UNet's parameters need gradients.
         let context = text_encoder.prompt_embeds(ids(tokenizer, &prompts, device)?, 0);
-        let labels = settings.camera_conditioning.then(|| {
-            let views: Vec<ViewAngles> = batch
-                .iter()
-                .map(|&i| ViewAngles::new(data.azimuth_deg[i], data.elevation_deg[i]))
-                .collect();
-            camera_labels::<B::InnerBackend>(&views, device)
-        });
+        let labels = settings
+            .camera_conditioning
+            .then(|| camera_labels::<B::InnerBackend>(&data.views(&batch), device));
         let t: Vec<usize> = batch
             .iter()
             .map(|_| rng.random_range(0..timesteps))
