@@ -85,20 +85,7 @@ where
     B: Backend,
     F: Fn(Tensor<B, D>, Tensor<B, C>) -> Tensor<B, O> + Sync,
 {
-    let batch = x.dims()[0];
-    let mut parts = map_chunks(batch, chunks_for::<B>(), |r| {
-        if r.len() == batch {
-            return f(x.clone(), context.clone());
-        }
-        f(
-            x.clone().narrow(0, r.start, r.len()),
-            context.clone().narrow(0, r.start, r.len()),
-        )
-    });
-    if parts.len() == 1 {
-        return parts.pop().expect("one part");
-    }
-    Tensor::cat(parts, 0)
+    map_batch_labelled(x, context, None, |x, context, _| f(x, context))
 }
 
 /// [`map_batch`] with optional per-sample `labels` (a UNet's `class_labels`), split alike.
