@@ -377,6 +377,12 @@ impl UNet2DConditionModelConfig {
             .get(level)
     }
 
+    /// The width of the class labels the model takes (`"projection"` class embedding), if any.
+    pub fn class_labels_width(&self) -> Option<usize> {
+        self.projection_class_embeddings_input_dim
+            .filter(|_| self.class_embed_type.is_some())
+    }
+
     /// Width of the time embedding, `4 * block_out_channels[0]`.
     pub fn time_embed_dim(&self) -> usize {
         4 * self.block_out_channels[0]
@@ -594,8 +600,7 @@ impl UNet2DConditionModelConfig {
                 .init(),
             time_embedding: TimestepEmbeddingConfig::new(boc[0], temb).init(device),
             class_embedding: self
-                .projection_class_embeddings_input_dim
-                .filter(|_| self.class_embed_type.is_some())
+                .class_labels_width()
                 .map(|width| TimestepEmbeddingConfig::new(width, temb).init(device)),
             down_blocks,
             mid_block,

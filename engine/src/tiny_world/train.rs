@@ -623,9 +623,7 @@ fn initial_unet<B: AutodiffBackend>(
         phase: "unet".into(),
         reason,
     };
-    let width = config
-        .projection_class_embeddings_input_dim
-        .filter(|_| config.class_embed_type.is_some());
+    let width = config.class_labels_width();
     if settings.camera_conditioning != (width == Some(CAMERA_LABELS)) {
         return Err(bad(format!(
             "camera_conditioning is {} but the UNet config's class embedding takes {width:?} \
