@@ -81,6 +81,11 @@ struct Args {
     /// --init-unet from a UNet without it, the camera embedding starts at zero.
     #[arg(long)]
     camera_conditioning: bool,
+    /// The camera embedding's learning rate as a multiple of the UNet's (with
+    /// --camera-conditioning; default 1): continuing a trained UNet at a low rate, the
+    /// zero-initialised embedding needs a larger one to be learned at all.
+    #[arg(long)]
+    camera_learning_rate_factor: Option<f64>,
     /// Cap of the UNet weights' moving average (default: the preset's; 0 turns it off).
     #[arg(long)]
     ema_decay: Option<f32>,
@@ -237,6 +242,15 @@ fn main() -> Result<()> {
         };
     }
     config.unet.camera_conditioning = args.camera_conditioning;
+    if let Some(factor) = args.camera_learning_rate_factor {
+        if !(factor.is_finite() && factor > 0.0) || !args.camera_conditioning {
+            bail!(
+                "--camera-learning-rate-factor {factor}: must be a finite number > 0, \
+                 with --camera-conditioning"
+            );
+        }
+        config.unet.camera_learning_rate_factor = factor;
+    }
     if let Some(decay) = args.ema_decay {
         if !(0.0..1.0).contains(&decay) {
             bail!("--ema-decay {decay}: must be in [0, 1)");

@@ -99,6 +99,7 @@ impl RecipeConfig {
                 // Off: the shipped v5 was trained without it (docs/tiny_world.md, "Why the
                 // cubes come out round").
                 camera_conditioning: false,
+                camera_learning_rate_factor: 1.0,
             },
             eval_prompts: 64,
             eval_steps: 25,
