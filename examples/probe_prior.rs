@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn;
-use rewardsds::engine::guidance::DiffusionPrior;
+use rewardsds::engine::guidance::{DiffusionPrior, ViewAngles};
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::evaluate::{Judge, Retrieval, spread_pairs};
 use rewardsds::engine::tiny_world::probe::denoise_probe;
@@ -40,6 +40,11 @@ struct Args {
     /// Classifier-free guidance scale (1: the conditional prediction alone).
     #[arg(long, default_value_t = 1.0)]
     guidance_scale: f32,
+    /// Turn the camera a camera-conditioned prior is told by this many degrees of azimuth
+    /// (the renders stay): how much worse the estimates get measures how much it uses the
+    /// camera. 0 tells the truth.
+    #[arg(long, default_value_t = 0.0)]
+    camera_offset: f32,
     /// Seed of the renders and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -89,13 +94,14 @@ impl BackendTask for Probe {
         ];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         println!(
-            "prior {}, judge {}, CFG {}, {} + {} captions, seed {}\n",
+            "prior {}, judge {}, CFG {}, {} + {} captions, seed {}, camera offset {} deg\n",
             args.prior.display(),
             judge_dir.display(),
             args.guidance_scale,
             groups[0].1.len(),
             groups[1].1.len(),
-            args.seed
+            args.seed,
+            args.camera_offset
         );
         println!(
             "| captions | t | alpha_bar | eps MSE | x0 MSE (input MSE) | judge top-1 | top-5 | CLIP |"
@@ -108,12 +114,15 @@ impl BackendTask for Probe {
             let indices: Vec<usize> = (0..captions.len()).collect();
             let images: Tensor<I<B>, 4> = data.images(&indices, &device);
             let start = std::time::Instant::now();
+            let views: Vec<ViewAngles> = (data.views(&indices).into_iter())
+                .map(|v| ViewAngles::new(v.azimuth_deg + args.camera_offset, v.elevation_deg))
+                .collect();
             let rows = denoise_probe(
                 &prior,
                 &judge,
                 images.clone(),
                 captions,
-                &data.views(&indices),
+                &views,
                 &self.timesteps,
                 args.guidance_scale,
                 args.seed,
@@ -168,6 +177,12 @@ fn main() -> Result<()> {
         .with_context(|| format!("--timesteps `{}`: comma-separated integers", args.timesteps))?;
     if timesteps.is_empty() || args.prompts == 0 {
         bail!("--timesteps and --prompts must not be empty");
+    }
+    if !args.camera_offset.is_finite() {
+        bail!(
+            "--camera-offset {}: not a finite number",
+            args.camera_offset
+        );
     }
     if !args.guidance_scale.is_finite() {
         bail!(
