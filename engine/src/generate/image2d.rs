@@ -26,7 +26,7 @@ use super::generator::{GenerateError, Progress, StopReason, load_prior, load_rew
 use crate::backend::EngineAutodiffBackend;
 use crate::guidance::{
     BoxedFeedbackReward, BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceConfig,
-    RewardSdsConfig, ScoringMode, WeightStrategy, standard_normal,
+    RewardSdsConfig, ScoringMode, ViewAngles, WeightStrategy, standard_normal,
 };
 use crate::models::reward::{ClipScore, RewardModel};
 use crate::optim::{GroupedOptimizer, OptimizerConfig, ParamGroup};
@@ -324,9 +324,11 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
             .seed
             .wrapping_mul(0x9E37_79B9)
             .wrapping_add(self.step as u64);
-        let guided = self
-            .guidance
-            .step(self.canvas.pixels.val(), &[], self.step, seed)?;
+        // The image is the front view: a camera-conditioned prior is told so (the turntable's
+        // front camera, 15 degrees up); a plain prior ignores the camera.
+        let pixels = self.canvas.pixels.val();
+        let front = vec![ViewAngles::new(0.0, 15.0); pixels.dims()[0]];
+        let guided = self.guidance.step(pixels, &front, self.step, seed)?;
         let loss: f32 = guided.loss.clone().into_scalar().elem();
         if !loss.is_finite() {
             return Err(GenerateError::NonFinite {
