@@ -5,17 +5,18 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
-use rewardsds_engine::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use rewardsds_engine::models::unet_2d::UNet2DConditionModel;
 use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
-use rewardsds_engine::weights::weight_files;
+
+mod pipeline_folders;
+use pipeline_folders::{copy_dir, load_unet, temp_dir};
 
 type B = NdArray;
 
 #[test]
 fn the_camera_learning_rate_factor_scales_only_the_embeddings_step() {
     let device = Default::default();
-    let out = std::env::temp_dir().join(format!("rewardsds-camera-lr-{}", std::process::id()));
-    std::fs::remove_dir_all(&out).ok();
+    let out = temp_dir("camera-lr");
     let train = Phases {
         reward: true,
         judge: true,
@@ -23,22 +24,10 @@ fn the_camera_learning_rate_factor_scales_only_the_embeddings_step() {
         eval: false,
     };
     run_recipe::<Autodiff<B>>(&RecipeConfig::test(), train, &out, 2, &device, &mut |_| {}).unwrap();
-    let load = |dir: &std::path::Path| {
-        let config = UNet2DConditionModelConfig::from_file(dir.join("unet/config.json")).unwrap();
-        let (model, report) = config
-            .init::<B>(&device)
-            .load_weights(&weight_files(&dir.join("unet")).unwrap(), &device)
-            .unwrap();
-        assert!(report.is_exact(), "{report:?}");
-        model
-    };
     // One step from the plain UNet with a new, zero-initialised camera embedding; at rate 0
     // the embedding stays where it started.
     let one_step = |factor: f64, rate: f64| {
-        let dir = std::env::temp_dir().join(format!(
-            "rewardsds-camera-lr-{factor}-{rate}-{}",
-            std::process::id()
-        ));
+        let dir = temp_dir(&format!("camera-lr-{factor}-{rate}"));
         std::fs::create_dir_all(&dir).unwrap();
         for folder in ["text_encoder", "tokenizer", "scheduler", "reward", "judge"] {
             copy_dir(&out.join(folder), &dir.join(folder));
@@ -55,7 +44,7 @@ fn the_camera_learning_rate_factor_scales_only_the_embeddings_step() {
             ..Phases::default()
         };
         run_recipe::<Autodiff<B>>(&recipe, phases, &dir, 2, &device, &mut |_| {}).unwrap();
-        let model = load(&dir);
+        let (_, model) = load_unet(&dir);
         std::fs::remove_dir_all(&dir).ok();
         model
     };
@@ -109,12 +98,4 @@ fn flat<M: Module<B>>(module: &M) -> Vec<f32> {
     let mut collect = Collect(Vec::new());
     module.visit(&mut collect);
     collect.0
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-    }
 }

@@ -10,6 +10,9 @@ use rewardsds_engine::models::unet_2d::UNet2DConditionModelConfig;
 use rewardsds_engine::tiny_world::folder::write_unet;
 use rewardsds_engine::weights::{resolve_model, weight_files};
 
+mod pipeline_folders;
+use pipeline_folders::{temp_dir, walk};
+
 type B = Autodiff<NdArray>;
 
 fn mean(xs: &[f32]) -> f32 {
@@ -63,8 +66,7 @@ fn a_camera_conditioned_prior_paints_the_front_view() {
     // the plain run exactly.
     let device = Default::default();
     let root = resolve_model("tiny-world").unwrap();
-    let dir = std::env::temp_dir().join(format!("rewardsds-camera-2d-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
+    let dir = temp_dir("camera-2d");
     for entry in walk(&root) {
         let to = dir.join(entry.strip_prefix(&root).unwrap());
         if !entry.starts_with(root.join("unet")) {
@@ -96,17 +98,4 @@ fn a_camera_conditioned_prior_paints_the_front_view() {
     let camera = paint(dir.to_string_lossy().into_owned());
     assert_eq!(camera, paint("tiny-world".into()));
     std::fs::remove_dir_all(&dir).ok();
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }

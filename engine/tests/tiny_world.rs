@@ -2,7 +2,6 @@
 //! read exactly; the shipped weights load through their presets.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{DType, Distribution, Tensor};
@@ -17,13 +16,10 @@ use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
 use rewardsds_engine::tiny_world::{IMAGE_SIZE, ModelScale};
 use rewardsds_engine::weights::{resolve_model, save_safetensors, weight_files};
 
-type B = NdArray;
+mod pipeline_folders;
+use pipeline_folders::{copy_dir, load_unet, temp_dir, walk};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rewardsds-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    dir
-}
+type B = NdArray;
 
 #[test]
 fn saved_clip_reloads_exactly_in_f32() {
@@ -244,19 +240,10 @@ fn camera_conditioning_continues_a_unet_without_it() {
         .unwrap()
         .expect("eval ran");
 
-    let load = |dir: &std::path::Path| {
-        let config = UNet2DConditionModelConfig::from_file(dir.join("unet/config.json")).unwrap();
-        let (model, report) = config
-            .init::<B>(&device)
-            .load_weights(&weight_files(&dir.join("unet")).unwrap(), &device)
-            .unwrap();
-        assert!(report.is_exact(), "{report:?}");
-        (config, model)
-    };
-    let (config, camera) = load(&again);
+    let (config, camera) = load_unet(&again);
     assert_eq!(config.class_embed_type.as_deref(), Some("projection"));
     assert_eq!(camera.class_labels_width(), Some(CAMERA_LABELS));
-    let (_, plain) = load(&out);
+    let (_, plain) = load_unet(&out);
     assert_eq!(plain.class_labels_width(), None);
 
     // At learning rate 0 the zero-initialised embedding leaves every prediction as it was,
@@ -291,14 +278,6 @@ fn camera_conditioning_continues_a_unet_without_it() {
     std::fs::remove_dir_all(&out).ok();
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-    }
-}
-
 #[test]
 fn shipped_models_load_through_their_presets() {
     let device = Default::default();
@@ -331,19 +310,6 @@ fn shipped_models_load_through_their_presets() {
         .map(|p| p.metadata().unwrap().len())
         .sum();
     assert!(total < 40_000_000, "{total} bytes");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// The shipped prior removes noise from true renders: its clean-image estimate is closer to the

@@ -1,0 +1,51 @@
+//! Helpers for tests that copy and reload Tiny World pipeline folders (each test file that
+//! needs them includes this with `mod pipeline_folders;`).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use rewardsds_engine::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use rewardsds_engine::weights::weight_files;
+
+/// A fresh path in the temp directory for this process (removed if it was there).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rewardsds-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Copies the files directly in `from` into `to` (created).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+/// The UNet of the pipeline folder `dir`, loaded exactly.
+pub fn load_unet(dir: &Path) -> (UNet2DConditionModelConfig, UNet2DConditionModel<NdArray>) {
+    let device = Default::default();
+    let config = UNet2DConditionModelConfig::from_file(dir.join("unet/config.json")).unwrap();
+    let (model, report) = config
+        .init::<NdArray>(&device)
+        .load_weights(&weight_files(&dir.join("unet")).unwrap(), &device)
+        .unwrap();
+    assert!(report.is_exact(), "{report:?}");
+    (config, model)
+}
