@@ -14,6 +14,7 @@ use rewardsds::engine::models::schedulers::PredictionType;
 use rewardsds::engine::tiny_world::recipe::{
     Phases, RecipeConfig, RecipeError, RecipeEvent, run_recipe,
 };
+use rewardsds::engine::tiny_world::train::PhaseConfig;
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
@@ -62,6 +63,10 @@ struct Args {
     /// time budget decides), so a continuation repeats on a busier or faster machine.
     #[arg(long)]
     judge_steps: Option<usize>,
+    /// Train the UNet exactly this many steps, whatever the time (default: the preset's time
+    /// budget decides), so a continuation repeats on a busier or faster machine.
+    #[arg(long)]
+    unet_steps: Option<usize>,
     /// UNet batch size (default: the preset's).
     #[arg(long)]
     unet_batch: Option<usize>,
@@ -161,6 +166,18 @@ impl BackendTask for Train {
 }
 
 /// The log's file name in `--out`: an evaluation alone keeps the training's log.
+/// Fixes a phase at `steps` steps with no time limit, and the warm-up a time-cut run of that
+/// length gets (at most a tenth), so the run repeats whatever the machine's speed.
+fn fix_steps(phase: &mut PhaseConfig, steps: usize, flag: &str) -> Result<()> {
+    if steps == 0 {
+        bail!("{flag} must be at least 1");
+    }
+    phase.steps = steps;
+    phase.warmup_steps = phase.warmup_steps.min((steps / 10).max(1));
+    phase.max_seconds = 1e9;
+    Ok(())
+}
+
 fn default_log(phases: &Phases) -> &'static str {
     if phases.trains() {
         "training_log.jsonl"
@@ -283,13 +300,10 @@ fn main() -> Result<()> {
         phase.max_seconds *= args.time_scale;
     }
     if let Some(steps) = args.judge_steps {
-        if steps == 0 {
-            bail!("--judge-steps must be at least 1");
-        }
-        // The warm-up a time-cut run gets (a tenth), and no time limit.
-        config.judge.steps = steps;
-        config.judge.warmup_steps = config.judge.warmup_steps.min((steps / 10).max(1));
-        config.judge.max_seconds = 1e9;
+        fix_steps(&mut config.judge, steps, "--judge-steps")?;
+    }
+    if let Some(steps) = args.unet_steps {
+        fix_steps(&mut config.unet.phase, steps, "--unet-steps")?;
     }
     let mut phases = Phases::default();
     for name in args
