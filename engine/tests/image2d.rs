@@ -6,12 +6,11 @@ use std::sync::atomic::AtomicBool;
 use burn::backend::{Autodiff, NdArray};
 use rewardsds_engine::generate::{Image2dConfig, Image2dGenerator, StopReason};
 use rewardsds_engine::guidance::CAMERA_LABELS;
-use rewardsds_engine::models::unet_2d::UNet2DConditionModelConfig;
 use rewardsds_engine::tiny_world::folder::write_unet;
-use rewardsds_engine::weights::{resolve_model, weight_files};
+use rewardsds_engine::weights::resolve_model;
 
 mod pipeline_folders;
-use pipeline_folders::{temp_dir, walk};
+use pipeline_folders::{load_unet, temp_dir, walk};
 
 type B = Autodiff<NdArray>;
 
@@ -61,41 +60,45 @@ fn reward_sds_raises_the_reward_of_the_image() {
 
 #[test]
 fn a_camera_conditioned_prior_paints_the_front_view() {
-    // The shipped prior given a zero camera embedding: camera-conditioned, yet predicting as
-    // the shipped one from any camera, so a 2D run on it (told the front view) must retrace
-    // the plain run exactly.
-    let device = Default::default();
+    // The shipped prior twice: without a camera embedding, and with a zero one (camera-
+    // conditioned, yet predicting the same from any camera). A 2D run on the second (told the
+    // front view) must retrace the run on the first exactly, whichever the shipped one is.
     let root = resolve_model("tiny-world").unwrap();
-    let dir = temp_dir("camera-2d");
-    for entry in walk(&root) {
-        let to = dir.join(entry.strip_prefix(&root).unwrap());
-        if !entry.starts_with(root.join("unet")) {
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&entry, &to).unwrap();
+    let (mut config, mut unet) = load_unet(&root);
+    let device = Default::default();
+    unet.class_embedding = None;
+    config.class_embed_type = None;
+    config.projection_class_embeddings_input_dim = None;
+    let plain = temp_dir("plain-2d");
+    let camera = temp_dir("camera-2d");
+    for dir in [&plain, &camera] {
+        for entry in walk(&root) {
+            let to = dir.join(entry.strip_prefix(&root).unwrap());
+            if !entry.starts_with(root.join("unet")) {
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(&entry, &to).unwrap();
+            }
         }
     }
-    let mut config = UNet2DConditionModelConfig::from_file(root.join("unet/config.json")).unwrap();
-    let (unet, _) = config
-        .init::<NdArray>(&device)
-        .load_weights(&weight_files(&root.join("unet")).unwrap(), &device)
-        .unwrap();
+    write_unet(&plain.join("unet"), &unet, &config).unwrap();
     let unet = unet.with_zero_class_embedding(CAMERA_LABELS, &device);
     config.class_embed_type = Some("projection".into());
     config.projection_class_embeddings_input_dim = Some(CAMERA_LABELS);
-    write_unet(&dir.join("unet"), &unet, &config).unwrap();
+    write_unet(&camera.join("unet"), &unet, &config).unwrap();
 
-    let paint = |prior: String| {
+    let paint = |prior: &std::path::Path| {
         let config = Image2dConfig {
             prompt: "a red cube".into(),
             steps: 2,
-            prior,
+            prior: prior.to_string_lossy().into_owned(),
             ..Image2dConfig::default()
         };
         let mut generator = Image2dGenerator::<B>::load(config, &device).unwrap();
         generator.run(&AtomicBool::new(false), &mut |_| {}).unwrap();
         generator.image().to_rgb8()
     };
-    let camera = paint(dir.to_string_lossy().into_owned());
-    assert_eq!(camera, paint("tiny-world".into()));
-    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(paint(&camera), paint(&plain));
+    for dir in [plain, camera] {
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
