@@ -165,7 +165,6 @@ impl BackendTask for Train {
     }
 }
 
-/// The log's file name in `--out`: an evaluation alone keeps the training's log.
 /// Fixes a phase at `steps` steps with no time limit, and the warm-up a time-cut run of that
 /// length gets (at most a tenth), so the run repeats whatever the machine's speed.
 fn fix_steps(phase: &mut PhaseConfig, steps: usize, flag: &str) -> Result<()> {
@@ -178,6 +177,7 @@ fn fix_steps(phase: &mut PhaseConfig, steps: usize, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// The log's file name in `--out`: an evaluation alone keeps the training's log.
 fn default_log(phases: &Phases) -> &'static str {
     if phases.trains() {
         "training_log.jsonl"
