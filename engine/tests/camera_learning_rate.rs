@@ -9,29 +9,19 @@ use rewardsds_engine::models::unet_2d::UNet2DConditionModel;
 use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
 
 mod pipeline_folders;
-use pipeline_folders::{copy_dir, load_unet, temp_dir};
+use pipeline_folders::{copy_all_but_unet, load_unet, temp_dir, train_test_pipeline};
 
 type B = NdArray;
 
 #[test]
 fn the_camera_learning_rate_factor_scales_only_the_embeddings_step() {
     let device = Default::default();
-    let out = temp_dir("camera-lr");
-    let train = Phases {
-        reward: true,
-        judge: true,
-        unet: true,
-        eval: false,
-    };
-    run_recipe::<Autodiff<B>>(&RecipeConfig::test(), train, &out, 2, &device, &mut |_| {}).unwrap();
+    let out = train_test_pipeline("camera-lr");
     // One step from the plain UNet with a new, zero-initialised camera embedding; at rate 0
     // the embedding stays where it started.
     let one_step = |factor: f64, rate: f64| {
         let dir = temp_dir(&format!("camera-lr-{factor}-{rate}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for folder in ["text_encoder", "tokenizer", "scheduler", "reward", "judge"] {
-            copy_dir(&out.join(folder), &dir.join(folder));
-        }
+        copy_all_but_unet(&out, &dir);
         let mut recipe = RecipeConfig::test();
         recipe.unet.init_from = Some(out.join("unet"));
         recipe.unet.camera_conditioning = true;

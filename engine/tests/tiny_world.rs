@@ -17,7 +17,9 @@ use rewardsds_engine::tiny_world::{IMAGE_SIZE, ModelScale};
 use rewardsds_engine::weights::{resolve_model, save_safetensors, weight_files};
 
 mod pipeline_folders;
-use pipeline_folders::{copy_dir, load_unet, temp_dir, walk};
+use pipeline_folders::{
+    copy_all_but_unet, copy_dir, load_unet, temp_dir, train_test_pipeline, walk,
+};
 
 type B = NdArray;
 
@@ -213,19 +215,9 @@ fn recipe_runs_end_to_end_and_its_folders_load() {
 #[test]
 fn camera_conditioning_continues_a_unet_without_it() {
     let device = Default::default();
-    let out = temp_dir("tiny-world-camera");
-    let train = Phases {
-        reward: true,
-        judge: true,
-        unet: true,
-        eval: false,
-    };
-    run_recipe::<Autodiff<B>>(&RecipeConfig::test(), train, &out, 2, &device, &mut |_| {}).unwrap();
+    let out = train_test_pipeline("tiny-world-camera");
     let again = temp_dir("tiny-world-camera-continue");
-    std::fs::create_dir_all(&again).unwrap();
-    for folder in ["text_encoder", "tokenizer", "scheduler", "reward", "judge"] {
-        copy_dir(&out.join(folder), &again.join(folder));
-    }
+    copy_all_but_unet(&out, &again);
     let mut recipe = RecipeConfig::test();
     recipe.unet.init_from = Some(out.join("unet"));
     recipe.unet.camera_conditioning = true;

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::NdArray;
+use burn::backend::{Autodiff, NdArray};
 use rewardsds_engine::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
 use rewardsds_engine::weights::weight_files;
 
 /// A fresh path in the temp directory for this process (removed if it was there).
@@ -48,4 +49,28 @@ pub fn load_unet(dir: &Path) -> (UNet2DConditionModelConfig, UNet2DConditionMode
         .unwrap();
     assert!(report.is_exact(), "{report:?}");
     (config, model)
+}
+
+/// A tiny pipeline trained by the test recipe (reward, judge, UNet; no eval) into a fresh
+/// temp folder `name`.
+pub fn train_test_pipeline(name: &str) -> PathBuf {
+    let out = temp_dir(name);
+    let train = Phases {
+        reward: true,
+        judge: true,
+        unet: true,
+        eval: false,
+    };
+    let device = Default::default();
+    run_recipe::<Autodiff<NdArray>>(&RecipeConfig::test(), train, &out, 2, &device, &mut |_| {})
+        .unwrap();
+    out
+}
+
+/// Copies every folder of the pipeline `from` but its UNet into `to` (created), so a recipe
+/// can train a new UNet there.
+pub fn copy_all_but_unet(from: &Path, to: &Path) {
+    for folder in ["text_encoder", "tokenizer", "scheduler", "reward", "judge"] {
+        copy_dir(&from.join(folder), &to.join(folder));
+    }
 }
