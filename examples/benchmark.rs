@@ -60,11 +60,12 @@ struct Args {
     /// Classifier-free guidance scale of every method (default: the `fast` preset's).
     #[arg(long)]
     guidance_scale: Option<f32>,
-    /// CFG scale at the last step of every method, reached linearly (default: constant).
+    /// CFG scale at the last step of every method, reached linearly (default: the `fast`
+    /// preset's, 1.5; `--guidance-scale-end 5` keeps CFG 5 constant).
     #[arg(long)]
     guidance_scale_end: Option<f32>,
-    /// The NeRF's learning rates at the last step as a fraction of the first (default: 1,
-    /// constant).
+    /// The NeRF's learning rates at the last step as a fraction of the first (default: the
+    /// `fast` preset's, 0.1; 1 keeps them constant).
     #[arg(long)]
     learning_rate_end_factor: Option<f64>,
     /// Prior model: preset name or diffusers folder (default: the `fast` preset's, Tiny World).

@@ -187,8 +187,9 @@ pub struct GuidanceConfig {
     /// Classifier-free guidance scale `s` (100), at step 0.
     pub guidance_scale: f32,
     /// CFG scale at the last step, reached linearly from `guidance_scale`; `None` (the
-    /// default): constant. A high scale forms the objects, a low one keeps their shaded
-    /// faces (docs/tiny_world.md, "SDS from the true scene").
+    /// default here, and the `quality` preset's): constant; the `fast` preset's: 1.5. A high
+    /// scale forms the objects, a low one keeps their shaded faces (docs/tiny_world.md, "SDS
+    /// from the true scene").
     pub guidance_scale_end: Option<f32>,
     /// Prompt of CFG's unconditional branch (`""`).
     pub negative_prompt: String,

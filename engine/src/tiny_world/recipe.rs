@@ -96,8 +96,9 @@ impl RecipeConfig {
                 // v weight, min(SNR, 5) / (SNR + 1), would all but drop those levels again.
                 snr_gamma: None,
                 prediction_type: PredictionType::VPrediction,
-                // Off: the shipped v5 was trained without it (docs/tiny_world.md, "Why the
-                // cubes come out round").
+                // Off from scratch (unmeasured): the shipped v6 added it to the trained v5 as
+                // a continuation, `--camera-conditioning --camera-learning-rate-factor 10`
+                // (docs/tiny_world.md, "v6, shipped").
                 camera_conditioning: false,
                 camera_learning_rate_factor: 1.0,
             },
