@@ -10,7 +10,7 @@ use rewardsds_engine::tiny_world::folder::write_unet;
 use rewardsds_engine::weights::resolve_model;
 
 mod pipeline_folders;
-use pipeline_folders::{load_unet, temp_dir, walk};
+use pipeline_folders::{copy_all_but_unet, load_unet, temp_dir};
 
 type B = Autodiff<NdArray>;
 
@@ -72,13 +72,7 @@ fn a_camera_conditioned_prior_paints_the_front_view() {
     let plain = temp_dir("plain-2d");
     let camera = temp_dir("camera-2d");
     for dir in [&plain, &camera] {
-        for entry in walk(&root) {
-            let to = dir.join(entry.strip_prefix(&root).unwrap());
-            if !entry.starts_with(root.join("unet")) {
-                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-                std::fs::copy(&entry, &to).unwrap();
-            }
-        }
+        copy_all_but_unet(&root, dir);
     }
     write_unet(&plain.join("unet"), &unet, &config).unwrap();
     let unet = unet.with_zero_class_embedding(CAMERA_LABELS, &device);

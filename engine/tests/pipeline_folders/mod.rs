@@ -67,10 +67,15 @@ pub fn train_test_pipeline(name: &str) -> PathBuf {
     out
 }
 
-/// Copies every folder of the pipeline `from` but its UNet into `to` (created), so a recipe
-/// can train a new UNet there.
+/// Copies every file of the pipeline `from` but its UNet's into `to` (created, same layout),
+/// so a recipe can train a new UNet there or a test can write one of its own.
 pub fn copy_all_but_unet(from: &Path, to: &Path) {
-    for folder in ["text_encoder", "tokenizer", "scheduler", "reward", "judge"] {
-        copy_dir(&from.join(folder), &to.join(folder));
+    for file in walk(from) {
+        if file.starts_with(from.join("unet")) {
+            continue;
+        }
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
     }
 }
