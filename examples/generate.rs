@@ -26,13 +26,16 @@ use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::shape_check::check_shapes;
 use rewardsds::engine::weights::resolve_model;
 
+/// The prompt when neither `--prompt` nor a config gives one.
+const DEFAULT_PROMPT: &str = "a red cube and a blue sphere";
+
 /// Command-line options; each overrides the preset or config file.
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Generate a 3D asset (.glb) from a text prompt with SDS / RewardSDS")]
 struct Args {
-    /// What to make.
-    #[arg(long, default_value = "a red cube and a blue sphere")]
-    prompt: String,
+    /// What to make [default: the config's prompt, else "a red cube and a blue sphere"].
+    #[arg(long)]
+    prompt: Option<String>,
     /// Preset: fast, quality; add -sds for plain SDS (fast-sds).
     #[arg(long, default_value = "fast")]
     preset: String,
@@ -271,14 +274,18 @@ fn main() -> Result<()> {
             let mut c: GenerateConfig =
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
             if c.prompt.is_empty() {
-                c.prompt = args.prompt.clone();
+                c.prompt = DEFAULT_PROMPT.into();
             }
             c
         }
-        None => GenerateConfig::preset(&args.preset)?,
+        None => GenerateConfig {
+            prompt: DEFAULT_PROMPT.into(),
+            ..GenerateConfig::preset(&args.preset)?
+        },
     };
-    if args.config.is_none() {
-        config.prompt = args.prompt.clone();
+    // An explicit `--prompt` wins over a config's, as every other option does.
+    if let Some(prompt) = args.prompt {
+        config.prompt = prompt;
     }
     if let Some(prior) = args.prior {
         config.prior = prior;

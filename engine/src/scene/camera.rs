@@ -358,6 +358,12 @@ pub struct OrbitConfig {
     pub front_fraction: f32,
     /// Azimuth range of the front steps, degrees ([-30, 30]).
     pub front_azimuth_range: [f32; 2],
+    /// Share of a run's steps, right after the front phase, over which the azimuth range
+    /// widens linearly from `front_azimuth_range` to the width of `azimuth_range`, about the
+    /// front range's centre (threestudio's `progressive_until`; 0: the full orbit at once).
+    /// Why: faces formed from the front can carry round a step at a time instead of meeting
+    /// the back views all at once. `front_fraction + widen_fraction` is at most 1.
+    pub widen_fraction: f32,
 }
 
 impl Default for OrbitConfig {
@@ -372,6 +378,7 @@ impl Default for OrbitConfig {
             center_jitter: 0.0,
             front_fraction: 0.0,
             front_azimuth_range: [-30.0, 30.0],
+            widen_fraction: 0.0,
         }
     }
 }
@@ -426,12 +433,25 @@ impl OrbitConfig {
             f32::MAX,
             "need 0 < min <= max",
         )?;
-        if !(0.0..=1.0).contains(&self.front_fraction) {
+        for (name, value) in [
+            ("front_fraction", self.front_fraction),
+            ("widen_fraction", self.widen_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(CameraError::BadRange {
+                    name,
+                    min: value,
+                    max: value,
+                    why: "must be a fraction in [0, 1]",
+                });
+            }
+        }
+        if self.front_fraction + self.widen_fraction > 1.0 {
             return Err(CameraError::BadRange {
-                name: "front_fraction",
-                min: self.front_fraction,
-                max: self.front_fraction,
-                why: "must be a fraction in [0, 1]",
+                name: "widen_fraction",
+                min: self.widen_fraction,
+                max: self.widen_fraction,
+                why: "front_fraction + widen_fraction must be at most 1",
             });
         }
         if !(self.center_jitter.is_finite() && self.center_jitter >= 0.0) {
@@ -467,7 +487,8 @@ impl OrbitConfig {
 pub struct CameraSampler {
     config: OrbitConfig,
     rng: StdRng,
-    front: bool,
+    /// The azimuth range of the current step when it is not `config.azimuth_range`.
+    azimuth_range: Option<[f32; 2]>,
 }
 
 impl CameraSampler {
@@ -477,14 +498,35 @@ impl CameraSampler {
         Ok(Self {
             config,
             rng: StdRng::seed_from_u64(seed),
-            front: false,
+            azimuth_range: None,
         })
     }
 
     /// Draw the views of step `step` (0-based) of a run of `steps`: from the front range in
-    /// the first `front_fraction` of the steps. Without this call, the full ranges.
+    /// the first `front_fraction` of the steps, then from a range widening to the full width
+    /// over the next `widen_fraction`. Without this call, the full ranges.
     pub fn at_step(mut self, step: usize, steps: usize) -> Self {
-        self.front = (step as f32) < self.config.front_fraction * steps as f32;
+        let c = &self.config;
+        let (step, steps) = (step as f32, steps as f32);
+        let front_end = c.front_fraction * steps;
+        let widen_steps = c.widen_fraction * steps;
+        self.azimuth_range = if step < front_end {
+            Some(c.front_azimuth_range)
+        } else if step < front_end + widen_steps {
+            let t = (step - front_end) / widen_steps;
+            let [lo, hi] = c.front_azimuth_range;
+            let centre = 0.5 * (lo + hi);
+            let half = lerp(
+                [
+                    0.5 * (hi - lo),
+                    0.5 * (c.azimuth_range[1] - c.azimuth_range[0]),
+                ],
+                t,
+            );
+            Some([centre - half, centre + half])
+        } else {
+            None
+        };
         self
     }
 
@@ -510,11 +552,7 @@ impl CameraSampler {
                 } else {
                     self.rng.random()
                 };
-                let range = if self.front {
-                    c.front_azimuth_range
-                } else {
-                    c.azimuth_range
-                };
+                let range = self.azimuth_range.unwrap_or(c.azimuth_range);
                 let azimuth = lerp(range, u_az);
                 let elevation = lerp(c.elevation_range, self.rng.random());
                 let fov = lerp(c.fov_range, self.rng.random());
@@ -709,6 +747,55 @@ mod tests {
         };
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("front_fraction"), "{e}");
+    }
+
+    #[test]
+    fn widen_phase_grows_the_azimuth_range_from_the_front_to_the_full_orbit() {
+        let config = OrbitConfig {
+            front_fraction: 0.2,
+            widen_fraction: 0.4,
+            ..Default::default()
+        };
+        let spread = |step| {
+            let wrap = |a: f32| (a + 180.0).rem_euclid(360.0) - 180.0;
+            CameraSampler::new(config.clone(), 5)
+                .unwrap()
+                .at_step(step, 100)
+                .sample(256, 8, 8)
+                .unwrap()
+                .iter()
+                .map(|c| wrap(c.azimuth_deg).abs())
+                .fold(0.0f32, f32::max)
+        };
+        // The front phase, then half-widths 30 -> 180 over steps 20..60 about the front.
+        assert!(spread(19) <= 30.0 + 1e-3);
+        let at = |step: usize| 30.0 + 150.0 * (step as f32 - 20.0) / 40.0;
+        for step in [20, 30, 40, 50] {
+            let s = spread(step);
+            assert!(s <= at(step) + 1e-3, "step {step}: {s} > {}", at(step));
+            // Stratified draws reach near the edge of the current range.
+            assert!(s >= at(step) - 5.0, "step {step}: {s} < {}", at(step));
+        }
+        let full = CameraSampler::new(OrbitConfig::default(), 5)
+            .unwrap()
+            .sample(256, 8, 8)
+            .unwrap();
+        let widened = CameraSampler::new(config.clone(), 5)
+            .unwrap()
+            .at_step(60, 100)
+            .sample(256, 8, 8)
+            .unwrap();
+        assert_eq!(widened, full);
+        let bad = OrbitConfig {
+            front_fraction: 0.7,
+            widen_fraction: 0.4,
+            ..Default::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("widen_fraction") && e.contains("at most 1"),
+            "{e}"
+        );
     }
 
     #[test]
