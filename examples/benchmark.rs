@@ -64,6 +64,14 @@ struct Args {
     /// preset's, 1.5; `--guidance-scale-end 5` keeps CFG 5 constant).
     #[arg(long)]
     guidance_scale_end: Option<f32>,
+    /// Weight of SDS's generative term in every method (`guidance.generative_weight`; 0 is
+    /// classifier score distillation; default: the `fast` preset's, 1).
+    #[arg(long)]
+    generative_weight: Option<f32>,
+    /// Share of the steps every method runs as classifier score distillation first
+    /// (`guidance.csd_fraction`; default: the `fast` preset's, 0).
+    #[arg(long)]
+    csd_fraction: Option<f32>,
     /// The NeRF's learning rates at the last step as a fraction of the first (default: the
     /// `fast` preset's, 0.1; 1 keeps them constant).
     #[arg(long)]
@@ -199,6 +207,12 @@ impl BackendTask for Bench {
             if let Some(end) = args.guidance_scale_end {
                 method.config.guidance.guidance_scale_end = Some(end);
             }
+            if let Some(weight) = args.generative_weight {
+                method.config.guidance.generative_weight = weight;
+            }
+            if let Some(fraction) = args.csd_fraction {
+                method.config.guidance.csd_fraction = fraction;
+            }
             if let Some(factor) = args.learning_rate_end_factor {
                 method.config.learning_rate_end_factor = factor;
             }
@@ -315,7 +329,7 @@ impl BackendTask for Bench {
             }
         }
         Ok(format!(
-            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds (from {}); prior {}, CFG {}{}, learning rates to x{} by the last step; chance R-precision {:.2}%.\n\n{table}",
+            "Prompts: {} ({} seen, {} held-out compositions) x {} seeds (from {}); prior {}, CFG {}{}, generative weight {} (CSD for the first {} of the steps), learning rates to x{} by the last step; chance R-precision {:.2}%.\n\n{table}",
             prompts.len(),
             seen,
             prompts.len() - seen,
@@ -329,6 +343,8 @@ impl BackendTask for Bench {
                 .guidance_scale_end
                 .map(|end| format!(" -> {end}"))
                 .unwrap_or_default(),
+            methods[0].config.guidance.generative_weight,
+            methods[0].config.guidance.csd_fraction,
             methods[0].config.learning_rate_end_factor,
             100.0 / Composition::all().len() as f32
         ))

@@ -69,6 +69,15 @@ struct Args {
     /// (`guidance.guidance_scale_end`; the preset's or config's when unset).
     #[arg(long)]
     guidance_scale_end: Option<f32>,
+    /// Weight of SDS's generative term beside the classifier term
+    /// (`guidance.generative_weight`; 0 is classifier score distillation; the preset's or
+    /// config's when unset).
+    #[arg(long)]
+    generative_weight: Option<f32>,
+    /// Share of the steps run as classifier score distillation before the generative term
+    /// applies (`guidance.csd_fraction`; the preset's or config's when unset).
+    #[arg(long)]
+    csd_fraction: Option<f32>,
     /// The NeRF's learning rates at the last step as a fraction of the first
     /// (`learning_rate_end_factor`; the preset's or config's when unset).
     #[arg(long)]
@@ -81,7 +90,7 @@ struct Args {
     out: Option<PathBuf>,
     /// Continue the run checkpointed in this folder, with its exact config (the options
     /// above that change the config are not allowed with it).
-    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "learning_rate_end_factor"])]
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "generative_weight", "csd_fraction", "learning_rate_end_factor"])]
     resume: Option<PathBuf>,
 }
 
@@ -307,6 +316,12 @@ fn main() -> Result<()> {
     }
     if let Some(end) = args.guidance_scale_end {
         config.guidance.guidance_scale_end = Some(end);
+    }
+    if let Some(weight) = args.generative_weight {
+        config.guidance.generative_weight = weight;
+    }
+    if let Some(fraction) = args.csd_fraction {
+        config.guidance.csd_fraction = fraction;
     }
     if let Some(factor) = args.learning_rate_end_factor {
         config.learning_rate_end_factor = factor;

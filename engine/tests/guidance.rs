@@ -367,6 +367,102 @@ fn reward_sds_gradient_is_the_weighted_sum_of_sds_gradients() {
     assert!(reward_err < 1e-5, "reward error {reward_err}");
 }
 
+/// The image gradient of `step` by hand: `2 / B w(t) (weight (eps_uncond - eps) + s
+/// (eps_cond - eps_uncond))`, each branch predicted alone (CFG at scale 0 and 1).
+fn weighted_sds_by_hand(
+    guidance: &Guidance<A>,
+    x: &Tensor<A, 4>,
+    step: usize,
+    seed: u64,
+    weight: f32,
+) -> Vec<f32> {
+    let device = Default::default();
+    let p = guidance.prior();
+    let [batch, c, h, w] = x.dims();
+    let draw = guidance.draw(step, seed, [batch, c, h, w], 1);
+    let (t, scale) = (draw.t, guidance.guidance_scale_at(step));
+    let a = p.alpha_prod(t).unwrap();
+    let z = x.clone().inner() * 2.0 - 1.0;
+    let eps = Tensor::<I, 4>::from_data(TensorData::new(draw.noise, [batch, c, h, w]), &device);
+    let x_t = z * a.sqrt() + eps.clone() * (1.0 - a).sqrt();
+    let cond = guidance.prompts().cond(&views(), true);
+    let uncond = guidance.prompts().uncond();
+    let eps_uncond = p
+        .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), None, 0.0)
+        .unwrap();
+    let eps_cond = p
+        .predict_noise_cfg(x_t, t, cond, uncond, None, 1.0)
+        .unwrap();
+    let g = (eps_uncond.clone() - eps) * weight + (eps_cond - eps_uncond) * scale;
+    to_vec(g * (1.0 - a))
+        .into_iter()
+        .map(|g| g * 2.0 / batch as f32)
+        .collect()
+}
+
+#[test]
+fn generative_weight_scales_the_generative_term_alone() {
+    // eps_cfg - eps = (eps_uncond - eps) + s (eps_cond - eps_uncond): the generative term is
+    // weighted, the classifier term kept; weight 0 is CSD (no sampled noise in the gradient).
+    let device = Default::default();
+    let seed = 9;
+    let x = images(2, 8, &device);
+    let mut prior = Some(pixel_prior(&device));
+    let mut check = |config: GuidanceConfig, steps: &[(usize, f32)]| {
+        let guidance =
+            Guidance::<A>::new(config, prior.take().unwrap(), "a red cube", None, 10).unwrap();
+        for &(step, weight) in steps {
+            assert_eq!(guidance.generative_weight_at(step), weight);
+            let (_, grad, _) = loss_and_grad(&guidance, &x, step, seed);
+            let expected = weighted_sds_by_hand(&guidance, &x, step, seed, weight);
+            let err = max_abs(&grad, &expected);
+            let scale_g = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            println!(
+                "step {step}, generative weight {weight}: d loss / d images max abs error \
+                 {err:.2e} (max |grad| {scale_g:.3e})"
+            );
+            assert!(scale_g > 0.0);
+            assert!(err <= 1e-5 * scale_g.max(1.0), "gradient error {err}");
+        }
+        prior = Some(guidance.into_parts().0);
+    };
+    for weight in [0.0f32, 0.5] {
+        let config = GuidanceConfig {
+            generative_weight: weight,
+            ..Default::default()
+        };
+        check(config, &[(1, weight)]);
+    }
+    // CSD for the first 30% of 10 steps, then SDS.
+    let config = GuidanceConfig {
+        csd_fraction: 0.3,
+        ..Default::default()
+    };
+    check(config, &[(2, 0.0), (3, 1.0)]);
+    // Out of range is refused by name.
+    for (bad, field) in [
+        (
+            GuidanceConfig {
+                generative_weight: -1.0,
+                ..Default::default()
+            },
+            "generative_weight",
+        ),
+        (
+            GuidanceConfig {
+                csd_fraction: 1.5,
+                ..Default::default()
+            },
+            "csd_fraction",
+        ),
+    ] {
+        let p = prior.take().unwrap();
+        let err = Guidance::<A>::new(bad, p, "a red cube", None, 10).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+        prior = Some(pixel_prior(&device));
+    }
+}
+
 #[test]
 fn ism_gradient_is_the_interval_score() {
     // ISM (LucidDreamer): x_t by unconditional DDIM inversion from the image, target the
@@ -498,10 +594,16 @@ fn cfg_converts_v_prediction_and_chunks_exactly() {
     assert!(err < 1e-4, "v-prediction conversion error {err}");
     // Chunked passes give the same samples.
     let chunked = prior
-        .predict_noise_cfg_chunked(x_t, t, cond, uncond, None, s, 2)
+        .predict_noise_cfg_chunked(x_t.clone(), t, cond.clone(), uncond.clone(), None, s, 2)
         .unwrap();
-    let err = max_abs(&to_vec(eps), &to_vec(chunked));
+    let err = max_abs(&to_vec(eps.clone()), &to_vec(chunked));
     assert!(err < 1e-5, "chunking error {err}");
+    // The branches apart, chunked, guide to the same prediction.
+    let (e_u, e_c) = prior
+        .predict_noise_branches_chunked(x_t, t, cond, uncond, None, 2)
+        .unwrap();
+    let err = max_abs(&to_vec(eps), &to_vec(e_u.clone() + (e_c - e_u) * s));
+    assert!(err < 1e-4, "branches error {err}");
 }
 
 #[test]

@@ -482,11 +482,48 @@ impl<B: Backend> DiffusionPrior<B> {
         class_labels: Option<Tensor<B, 2>>,
         guidance_scale: f32,
     ) -> Result<Tensor<B, 4>, SchedulerError> {
+        let (uncond_out, cond_out) = self.cfg_pass(x_t.clone(), t, cond, uncond, class_labels)?;
+        let guided = uncond_out.clone() + (cond_out - uncond_out) * guidance_scale;
+        self.scheduler.pred_epsilon(guided, x_t, &[t])
+    }
+
+    /// CFG's two noise predictions apart, `(eps_uncond, eps_cond)`, each converted to epsilon,
+    /// from the same one UNet pass as [`predict_noise_cfg`](Self::predict_noise_cfg); for
+    /// guidance that weighs the generative term `eps_uncond - eps` and the classifier term
+    /// `eps_cond - eps_uncond` apart (CSD, arXiv 2310.19415).
+    ///
+    /// # Shapes
+    /// As [`predict_noise_cfg`](Self::predict_noise_cfg); both outputs `[n, channels, h, w]`.
+    pub fn predict_noise_branches(
+        &self,
+        x_t: Tensor<B, 4>,
+        t: usize,
+        cond: Tensor<B, 3>,
+        uncond: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), SchedulerError> {
+        let (uncond_out, cond_out) = self.cfg_pass(x_t.clone(), t, cond, uncond, class_labels)?;
+        Ok((
+            self.scheduler.pred_epsilon(uncond_out, x_t.clone(), &[t])?,
+            self.scheduler.pred_epsilon(cond_out, x_t, &[t])?,
+        ))
+    }
+
+    /// The UNet's raw outputs for both CFG branches, `(uncond, cond)`, in one pass over the
+    /// doubled batch.
+    fn cfg_pass(
+        &self,
+        x_t: Tensor<B, 4>,
+        t: usize,
+        cond: Tensor<B, 3>,
+        uncond: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), SchedulerError> {
         let n = x_t.dims()[0];
         // Fails early on a timestep outside the schedule.
         self.scheduler.alpha_prod(t)?;
         // [2n, ...]: unconditional first, then conditional.
-        let sample = Tensor::cat(vec![x_t.clone(), x_t.clone()], 0);
+        let sample = Tensor::cat(vec![x_t.clone(), x_t], 0);
         let context = Tensor::cat(vec![broadcast(uncond, n), broadcast(cond, n)], 0);
         let labels = class_labels.map(|l| {
             let l = broadcast(l, n);
@@ -497,10 +534,7 @@ impl<B: Backend> DiffusionPrior<B> {
             self.unet
                 .forward_timestep(sample, t as f32, context, labels)
         });
-        let uncond_out = out.clone().narrow(0, 0, n);
-        let cond_out = out.narrow(0, n, n);
-        let guided = uncond_out.clone() + (cond_out - uncond_out) * guidance_scale;
-        self.scheduler.pred_epsilon(guided, x_t, &[t])
+        Ok((out.clone().narrow(0, 0, n), out.narrow(0, n, n)))
     }
 
     /// The noise prediction under one text embedding (no CFG: one UNet branch), converted to
@@ -552,38 +586,63 @@ impl<B: Backend> DiffusionPrior<B> {
         guidance_scale: f32,
         max_batch: usize,
     ) -> Result<Tensor<B, 4>, SchedulerError> {
-        let n = x_t.dims()[0];
-        let max_batch = max_batch.max(1);
-        if n <= max_batch {
-            return self.predict_noise_cfg(x_t, t, cond, uncond, class_labels, guidance_scale);
-        }
-        // Per-sample inputs are cut with the batch; broadcast ones pass whole.
-        let mut out = Vec::with_capacity(n.div_ceil(max_batch));
-        for start in (0..n).step_by(max_batch) {
-            let len = max_batch.min(n - start);
-            let cond = if cond.dims()[0] == n {
-                cond.clone().narrow(0, start, len)
-            } else {
-                cond.clone()
-            };
-            let labels = class_labels.clone().map(|l| {
-                if l.dims()[0] == n {
-                    l.narrow(0, start, len)
-                } else {
-                    l
-                }
-            });
-            out.push(self.predict_noise_cfg(
-                x_t.clone().narrow(0, start, len),
-                t,
-                cond,
-                uncond.clone(),
-                labels,
-                guidance_scale,
-            )?);
-        }
-        Ok(Tensor::cat(out, 0))
+        let parts = chunked(x_t, cond, class_labels, max_batch, |x_t, cond, labels| {
+            self.predict_noise_cfg(x_t, t, cond, uncond.clone(), labels, guidance_scale)
+        })?;
+        Ok(Tensor::cat(parts, 0))
     }
+
+    /// [`predict_noise_branches`](Self::predict_noise_branches) in passes of at most
+    /// `max_batch` samples, as [`predict_noise_cfg_chunked`](Self::predict_noise_cfg_chunked).
+    pub fn predict_noise_branches_chunked(
+        &self,
+        x_t: Tensor<B, 4>,
+        t: usize,
+        cond: Tensor<B, 3>,
+        uncond: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
+        max_batch: usize,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), SchedulerError> {
+        let parts = chunked(x_t, cond, class_labels, max_batch, |x_t, cond, labels| {
+            self.predict_noise_branches(x_t, t, cond, uncond.clone(), labels)
+        })?;
+        let (uncond, cond): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+        Ok((Tensor::cat(uncond, 0), Tensor::cat(cond, 0)))
+    }
+}
+
+/// `f` over passes of at most `max_batch` samples of `x_t`; per-sample inputs (`cond`,
+/// `class_labels` with as many rows as `x_t`) are cut with the batch, broadcast ones pass whole.
+fn chunked<B: Backend, T>(
+    x_t: Tensor<B, 4>,
+    cond: Tensor<B, 3>,
+    class_labels: Option<Tensor<B, 2>>,
+    max_batch: usize,
+    mut f: impl FnMut(Tensor<B, 4>, Tensor<B, 3>, Option<Tensor<B, 2>>) -> Result<T, SchedulerError>,
+) -> Result<Vec<T>, SchedulerError> {
+    let n = x_t.dims()[0];
+    let max_batch = max_batch.max(1);
+    if n <= max_batch {
+        return Ok(vec![f(x_t, cond, class_labels)?]);
+    }
+    let mut out = Vec::with_capacity(n.div_ceil(max_batch));
+    for start in (0..n).step_by(max_batch) {
+        let len = max_batch.min(n - start);
+        let cond = if cond.dims()[0] == n {
+            cond.clone().narrow(0, start, len)
+        } else {
+            cond.clone()
+        };
+        let labels = class_labels.clone().map(|l| {
+            if l.dims()[0] == n {
+                l.narrow(0, start, len)
+            } else {
+                l
+            }
+        });
+        out.push(f(x_t.clone().narrow(0, start, len), cond, labels)?);
+    }
+    Ok(out)
 }
 
 /// `e` for a batch of `n`: as is when it has `n` rows, its one row repeated otherwise.

@@ -191,6 +191,16 @@ pub struct GuidanceConfig {
     /// scale forms the objects, a low one keeps their shaded faces (docs/tiny_world.md, "SDS
     /// from the true scene").
     pub guidance_scale_end: Option<f32>,
+    /// Weight of SDS's generative term `eps_uncond - eps` beside the classifier term
+    /// `s (eps_cond - eps_uncond)` (1: SDS; 0: classifier score distillation, CSD, arXiv
+    /// 2310.19415, whose gradient carries no sampled noise). Under ISM `eps` is its target.
+    /// With Adam, weight `w` at CFG `s` steps as SDS at CFG `s / w` (Adam ignores a constant
+    /// scale); docs/tiny_world.md, "Classifier score distillation".
+    pub generative_weight: f32,
+    /// Share of the steps, from step 0, run as CSD (generative weight 0) before
+    /// `generative_weight` applies (0: none): the classifier term alone sets the binding,
+    /// the generative term then cleans up the haze it leaves.
+    pub csd_fraction: f32,
     /// Prompt of CFG's unconditional branch (`""`).
     pub negative_prompt: String,
     /// Lower end of the timestep range as a fraction of `T` (0.02).
@@ -225,6 +235,8 @@ impl Default for GuidanceConfig {
         Self {
             guidance_scale: 100.0,
             guidance_scale_end: None,
+            generative_weight: 1.0,
+            csd_fraction: 0.0,
             negative_prompt: String::new(),
             t_min: AnnealedFraction::constant(0.02),
             t_max: AnnealedFraction::constant(0.98),
@@ -246,6 +258,7 @@ impl GuidanceConfig {
         for (field, s) in [
             ("guidance_scale", Some(self.guidance_scale)),
             ("guidance_scale_end", self.guidance_scale_end),
+            ("generative_weight", Some(self.generative_weight)),
         ] {
             if let Some(s) = s
                 && !(s.is_finite() && s >= 0.0)
@@ -255,6 +268,12 @@ impl GuidanceConfig {
                     format!("{s} is not a finite number >= 0"),
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.csd_fraction) {
+            return Err(ConfigError::new(
+                "csd_fraction",
+                format!("{} is not a fraction in [0, 1]", self.csd_fraction),
+            ));
         }
         for (name, f) in [("t_min", self.t_min), ("t_max", self.t_max)] {
             for (end, v) in [("start", f.start), ("end", f.end)] {
@@ -535,6 +554,17 @@ impl<B: AutodiffBackend> Guidance<B> {
         }
     }
 
+    /// The generative term's weight at `step`: 0 within the first `csd_fraction` of
+    /// `total_steps`, `generative_weight` after.
+    pub fn generative_weight_at(&self, step: usize) -> f32 {
+        let csd_steps = (self.total_steps as f64 * self.config.csd_fraction as f64) as usize;
+        if step < csd_steps {
+            0.0
+        } else {
+            self.config.generative_weight
+        }
+    }
+
     /// The timestep and `n_samples` noises of `step` for samples of shape `dims`
     /// (`[B, C, h, w]`), exactly as [`step`](Self::step) draws them.
     pub fn draw(&self, step: usize, seed: u64, dims: [usize; 4], n_samples: usize) -> StepDraw {
@@ -670,17 +700,35 @@ impl<B: AutodiffBackend> Guidance<B> {
         .repeat_dim(0, n);
         let uncond = self.prompts.uncond();
         let scale = self.guidance_scale_at(step);
-        let eps_cfg = self.prior.predict_noise_cfg_chunked(
-            x_t.clone(),
-            t,
-            cond.clone(),
-            uncond.clone(),
-            class_labels.clone(),
-            scale,
-            self.config.max_batch,
-        )?;
+        let generative_weight = self.generative_weight_at(step);
+        let (eps_cfg, diff) = if generative_weight == 1.0 {
+            let eps_cfg = self.prior.predict_noise_cfg_chunked(
+                x_t.clone(),
+                t,
+                cond.clone(),
+                uncond.clone(),
+                class_labels.clone(),
+                scale,
+                self.config.max_batch,
+            )?;
+            (eps_cfg.clone(), eps_cfg - target_noise)
+        } else {
+            // eps_cfg - eps = (eps_uncond - eps) + s (eps_cond - eps_uncond), weighted apart.
+            let (eps_uncond, eps_cond) = self.prior.predict_noise_branches_chunked(
+                x_t.clone(),
+                t,
+                cond.clone(),
+                uncond.clone(),
+                class_labels.clone(),
+                self.config.max_batch,
+            )?;
+            let classifier = (eps_cond - eps_uncond.clone()) * scale;
+            (
+                eps_uncond.clone() + classifier.clone(),
+                (eps_uncond - target_noise) * generative_weight + classifier,
+            )
+        };
         let time_weight = self.time_weight(t)?;
-        let diff = eps_cfg.clone() - target_noise;
 
         // 4. rewards, weights and g
         let (g, rewards, weights) = match reward {
