@@ -12,7 +12,8 @@
 //!   `softmax`, `best`, `uniform`).
 //! - [`scoring`]: how a noisy sample is denoised and scored ([`ScoringMode`]: `ddim` on the
 //!   official 15-point grid, `one_step`).
-//! - [`sds`]: [`GuidanceConfig`] and [`Guidance`], the per-step SDS / RewardSDS loss.
+//! - [`config`]: [`GuidanceConfig`] and [`RewardSdsConfig`], validated field by field.
+//! - [`sds`]: [`Guidance`], the per-step SDS / RewardSDS loss.
 //! - [`reward_feedback`]: the reward's own gradient as an extra loss term (DreamReward,
 //!   Dream Fields), off by default.
 //!
@@ -21,6 +22,7 @@
 //! autodiff backend. Randomness (timestep, noises, VAE posterior sample) comes from a seeded
 //! `StdRng` on the host, so CPU runs are reproducible bit for bit.
 
+pub mod config;
 pub mod ism;
 pub mod prior;
 pub mod prompts;
@@ -30,6 +32,7 @@ pub mod sds;
 pub mod weighting;
 
 pub use crate::models::resize::resize_bilinear;
+pub use config::{AnnealedFraction, GuidanceConfig, RewardSdsConfig, TimeWeighting};
 pub use ism::{IsmConfig, IsmTarget, ddim_move, interval_target};
 pub use prior::{DiffusionPrior, ImageEncoder, PriorParts};
 pub use prompts::{
@@ -38,8 +41,8 @@ pub use prompts::{
 pub use reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
 pub use scoring::{DDIM_SCORING_STEPS, Scorer, ScoringMode, ddim_scoring_grid};
 pub use sds::{
-    AnnealedFraction, BoxedReward, Guidance, GuidanceConfig, GuidanceOutput, GuidanceStats,
-    POSTERIOR_STREAM, RewardSdsConfig, StepDraw, TimeWeighting, standard_normal,
+    BoxedReward, Guidance, GuidanceOutput, GuidanceStats, POSTERIOR_STREAM, StepDraw,
+    standard_normal,
 };
 pub use weighting::WeightStrategy;
 
