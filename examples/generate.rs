@@ -4,7 +4,8 @@
 //! runs on the CPU with the built-in Tiny World prior; `--preset quality --backend cuda
 //! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU. Checkpoints (NeRF or
 //! Gaussians) go to `<out>/checkpoint` every `--checkpoint-every` steps; `--resume
-//! <out>/checkpoint` continues an interrupted run exactly.
+//! <out>/checkpoint` continues an interrupted run exactly; `--resume <dir> --export-only`
+//! writes what a checkpoint holds (mesh, turntable, the judge's reading) without further steps.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -92,12 +93,18 @@ struct Args {
     /// above that change the config are not allowed with it).
     #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "generative_weight", "csd_fraction", "learning_rate_end_factor"])]
     resume: Option<PathBuf>,
+    /// With `--resume`: export the checkpoint's state as it stands (.glb, turntable, the
+    /// judge's reading) and run none of the steps left: a stopped run's result, or how far a
+    /// run had come at an earlier checkpoint.
+    #[arg(long, requires = "resume")]
+    export_only: bool,
 }
 
 struct Generate {
     config: GenerateConfig,
     out: PathBuf,
     resume: Option<PathBuf>,
+    export_only: bool,
 }
 
 impl BackendTask for Generate {
@@ -108,6 +115,7 @@ impl BackendTask for Generate {
             config,
             out,
             resume,
+            export_only,
         } = self;
         let start = Instant::now();
         let mut generator = match &resume {
@@ -140,7 +148,15 @@ impl BackendTask for Generate {
                 .expect("a valid template"),
         );
         let mut log: Vec<Progress> = Vec::new();
-        let cancel = AtomicBool::new(false);
+        // Raised from the start, the run stops before its first step.
+        let cancel = AtomicBool::new(export_only);
+        if export_only {
+            println!(
+                "exporting the state at step {} of {} (--export-only)",
+                generator.steps_done(),
+                config.steps
+            );
+        }
         let mut snapshot_error = None;
         generator.run(&cancel, &mut |event| match event {
             GenerateEvent::Progress(p) => {
@@ -190,7 +206,10 @@ impl BackendTask for Generate {
         RgbImage::hstack(&views)
             .save_png(out.join("turntable.png"))
             .context("saving the turntable")?;
-        std::fs::write(out.join("progress.json"), serde_json::to_string(&log)?)?;
+        // An export ran no step: the run's own log stays.
+        if !export_only {
+            std::fs::write(out.join("progress.json"), serde_json::to_string(&log)?)?;
+        }
         // The built-in prior's judge, or the judge inside a folder of its layout (a retrained
         // copy).
         let judge_dir = if config.prior == "tiny-world" {
@@ -208,11 +227,12 @@ impl BackendTask for Generate {
                 Err(e) => println!("shapes (no CLIP): skipped, {e}"),
             }
         }
-        println!(
-            "done in {:.1}s ({:.2}s per step)",
-            start.elapsed().as_secs_f64(),
-            optimise / config.steps.max(1) as f64
-        );
+        // Per step this call ran: a resumed run's own, none for an export.
+        let per_step = match log.len() {
+            0 => String::new(),
+            n => format!(" ({:.2}s per step)", optimise / n as f64),
+        };
+        println!("done in {:.1}s{per_step}", start.elapsed().as_secs_f64());
         Ok(())
     }
 }
@@ -273,6 +293,7 @@ fn main() -> Result<()> {
                 config,
                 out,
                 resume,
+                export_only: args.export_only,
             },
         )?;
     }
@@ -344,6 +365,7 @@ fn main() -> Result<()> {
             config,
             out,
             resume: None,
+            export_only: false,
         },
     )?
 }
