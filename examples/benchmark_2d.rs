@@ -61,7 +61,7 @@ impl BackendTask for Bench {
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<String> {
         let args = self.args;
         // The 3D benchmark's prompt choice: pairs spread over seen and held-out compositions.
-        let split = Split::new(0.1, 2503);
+        let split = Split::shipped();
         let pick = |group: &[Composition]| -> Vec<Composition> {
             let pairs: Vec<Composition> = group.iter().copied().filter(|c| c.is_pair()).collect();
             let step = (pairs.len() / args.prompts.max(1)).max(1);

@@ -22,9 +22,9 @@ use rewardsds::engine::generate::{
 };
 use rewardsds::engine::guidance::RewardFeedbackConfig;
 use rewardsds::engine::rgb_image::RgbImage;
-use rewardsds::engine::tiny_world::Composition;
 use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::shape_check::check_shapes;
+use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
 
 /// The prompt when neither `--prompt` nor a config gives one.
@@ -219,6 +219,18 @@ impl BackendTask for Generate {
         };
         if let Some(dir) = judge_dir {
             judge_views::<B::InnerBackend>(&config.prompt, &views, &dir, &device)?;
+        }
+        // Whether the shipped prior ever saw this composition (a retrained copy may split
+        // otherwise, so only the shipped one is named).
+        if config.prior == "tiny-world"
+            && let Some(target) = Composition::parse(&config.prompt)
+        {
+            let seen = if Split::shipped().is_held_out(&target) {
+                "held-out: the prior never saw this composition, only its parts"
+            } else {
+                "seen in the prior's training captions"
+            };
+            println!("composition: {seen}");
         }
         // Geometry, read without a CLIP: which shape each colour of the prompt took.
         if let Some(target) = Composition::parse(&config.prompt) {

@@ -58,7 +58,7 @@ impl BackendTask for JudgeRenders {
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<()> {
         type I<B> = <B as rewardsds::engine::burn::tensor::backend::AutodiffBackend>::InnerBackend;
         let args = &self.args;
-        let split = Split::new(0.1, 2503);
+        let split = Split::shipped();
         // Canonical pairs: "a and b" and "b and a" are one composition to the judge.
         let canonical = |group: &[Composition]| -> Vec<Composition> {
             let pairs: Vec<Composition> = group

@@ -76,7 +76,7 @@ impl BackendTask for JudgeViews {
         };
         let judge = Judge::<B::InnerBackend>::from_folder(&judge_dir, &device)
             .with_context(|| format!("loading the judge {}", judge_dir.display()))?;
-        let split = Split::new(0.1, 2503);
+        let split = Split::shipped();
         let methods = args.methods.len();
         println!("{}, judge {}\n", args.png.display(), judge_dir.display());
         println!(

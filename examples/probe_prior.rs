@@ -87,7 +87,7 @@ impl BackendTask for Probe {
             .unwrap_or_else(|| args.prior.join("judge"));
         let judge = Judge::<I<B>>::from_folder(&judge_dir, &device)
             .with_context(|| format!("loading the judge {}", judge_dir.display()))?;
-        let split = Split::new(0.1, 2503);
+        let split = Split::shipped();
         let groups = [
             ("held-out", spread_pairs(&split.held_out, args.prompts)),
             ("seen", spread_pairs(&split.train, args.prompts)),

@@ -86,7 +86,7 @@ impl BackendTask for SamplePrior {
             .unwrap_or_else(|| args.prior.join("judge"));
         let judge = Judge::<I<B>>::from_folder(&judge_dir, &device)
             .with_context(|| format!("loading the judge {}", judge_dir.display()))?;
-        let split = Split::new(0.1, 2503);
+        let split = Split::shipped();
         println!(
             "prior {}, judge {}, {} samples per prompt, DDIM {}, CFG {}, seed {}\n",
             args.prior.display(),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
-use super::captions::{Composition, Split};
+use super::captions::{Composition, SHIPPED_HELD_OUT_FRACTION, SHIPPED_SPLIT_SEED, Split};
 use super::dataset::{Dataset, IMAGE_SIZE};
 use super::evaluate::{Judge, Retrieval, spread_pairs};
 use super::folder::{write_clip, write_pipeline_files, write_text_encoder, write_unet};
@@ -73,8 +73,8 @@ impl RecipeConfig {
         Self {
             seed: 0,
             scale: ModelScale::Full,
-            held_out_fraction: 0.1,
-            split_seed: 2503,
+            held_out_fraction: SHIPPED_HELD_OUT_FRACTION,
+            split_seed: SHIPPED_SPLIT_SEED,
             images_per_caption: 32,
             reward: phase(4000, 512, 1e-3, 60.0),
             judge: phase(4000, 512, 1e-3, 40.0),
