@@ -296,6 +296,22 @@ fn shipped_models_load_through_their_presets() {
             .unwrap();
         assert!(v[0].is_finite());
     }
+    // Every shipped tokenizer reads plain English's "an" as the "a" the captions were
+    // trained with (the "an" embedding is untrained).
+    for dir in [
+        root.join("tokenizer"),
+        resolve_model("tiny-world-reward").unwrap(),
+        resolve_model("tiny-world-judge").unwrap(),
+    ] {
+        let tokenizer = CLIPTokenizer::from_folder(&dir).unwrap();
+        let plain = tokenizer
+            .encode("an orange cone on top of a blue cube")
+            .unwrap();
+        let caption = tokenizer
+            .encode("a orange cone on top of a blue cube")
+            .unwrap();
+        assert_eq!(plain.input_ids, caption.input_ids, "{}", dir.display());
+    }
     // Under the 40 MB the design allows for the whole folder.
     let total: u64 = walk(&root)
         .iter()

@@ -44,7 +44,15 @@ impl Item {
 
 impl fmt::Display for Item {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a {} {}", self.color.name(), self.shape.name())
+        let color = self.color.name();
+        // English's article; the tokenizer reads "an" as "a", the one the shipped models
+        // were trained with, so both spellings condition alike.
+        let article = if color.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        write!(f, "{article} {color} {}", self.shape.name())
     }
 }
 
@@ -230,6 +238,8 @@ mod tests {
         for c in &all {
             assert_eq!(Composition::parse(&c.caption()), Some(*c), "{c}");
         }
+        let orange = Composition::parse("a orange cone and a red cube").unwrap();
+        assert_eq!(orange.caption(), "an orange cone and a red cube");
         assert_eq!(
             Composition::parse("A Yellow torus  on top of a blue cube, front view"),
             Some(Composition::OnTopOf(

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde_json::json;
 use tokenizers::models::wordlevel::WordLevel;
-use tokenizers::normalizers::Lowercase;
+use tokenizers::normalizers::replace::{Replace, ReplacePattern};
+use tokenizers::normalizers::{Lowercase, Sequence};
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -52,7 +53,11 @@ pub fn write_tokenizer(dir: &Path) -> Result<(), LoadError> {
         .build()
         .map_err(|e| fail(&e))?;
     let mut tokenizer = Tokenizer::new(model);
-    tokenizer.with_normalizer(Some(Lowercase));
+    // "an" is read as "a": the shipped models were trained on captions with "a" before every
+    // colour ("a orange cube"), so the "an" embedding is untrained.
+    let an_as_a =
+        Replace::new(ReplacePattern::Regex(r"\ban\b".into()), "a").map_err(|e| fail(&e))?;
+    tokenizer.with_normalizer(Some(Sequence::new(vec![Lowercase.into(), an_as_a.into()])));
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     tokenizer.add_special_tokens(&[BOS, EOS, UNK].map(|t| AddedToken::from(t, true)));
     tokenizer.save(&path, true).map_err(|e| fail(&e))?;
@@ -108,6 +113,14 @@ mod tests {
         assert_eq!(t.input_ids[13..], [1, 1, 1]);
         assert_eq!(t.num_tokens, 14);
         assert!(!t.truncated);
+        // "an" is read as the "a" every caption writes; "and" stays "and".
+        let plain = tokenizer.encode("An orange cube and a blue cone").unwrap();
+        let caption = tokenizer.encode("a orange cube and a blue cone").unwrap();
+        assert_eq!(plain.input_ids, caption.input_ids);
+        assert_eq!(
+            plain.input_ids[1..5],
+            [id("a"), id("orange"), id("cube"), id("and")]
+        );
         // Unknown words map to the unknown token instead of failing.
         let t = tokenizer.encode("a penguin").unwrap();
         assert_eq!(t.input_ids[2], id(UNK));
