@@ -102,7 +102,7 @@ fn main() {
             RewardSdsPlugin::new(settings),
         ))
         .insert_resource(Form {
-            prompt: "a red cube and a blue sphere".into(),
+            prompt: "a blue cone on top of an orange cylinder".into(),
             preset: "fast".into(),
             scene: args.scene,
             prior: args.prior.clone().unwrap_or_default(),

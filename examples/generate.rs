@@ -1,6 +1,6 @@
 //! Prompt -> 3D asset (.glb), headless: the project's main command.
 //!
-//! `cargo run --release --example generate -- --prompt "a red cube and a blue sphere"`
+//! `cargo run --release --example generate -- --prompt "a blue cone on top of an orange cylinder"`
 //! runs on the CPU with the built-in Tiny World prior; `--preset quality --backend cuda
 //! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU. Checkpoints (NeRF or
 //! Gaussians) go to `<out>/checkpoint` every `--checkpoint-every` steps; `--resume
@@ -28,13 +28,13 @@ use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
 
 /// The prompt when neither `--prompt` nor a config gives one.
-const DEFAULT_PROMPT: &str = "a red cube and a blue sphere";
+const DEFAULT_PROMPT: &str = "a blue cone on top of an orange cylinder";
 
 /// Command-line options; each overrides the preset or config file.
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Generate a 3D asset (.glb) from a text prompt with SDS / RewardSDS")]
 struct Args {
-    /// What to make [default: the config's prompt, else "a red cube and a blue sphere"].
+    /// What to make [default: the config's prompt, else "a blue cone on top of an orange cylinder"].
     #[arg(long)]
     prompt: Option<String>,
     /// Preset: fast, quality; add -sds for plain SDS (fast-sds).

@@ -8,7 +8,10 @@
 //! App::new()
 //!     .add_plugins((DefaultPlugins, RewardSdsPlugin::default()))
 //!     .add_systems(Startup, |mut commands: Commands| {
-//!         commands.spawn((GenerateAsset::new("a red cube and a blue sphere"), Transform::default()));
+//!         commands.spawn((
+//!             GenerateAsset::new("a blue cone on top of an orange cylinder"),
+//!             Transform::default(),
+//!         ));
 //!     })
 //!     .run();
 //! ```
