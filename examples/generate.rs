@@ -220,20 +220,18 @@ impl BackendTask for Generate {
         if let Some(dir) = judge_dir {
             judge_views::<B::InnerBackend>(&config.prompt, &views, &dir, &device)?;
         }
-        // Whether the shipped prior ever saw this composition (a retrained copy may split
-        // otherwise, so only the shipped one is named).
-        if config.prior == "tiny-world"
-            && let Some(target) = Composition::parse(&config.prompt)
-        {
-            let seen = if Split::shipped().is_held_out(&target) {
-                "held-out: the prior never saw this composition, only its parts"
-            } else {
-                "seen in the prior's training captions"
-            };
-            println!("composition: {seen}");
-        }
-        // Geometry, read without a CLIP: which shape each colour of the prompt took.
         if let Some(target) = Composition::parse(&config.prompt) {
+            // Whether the shipped prior ever saw this composition (a retrained copy may split
+            // otherwise, so only the shipped one is named).
+            if config.prior == "tiny-world" {
+                let seen = if Split::shipped().is_held_out(&target) {
+                    "held-out: the prior never saw this composition, only its parts"
+                } else {
+                    "seen in the prior's training captions"
+                };
+                println!("composition: {seen}");
+            }
+            // Geometry, read without a CLIP: which shape each colour of the prompt took.
             match check_shapes(&mesh.mesh, &target) {
                 Ok(check) => println!("shapes (no CLIP): {check}"),
                 Err(e) => println!("shapes (no CLIP): skipped, {e}"),
