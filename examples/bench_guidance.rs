@@ -131,7 +131,11 @@ impl BackendTask for Bench {
     }
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     let kind: BackendKind = args.backend.parse().context("--backend")?;
     println!("{}", run_on(kind, Bench { args })??);

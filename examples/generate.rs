@@ -279,7 +279,11 @@ fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
     Ok(())
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     // An explicit flag wins over the config's `backend`; neither: the CPU, which always works.
     let flag: Option<BackendKind> = args

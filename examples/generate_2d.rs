@@ -100,7 +100,11 @@ impl BackendTask for Generate2d {
     }
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     let mut config = Image2dConfig {
         prompt: args.prompt.clone(),

@@ -113,7 +113,11 @@ impl BackendTask for JudgeRenders {
     }
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     if args.captions == 0 || args.views == 0 || args.judge.is_empty() {
         bail!("--captions, --views and --judge must not be zero or empty");

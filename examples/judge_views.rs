@@ -142,7 +142,11 @@ impl BackendTask for JudgeViews {
     }
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     if args.views == 0 || args.seeds == 0 || args.methods.is_empty() {
         bail!("--views, --seeds and --methods must not be zero or empty");

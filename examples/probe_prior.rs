@@ -167,7 +167,11 @@ impl BackendTask for Probe {
     }
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     let timesteps = args
         .timesteps

@@ -180,7 +180,11 @@ impl BackendTask for SamplePrior {
     }
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     if args.n == 0 || args.steps == 0 {
         bail!("--n and --steps must be at least 1");

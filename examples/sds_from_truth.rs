@@ -207,7 +207,11 @@ fn fitted_nerf<B: EngineAutodiffBackend>(
     Ok(nerf)
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     let Some(composition) = Composition::parse(&args.prompt) else {
         bail!("--prompt `{}` is not a Tiny World caption", args.prompt);

@@ -186,7 +186,11 @@ fn default_log(phases: &Phases) -> &'static str {
     }
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let args = Args::parse();
     let mut config = match args.preset.as_str() {
         "gpu" => RecipeConfig::gpu(),
