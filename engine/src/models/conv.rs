@@ -187,6 +187,19 @@ pub fn conv2d_im2col<B: Backend>(
     stride: [usize; 2],
     padding: [usize; 4],
 ) -> Tensor<B, 4> {
+    lowered(x, weight, bias, stride, padding, cfg!(feature = "cpu"))
+}
+
+/// [`conv2d_im2col`]; `host` lets the CPU backends build the patch matrix on the host
+/// (`im2col_host.rs`), else it is built from tensor ops on every backend.
+fn lowered<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: [usize; 2],
+    padding: [usize; 4],
+    host: bool,
+) -> Tensor<B, 4> {
     let [batch, c_in, h, w] = x.dims();
     let [c_out, c_in_w, kh, kw] = weight.dims();
     assert_eq!(
@@ -215,6 +228,33 @@ pub fn conv2d_im2col<B: Backend>(
         };
         return out.reshape([batch, c_out, h, w]);
     }
+
+    // The CPU backends build the patch matrix on the host in one pass (im2col_host.rs).
+    #[cfg(feature = "cpu")]
+    let x = if !host {
+        x
+    } else {
+        let geometry = super::im2col_host::Geometry {
+            input: [batch, c_in, h, w],
+            kernel: [kh, kw],
+            stride,
+            padding,
+        };
+        match super::im2col_host::try_im2col(x, &geometry) {
+            Ok(cols) => {
+                // [1, out, k] x [batch, k, h_out * w_out]: one GEMM per sample, in parallel
+                let out = weight.reshape([1, c_out, k]).matmul(cols);
+                let out = match bias {
+                    Some(bias) => out + bias.reshape([1, c_out, 1]),
+                    None => out,
+                };
+                return out.reshape([batch, c_out, h_out, w_out]);
+            }
+            Err(x) => x,
+        }
+    };
+    #[cfg(not(feature = "cpu"))]
+    let _ = host;
 
     // [k, batch * h_out * w_out], one row per weight column
     let (cols, weight) = if stride == [kh, kw] && padding == [0; 4] && h % kh == 0 && w % kw == 0 {
@@ -288,7 +328,7 @@ mod tests {
     }
 
     fn run(
-        lowered: bool,
+        path: Path,
         x: &Tensor<B, 4>,
         weight: &Tensor<B, 4>,
         bias: &Tensor<B, 1>,
@@ -301,13 +341,14 @@ mod tests {
             weight.clone().require_grad(),
             bias.clone().require_grad(),
         );
-        let out = if lowered {
-            conv2d_im2col(
+        let out = if path != Path::Burn {
+            lowered(
                 x.clone(),
                 weight.clone(),
                 Some(bias.clone()),
                 stride,
                 padding,
+                path == Path::Host,
             )
         } else {
             let [top, left, bottom, right] = padding;
@@ -326,6 +367,15 @@ mod tests {
                 bias.grad(&grads).unwrap().into_data(),
             ],
         }
+    }
+
+    /// Which convolution a test runs: burn's own, or the lowering with the patch matrix built
+    /// on the host or from tensor ops.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Path {
+        Burn,
+        Host,
+        TensorOps,
     }
 
     fn max_abs_diff(a: &TensorData, b: &TensorData) -> f32 {
@@ -363,19 +413,22 @@ mod tests {
             let w_out = (w + left + right - kernel) / s + 1;
             let upstream = Tensor::<B, 4>::random([batch, c_out, h_out, w_out], normal, &device);
             let stride = [s, s];
-            let reference = run(false, &x, &weight, &bias, &upstream, stride, padding);
-            let lowered = run(true, &x, &weight, &bias, &upstream, stride, padding);
-            let case = format!("kernel {kernel}, stride {s}, padding {padding:?}, {h}x{w}");
-            assert_eq!(lowered.out.shape, reference.out.shape, "{case}");
-            let err = max_abs_diff(&lowered.out, &reference.out);
-            assert!(err < 1e-4, "{case}: output differs by {err}");
-            for (name, (a, b)) in ["x", "weight", "bias"]
-                .iter()
-                .zip(lowered.grads.iter().zip(&reference.grads))
-            {
-                assert_eq!(a.shape, b.shape, "{case}: d{name} shape");
-                let err = max_abs_diff(a, b);
-                assert!(err < 1e-4, "{case}: d{name} differs by {err}");
+            let reference = run(Path::Burn, &x, &weight, &bias, &upstream, stride, padding);
+            for path in [Path::Host, Path::TensorOps] {
+                let lowered = run(path, &x, &weight, &bias, &upstream, stride, padding);
+                let case =
+                    format!("{path:?}: kernel {kernel}, stride {s}, padding {padding:?}, {h}x{w}");
+                assert_eq!(lowered.out.shape, reference.out.shape, "{case}");
+                let err = max_abs_diff(&lowered.out, &reference.out);
+                assert!(err < 1e-4, "{case}: output differs by {err}");
+                for (name, (a, b)) in ["x", "weight", "bias"]
+                    .iter()
+                    .zip(lowered.grads.iter().zip(&reference.grads))
+                {
+                    assert_eq!(a.shape, b.shape, "{case}: d{name} shape");
+                    let err = max_abs_diff(a, b);
+                    assert!(err < 1e-4, "{case}: d{name} differs by {err}");
+                }
             }
         }
     }

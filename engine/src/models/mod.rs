@@ -7,6 +7,8 @@ pub mod clip_text;
 pub mod clip_vision;
 pub mod conv;
 pub mod embeddings;
+#[cfg(feature = "cpu")]
+pub mod im2col_host;
 pub mod resize;
 pub mod resnet;
 pub mod reward;
