@@ -12,6 +12,9 @@
 //! The Tiny World UNet on the CPU, forward and forward+backward, both convolution paths:
 //!   `cargo run --release --example bench_unet -- --tiny-world --tokens 16 --dtypes f32
 //!    --backward --conv im2col,backend`
+//! The same beside PyTorch on the same weights, threads and shapes, in one table (the
+//! reference venv of tools/bench/README.md; torch runs after burn, never beside it):
+//!   `bench_unet --tiny-world --tokens 16 --dtypes f32 --backward --torch /tmp/ref/bin/python`
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -78,9 +81,22 @@ struct Args {
     /// `models::conv::ConvAlgorithm`).
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     conv: Vec<String>,
+    /// A Python with torch and diffusers: also time PyTorch (f32, CPU) on the same weights
+    /// through `tools/bench/unet_torch_cpu.py` and print its times and burn's ratio to them.
+    /// Needs `--weights` or `--tiny-world` (a diffusers folder).
+    #[arg(long)]
+    torch: Option<PathBuf>,
+    /// PyTorch's thread count with `--torch` (burn's CPU backends use one per core; set
+    /// RAYON_NUM_THREADS to match when this differs from the core count).
+    #[arg(long, default_value_t = 2)]
+    torch_threads: usize,
 }
 
+#[path = "common/logging.rs"]
+mod logging;
+
 fn main() -> Result<()> {
+    logging::init();
     let mut args = Args::parse();
     if args.tiny_world {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tiny-world/unet");
@@ -108,8 +124,15 @@ fn main() -> Result<()> {
         for line in report.parity {
             println!("{kind}: {line}");
         }
-        rows.extend(report.rows.into_iter().map(|r| format!("| {kind} {r}")));
+        rows.extend(report.rows.into_iter().map(|mut r| {
+            r.backend = kind.to_string();
+            r
+        }));
     }
+    let torch = match &args.torch {
+        Some(python) => Some(torch_times(python, &args)?),
+        None => None,
+    };
     let size = config.sample_size.unwrap_or(64);
     println!();
     println!(
@@ -128,12 +151,158 @@ fn main() -> Result<()> {
         args.warmup
     );
     println!();
-    println!("| backend | conv | dtype | batch | forward (ms) | forward+backward (ms) |");
-    println!("|---|---|---|---|---|---|");
-    for row in rows {
-        println!("{row}");
+    match &torch {
+        None => {
+            println!("| backend | conv | dtype | batch | forward (ms) | forward+backward (ms) |");
+            println!("|---|---|---|---|---|---|");
+            for row in rows {
+                println!("{}", row.markdown());
+            }
+        }
+        Some(torch) => {
+            println!(
+                "| backend | conv | dtype | batch | forward (ms) | torch forward (ms) | ratio \
+                 | forward+backward (ms) | torch forward+backward (ms) | ratio |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            for row in rows {
+                println!("{}", row.markdown_with(torch));
+            }
+            println!();
+            println!(
+                "torch: f32, {} threads, `tools/bench/unet_torch_cpu.py`; ratio = burn / torch",
+                args.torch_threads
+            );
+        }
     }
     Ok(())
+}
+
+/// One measured configuration: a cell is a time in ms, or why there is none.
+struct Row {
+    backend: String,
+    conv: String,
+    dtype: String,
+    batch: Option<usize>,
+    forward: std::result::Result<f64, String>,
+    backward: Option<std::result::Result<f64, String>>,
+}
+
+impl Row {
+    fn cell(value: &std::result::Result<f64, String>) -> String {
+        match value {
+            Ok(ms) => format!("{ms:.1}"),
+            Err(reason) => format!("failed: {reason}"),
+        }
+    }
+
+    fn batch(&self) -> String {
+        self.batch.map_or_else(|| "-".into(), |b| b.to_string())
+    }
+
+    fn markdown(&self) -> String {
+        let backward = self.backward.as_ref().map_or_else(|| "-".into(), Self::cell);
+        format!(
+            "| {} | {} | {} | {} | {} | {backward} |",
+            self.backend,
+            self.conv,
+            self.dtype,
+            self.batch(),
+            Self::cell(&self.forward)
+        )
+    }
+
+    /// With PyTorch's time for the same batch and pass beside each of burn's (f32 rows).
+    fn markdown_with(&self, torch: &[TorchTime]) -> String {
+        let pair = |ours: Option<&std::result::Result<f64, String>>, pass: &str| {
+            let Some(ours) = ours else {
+                return "- | - | -".to_string();
+            };
+            let theirs = torch
+                .iter()
+                .find(|t| Some(t.batch) == self.batch && t.pass == pass && self.dtype == "f32");
+            match (ours, theirs) {
+                (Ok(ms), Some(t)) => format!("{ms:.1} | {:.1} | {:.2}x", t.ms, ms / t.ms),
+                (_, Some(t)) => format!("{} | {:.1} | -", Self::cell(ours), t.ms),
+                (_, None) => format!("{} | - | -", Self::cell(ours)),
+            }
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {} |",
+            self.backend,
+            self.conv,
+            self.dtype,
+            self.batch(),
+            pair(Some(&self.forward), "forward"),
+            pair(self.backward.as_ref(), "forward+backward"),
+        )
+    }
+}
+
+/// One PyTorch timing from `tools/bench/unet_torch_cpu.py`.
+struct TorchTime {
+    batch: usize,
+    pass: String,
+    ms: f64,
+}
+
+/// Runs the PyTorch side on the same folder, batches, tokens and loop counts.
+fn torch_times(python: &Path, args: &Args) -> Result<Vec<TorchTime>> {
+    let weights = args
+        .weights
+        .as_deref()
+        .context("--torch needs --weights or --tiny-world: PyTorch loads the same folder")?;
+    let folder = weights.parent().unwrap_or(Path::new("."));
+    if !folder.join("config.json").exists() {
+        bail!(
+            "--torch: {} has no config.json beside the weights (a diffusers UNet folder)",
+            folder.display()
+        );
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench/unet_torch_cpu.py");
+    let batches: Vec<String> = args.batches.iter().map(|b| b.to_string()).collect();
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(&script)
+        .arg("--unet")
+        .arg(folder)
+        .args(["--batches", &batches.join(",")])
+        .args(["--tokens", &args.tokens.to_string()])
+        .args(["--threads", &args.torch_threads.to_string()])
+        .args(["--iters", &args.iters.to_string()])
+        .args(["--warmup", &args.warmup.to_string()]);
+    if args.backward {
+        command.arg("--backward");
+    }
+    eprintln!("timing PyTorch: {command:?}");
+    let output = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("--torch: cannot run {}", python.display()))?;
+    if !output.status.success() {
+        bail!(
+            "--torch: {} {} failed ({})",
+            python.display(),
+            script.display(),
+            output.status
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("--torch: unreadable line {line}"))?;
+            let time = (|| {
+                Some(TorchTime {
+                    batch: value.get("batch")?.as_u64()? as usize,
+                    pass: value.get("pass")?.as_str()?.to_string(),
+                    ms: value.get("ms")?.as_f64()?,
+                })
+            })();
+            time.with_context(|| format!("--torch: expected batch, pass and ms in {line}"))
+        })
+        .collect()
 }
 
 /// The config next to `--weights`, else the preset (or its tiny twin with `--small`).
@@ -172,7 +341,7 @@ struct Bench {
 
 struct Report {
     parity: Vec<String>,
-    rows: Vec<String>,
+    rows: Vec<Row>,
 }
 
 impl BackendTask for Bench {
@@ -231,7 +400,14 @@ impl BackendTask for Bench {
                             m
                         }
                         Err(reason) => {
-                            rows.push(format!("| {conv} | f16 | - | n/a: {reason} | |"));
+                            rows.push(Row {
+                                backend: String::new(),
+                                conv: conv.clone(),
+                                dtype: "f16".into(),
+                                batch: None,
+                                forward: Err(format!("n/a: {reason}")),
+                                backward: None,
+                            });
                             continue;
                         }
                     }
@@ -243,6 +419,7 @@ impl BackendTask for Bench {
                     size,
                     tokens: args.tokens,
                     cross,
+                    class_labels: config.class_labels_width(),
                 };
                 for &batch in &args.batches {
                     let forward = quiet(|| {
@@ -254,15 +431,14 @@ impl BackendTask for Bench {
                             trainable(UNet2DConditionModel::<AB>::from_inner(model.clone()));
                         quiet(|| time_forward_backward::<AB>(&model, batch, shape, &args, &device))
                     });
-                    let cell = |r: std::result::Result<f64, String>| match r {
-                        Ok(ms) => format!("{ms:.1}"),
-                        Err(reason) => format!("failed: {reason}"),
-                    };
-                    let backward = backward.map(cell).unwrap_or_else(|| "-".into());
-                    rows.push(format!(
-                        "| {conv} | {dtype} | {batch} | {} | {backward} |",
-                        cell(forward)
-                    ));
+                    rows.push(Row {
+                        backend: String::new(),
+                        conv: conv.clone(),
+                        dtype: dtype.clone(),
+                        batch: Some(batch),
+                        forward,
+                        backward,
+                    });
                 }
             }
         }
@@ -281,26 +457,45 @@ struct Shape {
     size: usize,
     tokens: usize,
     cross: usize,
+    /// Width of the class labels a class-embedding UNet takes (e.g. Tiny World's camera).
+    class_labels: Option<usize>,
 }
 
-/// Random `(sample, timesteps, context)` for one batch.
-fn inputs<B: Backend>(
-    batch: usize,
-    shape: Shape,
-    float: FloatDType,
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) {
-    let normal = Distribution::Normal(0.0, 1.0);
-    let Shape {
-        channels,
-        size,
-        tokens,
-        cross,
-    } = shape;
-    let sample = Tensor::<B, 4>::random([batch, channels, size, size], normal, device).cast(float);
-    let context = Tensor::<B, 3>::random([batch, tokens, cross], normal, device).cast(float);
-    let timesteps = Tensor::<B, 1>::full([batch], 500.0, device);
-    (sample, timesteps, context)
+/// Random inputs of one batch.
+struct Inputs<B: Backend> {
+    sample: Tensor<B, 4>,
+    timesteps: Tensor<B, 1>,
+    context: Tensor<B, 3>,
+    class_labels: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Inputs<B> {
+    fn random(batch: usize, shape: Shape, float: FloatDType, device: &B::Device) -> Self {
+        let normal = Distribution::Normal(0.0, 1.0);
+        let Shape {
+            channels,
+            size,
+            tokens,
+            cross,
+            class_labels,
+        } = shape;
+        Self {
+            sample: Tensor::<B, 4>::random([batch, channels, size, size], normal, device).cast(float),
+            context: Tensor::<B, 3>::random([batch, tokens, cross], normal, device).cast(float),
+            timesteps: Tensor::full([batch], 500.0, device),
+            class_labels: class_labels
+                .map(|width| Tensor::<B, 2>::random([batch, width], normal, device).cast(float)),
+        }
+    }
+
+    fn forward(&self, unet: &UNet2DConditionModel<B>, sample: Tensor<B, 4>) -> Tensor<B, 4> {
+        unet.forward_with_class_labels(
+            sample,
+            self.timesteps.clone(),
+            self.context.clone(),
+            self.class_labels.clone(),
+        )
+    }
 }
 
 /// Mean forward time in ms at `batch`, after `args.warmup` untimed runs.
@@ -317,9 +512,9 @@ fn time_forward<B: Backend>(
     } else {
         FloatDType::F32
     };
-    let (sample, timesteps, context) = inputs::<B>(batch, shape, float, device);
+    let inputs = Inputs::<B>::random(batch, shape, float, device);
     mean_ms(args.warmup, args.iters, || {
-        let out = unet.forward(sample.clone(), timesteps.clone(), context.clone());
+        let out = inputs.forward(unet, inputs.sample.clone());
         B::sync(device).expect("device sync");
         drop(out);
     })
@@ -334,10 +529,10 @@ fn time_forward_backward<B: AutodiffBackend>(
     args: &Args,
     device: &B::Device,
 ) -> f64 {
-    let (sample, timesteps, context) = inputs::<B>(batch, shape, FloatDType::F32, device);
-    let sample = sample.require_grad();
+    let inputs = Inputs::<B>::random(batch, shape, FloatDType::F32, device);
+    let sample = inputs.sample.clone().require_grad();
     mean_ms(args.warmup, args.iters, || {
-        let out = unet.forward(sample.clone(), timesteps.clone(), context.clone());
+        let out = inputs.forward(unet, sample.clone());
         let grads = out.sum().backward();
         let grad = sample.grad(&grads).expect("the sample has a gradient");
         let weight_grad = (unet.conv_in.weight.grad(&grads)).expect("parameters have gradients");
