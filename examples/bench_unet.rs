@@ -201,7 +201,10 @@ impl Row {
     }
 
     fn markdown(&self) -> String {
-        let backward = self.backward.as_ref().map_or_else(|| "-".into(), Self::cell);
+        let backward = self
+            .backward
+            .as_ref()
+            .map_or_else(|| "-".into(), Self::cell);
         format!(
             "| {} | {} | {} | {} | {} | {backward} |",
             self.backend,
@@ -480,7 +483,8 @@ impl<B: Backend> Inputs<B> {
             class_labels,
         } = shape;
         Self {
-            sample: Tensor::<B, 4>::random([batch, channels, size, size], normal, device).cast(float),
+            sample: Tensor::<B, 4>::random([batch, channels, size, size], normal, device)
+                .cast(float),
             context: Tensor::<B, 3>::random([batch, tokens, cross], normal, device).cast(float),
             timesteps: Tensor::full([batch], 500.0, device),
             class_labels: class_labels
