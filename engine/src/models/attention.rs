@@ -23,6 +23,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::conv::Conv2d;
+use super::group_norm::group_norm;
 use super::resnet::conv1x1;
 
 /// Settings of [`Attention`]; defaults are diffusers' `Attention` constructor defaults.
@@ -126,7 +127,7 @@ impl<B: Backend> Attention<B> {
         let residual = hidden_states.clone();
         let hidden_states = match &self.group_norm {
             // GroupNorm over channels: [batch, seq, c] -> [batch, c, seq] and back.
-            Some(norm) => norm.forward(hidden_states.swap_dims(1, 2)).swap_dims(1, 2),
+            Some(norm) => group_norm(norm, hidden_states.swap_dims(1, 2)).swap_dims(1, 2),
             None => hidden_states,
         };
         let context = encoder_hidden_states.unwrap_or_else(|| hidden_states.clone());
@@ -443,7 +444,7 @@ impl<B: Backend> Transformer2DModel<B> {
         let [batch, channels, h, w] = hidden_states.dims();
         let residual = hidden_states.clone();
         // 1. input: norm, project, flatten to tokens
-        let normed = self.norm.forward(hidden_states);
+        let normed = group_norm(&self.norm, hidden_states);
         // [batch, h * w, inner]
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => {

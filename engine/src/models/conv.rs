@@ -190,6 +190,25 @@ pub fn conv2d_im2col<B: Backend>(
     lowered(x, weight, bias, stride, padding, cfg!(feature = "cpu"))
 }
 
+/// `weight` (`[out, in, kh, kw]`) applied to a per-sample patch matrix `cols`
+/// (`[batch, in * kh * kw, h_out * w_out]`) as `[1, out, k] x [batch, k, h_out * w_out]`: one
+/// GEMM per sample, no transpose of the output; plus `bias`, shaped to `out_dims`.
+fn per_sample_gemm<B: Backend>(
+    weight: Tensor<B, 4>,
+    cols: Tensor<B, 3>,
+    bias: Option<Tensor<B, 1>>,
+    out_dims: [usize; 4],
+) -> Tensor<B, 4> {
+    let [_, c_out, _, _] = out_dims;
+    let [_, k, _] = cols.dims();
+    let out = weight.reshape([1, c_out, k]).matmul(cols);
+    let out = match bias {
+        Some(bias) => out + bias.reshape([1, c_out, 1]),
+        None => out,
+    };
+    out.reshape(out_dims)
+}
+
 /// [`conv2d_im2col`]; `host` lets the CPU backends build the patch matrix on the host
 /// (`im2col_host.rs`), else it is built from tensor ops on every backend.
 fn lowered<B: Backend>(
@@ -219,14 +238,8 @@ fn lowered<B: Backend>(
 
     if kh == 1 && kw == 1 && stride == [1, 1] && padding == [0; 4] {
         // Pointwise: the image already is the patch matrix, [batch, in, h * w].
-        let out = weight
-            .reshape([1, c_out, c_in])
-            .matmul(x.reshape([batch, c_in, h * w]));
-        let out = match bias {
-            Some(bias) => out + bias.reshape([1, c_out, 1]),
-            None => out,
-        };
-        return out.reshape([batch, c_out, h, w]);
+        let cols = x.reshape([batch, c_in, h * w]);
+        return per_sample_gemm(weight, cols, bias, [batch, c_out, h, w]);
     }
 
     // The CPU backends build the patch matrix on the host in one pass (im2col_host.rs).
@@ -241,15 +254,7 @@ fn lowered<B: Backend>(
             padding,
         };
         match super::im2col_host::try_im2col(x, &geometry) {
-            Ok(cols) => {
-                // [1, out, k] x [batch, k, h_out * w_out]: one GEMM per sample, in parallel
-                let out = weight.reshape([1, c_out, k]).matmul(cols);
-                let out = match bias {
-                    Some(bias) => out + bias.reshape([1, c_out, 1]),
-                    None => out,
-                };
-                return out.reshape([batch, c_out, h_out, w_out]);
-            }
+            Ok(cols) => return per_sample_gemm(weight, cols, bias, [batch, c_out, h_out, w_out]),
             Err(x) => x,
         }
     };

@@ -7,25 +7,19 @@
 //! Here the patch matrix is written in one pass per (sample, channel) and the backward adds
 //! the patch gradients back in one pass, both threaded over rayon.
 //!
-//! burn has no specialisation and the models are generic over `Backend`, so the op is reached
-//! by a run-time type check ([`try_conv2d`]): the exact backend types the engine runs on the
-//! CPU (`NdArray<f32>` and `Autodiff<NdArray<f32>>`) take this path, any other keeps the
-//! tensor-op lowering.
-
-use std::any::Any;
+//! Reached through [`try_im2col`] by a run-time type check (`host_dispatch.rs`); any other
+//! backend keeps the tensor-op lowering.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-type Cpu = NdArray<f32>;
-type CpuAutodiff = Autodiff<Cpu>;
+use super::host_dispatch::{Cpu, CpuAutodiff, from_host, same_type, to_host};
 
 /// Sizes of one convolution's patch matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,17 +127,10 @@ fn for_each_tap(g: &Geometry, ki: usize, kj: usize, mut f: impl FnMut(usize, usi
     }
 }
 
-fn host(t: Tensor<Cpu, 4>) -> Vec<f32> {
-    t.into_data()
-        .into_vec::<f32>()
-        .expect("an f32 tensor of the f32 CPU backend")
-}
-
 /// [`im2col`] on a CPU tensor: `[batch, channels, h, w]` -> [`Geometry::cols`].
 fn im2col_tensor(x: Tensor<Cpu, 4>, g: &Geometry) -> Tensor<Cpu, 3> {
     let device = x.device();
-    let cols = im2col(&host(x), g);
-    Tensor::from_data(TensorData::new(cols, g.cols()), &device)
+    from_host(im2col(&to_host(x), g), g.cols(), &device)
 }
 
 #[derive(Debug)]
@@ -163,12 +150,7 @@ impl Backward<Cpu, 1> for Im2colBackward {
             Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<Cpu>(&ops.node)));
         if let Some(parent) = &ops.parents[0] {
             let device = grad.device();
-            let values = grad
-                .into_data()
-                .into_vec::<f32>()
-                .expect("an f32 gradient of the f32 CPU backend");
-            let dx =
-                Tensor::<Cpu, 4>::from_data(TensorData::new(col2im(&values, &g), g.input), &device);
+            let dx = from_host(col2im(&to_host(grad), &g), g.input, &device);
             grads.register::<Cpu>(parent.id, dx.into_primitive().tensor());
         }
     }
@@ -190,17 +172,6 @@ fn im2col_autodiff(x: Tensor<CpuAutodiff, 4>, g: &Geometry) -> Tensor<CpuAutodif
         OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
-}
-
-/// Moves `value` to type `U` when `T` is `U`, else hands it back.
-fn same_type<T: 'static, U: 'static>(value: T) -> Result<U, T> {
-    let boxed: Box<dyn Any> = Box::new(value);
-    match boxed.downcast::<U>() {
-        Ok(u) => Ok(*u),
-        Err(boxed) => Err(*boxed
-            .downcast::<T>()
-            .unwrap_or_else(|_| unreachable!("a box holds the type it was made from"))),
-    }
 }
 
 /// The patch matrix of `x` through the host op when `B` is one of the CPU backends it serves;

@@ -7,6 +7,11 @@ pub mod clip_text;
 pub mod clip_vision;
 pub mod conv;
 pub mod embeddings;
+pub mod group_norm;
+#[cfg(feature = "cpu")]
+pub mod group_norm_host;
+#[cfg(feature = "cpu")]
+pub mod host_dispatch;
 #[cfg(feature = "cpu")]
 pub mod im2col_host;
 pub mod resize;

@@ -13,6 +13,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::conv::{Conv2d, Conv2dConfig};
+use super::group_norm::group_norm_silu;
 
 /// A 3x3 convolution with padding 1 (the shape-preserving convolution used throughout SD).
 pub(crate) fn conv3x3<B: Backend>(
@@ -121,7 +122,7 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// If the block has a time projection and `temb` is `None`.
     pub fn forward(&self, input_tensor: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
         // [batch, in, h, w]
-        let hidden = silu(self.norm1.forward(input_tensor.clone()));
+        let hidden = group_norm_silu(&self.norm1, input_tensor.clone());
         // [batch, out, h, w]
         let mut hidden = self.conv1.forward(hidden);
         if let Some(proj) = &self.time_emb_proj {
@@ -130,7 +131,7 @@ impl<B: Backend> ResnetBlock2D<B> {
             let temb = proj.forward(silu(temb)).unsqueeze_dims::<4>(&[2, 3]);
             hidden = hidden + temb;
         }
-        let hidden = silu(self.norm2.forward(hidden));
+        let hidden = group_norm_silu(&self.norm2, hidden);
         let hidden = self.conv2.forward(hidden);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(input_tensor),

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,6 +29,7 @@ use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with};
 use super::attention::Projection;
 use super::conv::Conv2d;
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps, TimestepsConfig};
+use super::group_norm::group_norm_silu;
 use super::resnet::conv3x3;
 use super::unet_2d_blocks::{UNetBlockConfig, UNetDownBlock, UNetMidBlock2DCrossAttn, UNetUpBlock};
 
@@ -771,7 +771,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         }
 
         // 6. post-process
-        let sample = silu(self.conv_norm_out.forward(sample));
+        let sample = group_norm_silu(&self.conv_norm_out, sample);
         self.conv_out.forward(sample)
     }
 

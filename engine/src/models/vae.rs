@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Distribution, Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with};
 
 use super::conv::Conv2d;
+use super::group_norm::group_norm_silu;
 use super::resnet::{conv1x1, conv3x3};
 use super::unet_2d::{DiffusersConfigError, read_config_json, reject_unsupported};
 use super::unet_2d_blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, VaeBlockConfig};
@@ -332,7 +332,7 @@ impl<B: Backend> Encoder<B> {
         }
         let sample = self.mid_block.forward(sample);
         self.conv_out
-            .forward(silu(self.conv_norm_out.forward(sample)))
+            .forward(group_norm_silu(&self.conv_norm_out, sample))
     }
 }
 
@@ -362,7 +362,7 @@ impl<B: Backend> Decoder<B> {
             sample = block.forward(sample);
         }
         self.conv_out
-            .forward(silu(self.conv_norm_out.forward(sample)))
+            .forward(group_norm_silu(&self.conv_norm_out, sample))
     }
 }
 
