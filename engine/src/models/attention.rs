@@ -3,7 +3,7 @@
 //! [`BasicTransformerBlock`] and the spatial [`Transformer2DModel`].
 //!
 //! Scaled dot-product attention goes through burn's `module::attention` (fused where the
-//! backend has a kernel, a materialised softmax otherwise).
+//! backend has a kernel) except on the CPU backends (`matmul::scaled_dot_product`).
 //!
 //! Key layout mirrors diffusers: `to_out` and `ff.net` are PyTorch `ModuleList`s holding a
 //! dropout between layers, so they are burn tuples here (`to_out.0`, `ff.net.0.proj`,
@@ -17,13 +17,14 @@ use burn::nn::{
     Dropout, DropoutConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::conv::Conv2d;
 use super::group_norm::group_norm;
+use super::matmul::{linear, linear_channels_first, matmul, on_host};
 use super::resnet::conv1x1;
 
 /// Settings of [`Attention`]; defaults are diffusers' `Attention` constructor defaults.
@@ -132,22 +133,17 @@ impl<B: Backend> Attention<B> {
         };
         let context = encoder_hidden_states.unwrap_or_else(|| hidden_states.clone());
         // [batch, heads, seq, dim_head]
-        let query = self.split_heads(self.to_q.forward(hidden_states));
-        let key = self.split_heads(self.to_k.forward(context.clone()));
-        let value = self.split_heads(self.to_v.forward(context));
-        let options = AttentionModuleOptions {
-            scale: Some(self.scale),
-            softcap: None,
-            is_causal: false,
-        };
+        let query = self.split_heads(linear(&self.to_q, hidden_states));
+        let key = self.split_heads(linear(&self.to_k, context.clone()));
+        let value = self.split_heads(linear(&self.to_v, context));
         // [batch, heads, seq_q, dim_head]
-        let attended = attention(query, key, value, None, None, options);
+        let attended = scaled_dot_product(query, key, value, self.scale);
         // [batch, seq_q, heads * dim_head]
         let [batch, heads, seq, dim_head] = attended.dims();
         let attended = attended
             .swap_dims(1, 2)
             .reshape([batch, seq, heads * dim_head]);
-        let mut out = self.to_out.0.forward(attended);
+        let mut out = linear(&self.to_out.0, attended);
         if self.residual_connection {
             out = out + residual;
         }
@@ -181,6 +177,27 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// `softmax(q k^T * scale) v` over `[batch, heads, seq, dim_head]`: burn's `attention` (a
+/// fused kernel where the backend has one), or on the CPU backends the same three steps with
+/// the host matrix products, the scale folded into `q` (smaller than the scores).
+fn scaled_dot_product<B: Backend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    if on_host::<B>() {
+        let scores = matmul(query * scale, key.swap_dims(2, 3));
+        return matmul(softmax(scores, 3), value);
+    }
+    let options = AttentionModuleOptions {
+        scale: Some(scale),
+        softcap: None,
+        is_causal: false,
+    };
+    attention(query, key, value, None, None, options)
+}
+
 /// Gated GELU: `hidden * gelu(gate)` where `[hidden, gate] = proj(x)` (diffusers `GEGLU`).
 #[derive(Module, Debug)]
 pub struct GEGLU<B: Backend> {
@@ -194,7 +211,7 @@ impl<B: Backend> GEGLU<B> {
     /// - output: `[batch, seq, dim_out]`
     pub fn forward(&self, hidden_states: Tensor<B, 3>) -> Tensor<B, 3> {
         // [batch, seq, 2 * dim_out]
-        let projected = self.proj.forward(hidden_states);
+        let projected = linear(&self.proj, hidden_states);
         let mut halves = projected.chunk(2, 2);
         let gate = halves.pop().expect("chunk(2) gives two halves");
         let hidden = halves.pop().expect("chunk(2) gives two halves");
@@ -240,7 +257,7 @@ impl<B: Backend> FeedForward<B> {
     /// - hidden_states: `[batch, seq, dim]`
     /// - output: `[batch, seq, dim]`
     pub fn forward(&self, hidden_states: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.net.2.forward(self.net.0.forward(hidden_states))
+        linear(&self.net.2, self.net.0.forward(hidden_states))
     }
 }
 
@@ -356,12 +373,12 @@ impl<B: Backend> Projection<B> {
     pub fn forward_image(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
             Self::Conv(conv) => conv.forward(x),
-            Self::Linear(linear) => {
+            Self::Linear(layer) => {
                 let [b, c, h, w] = x.dims();
                 let tokens = x.reshape([b, c, h * w]).swap_dims(1, 2);
-                let out = linear.forward(tokens);
-                let d_out = out.dims()[2];
-                out.swap_dims(1, 2).reshape([b, d_out, h, w])
+                let out = linear_channels_first(layer, tokens);
+                let d_out = out.dims()[1];
+                out.reshape([b, d_out, h, w])
             }
         }
     }
@@ -452,9 +469,10 @@ impl<B: Backend> Transformer2DModel<B> {
                 let inner = projected.dims()[1];
                 projected.reshape([batch, inner, h * w]).swap_dims(1, 2)
             }
-            Projection::Linear(linear) => {
-                linear.forward(normed.reshape([batch, channels, h * w]).swap_dims(1, 2))
-            }
+            Projection::Linear(layer) => linear(
+                layer,
+                normed.reshape([batch, channels, h * w]).swap_dims(1, 2),
+            ),
         };
         // 2. blocks
         for block in &self.transformer_blocks {
@@ -467,10 +485,9 @@ impl<B: Backend> Transformer2DModel<B> {
             Projection::Conv(conv) => {
                 conv.forward(tokens.swap_dims(1, 2).reshape([batch, inner, h, w]))
             }
-            Projection::Linear(linear) => linear
-                .forward(tokens)
-                .swap_dims(1, 2)
-                .reshape([batch, channels, h, w]),
+            Projection::Linear(layer) => {
+                linear_channels_first(layer, tokens).reshape([batch, channels, h, w])
+            }
         };
         out + residual
     }

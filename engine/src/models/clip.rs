@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clip_text::{CLIPTextConfig, CLIPTextTransformer};
 use super::clip_vision::{CLIPVisionConfig, CLIPVisionTransformer};
+use super::matmul::linear;
 use crate::weights::{
     LoadError, LoadOptions, LoadReport, load_safetensors_with, read_json, weight_files,
 };
@@ -92,17 +93,19 @@ impl<B: Backend> CLIPAttention<B> {
             t.reshape([batch, seq, self.num_heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = heads(self.q_proj.forward(x.clone()));
-        let k = heads(self.k_proj.forward(x.clone()));
-        let v = heads(self.v_proj.forward(x));
+        let q = heads(linear(&self.q_proj, x.clone()));
+        let k = heads(linear(&self.k_proj, x.clone()));
+        let v = heads(linear(&self.v_proj, x));
         let options = AttentionModuleOptions {
             is_causal: causal,
             ..Default::default()
         };
         // Default scale 1/sqrt(head_dim), as CLIPAttention's `scale`.
         let out = attention(q, k, v, None, None, options);
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
+        linear(
+            &self.out_proj,
+            out.swap_dims(1, 2).reshape([batch, seq, hidden]),
+        )
     }
 }
 
@@ -121,7 +124,7 @@ impl<B: Backend> CLIPMLP<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
+        linear(&self.fc2, self.act.forward(linear(&self.fc1, x)))
     }
 }
 

@@ -18,6 +18,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
+use super::matmul::{matmul, matmul_shared_left};
+
 /// Settings of [`Conv2d`]; defaults are PyTorch's.
 #[derive(Config, Debug, PartialEq)]
 pub struct Conv2dConfig {
@@ -201,7 +203,7 @@ fn per_sample_gemm<B: Backend>(
 ) -> Tensor<B, 4> {
     let [_, c_out, _, _] = out_dims;
     let [_, k, _] = cols.dims();
-    let out = weight.reshape([1, c_out, k]).matmul(cols);
+    let out = matmul_shared_left(weight.reshape([c_out, k]), cols);
     let out = match bias {
         Some(bias) => out + bias.reshape([1, c_out, 1]),
         None => out,
@@ -309,7 +311,7 @@ fn lowered<B: Backend>(
     };
 
     // [out, k] x [k, batch * h_out * w_out]: one GEMM for the whole batch
-    let out = weight.matmul(cols);
+    let out = matmul(weight, cols);
     let out = match bias {
         Some(bias) => out + bias.reshape([c_out, 1]),
         None => out,

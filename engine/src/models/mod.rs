@@ -13,7 +13,10 @@ pub mod group_norm_host;
 #[cfg(feature = "cpu")]
 pub mod host_dispatch;
 #[cfg(feature = "cpu")]
+pub mod host_matmul;
+#[cfg(feature = "cpu")]
 pub mod im2col_host;
+pub mod matmul;
 pub mod resize;
 pub mod resnet;
 pub mod reward;
