@@ -25,6 +25,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::conv::Conv2d;
 use super::group_norm::group_norm;
 use super::matmul::{linear, linear_channels_first, matmul, on_host};
+use super::reshape::reshape;
 use super::resnet::conv1x1;
 
 /// Settings of [`Attention`]; defaults are diffusers' `Attention` constructor defaults.
@@ -172,8 +173,7 @@ impl<B: Backend> Attention<B> {
     /// `[batch, seq, heads * d] -> [batch, heads, seq, d]`.
     fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [batch, seq, inner] = x.dims();
-        x.reshape([batch, seq, self.heads, inner / self.heads])
-            .swap_dims(1, 2)
+        reshape(x, [batch, seq, self.heads, inner / self.heads]).swap_dims(1, 2)
     }
 }
 
@@ -188,7 +188,12 @@ fn scaled_dot_product<B: Backend>(
 ) -> Tensor<B, 4> {
     if on_host::<B>() {
         let scores = matmul(query * scale, key.swap_dims(2, 3));
-        return matmul(softmax(scores, 3), value);
+        #[cfg(feature = "cpu")]
+        let probabilities =
+            super::host_softmax::try_softmax(scores).unwrap_or_else(|scores| softmax(scores, 3));
+        #[cfg(not(feature = "cpu"))]
+        let probabilities = softmax(scores, 3);
+        return matmul(probabilities, value);
     }
     let options = AttentionModuleOptions {
         scale: Some(scale),
@@ -212,6 +217,12 @@ impl<B: Backend> GEGLU<B> {
     pub fn forward(&self, hidden_states: Tensor<B, 3>) -> Tensor<B, 3> {
         // [batch, seq, 2 * dim_out]
         let projected = linear(&self.proj, hidden_states);
+        // The CPU backends gate in one host pass (`host_geglu.rs`).
+        #[cfg(feature = "cpu")]
+        let projected = match super::host_geglu::try_geglu(projected) {
+            Ok(out) => return out,
+            Err(projected) => projected,
+        };
         let mut halves = projected.chunk(2, 2);
         let gate = halves.pop().expect("chunk(2) gives two halves");
         let hidden = halves.pop().expect("chunk(2) gives two halves");
@@ -375,10 +386,10 @@ impl<B: Backend> Projection<B> {
             Self::Conv(conv) => conv.forward(x),
             Self::Linear(layer) => {
                 let [b, c, h, w] = x.dims();
-                let tokens = x.reshape([b, c, h * w]).swap_dims(1, 2);
+                let tokens = reshape(x, [b, c, h * w]).swap_dims(1, 2);
                 let out = linear_channels_first(layer, tokens);
                 let d_out = out.dims()[1];
-                out.reshape([b, d_out, h, w])
+                reshape(out, [b, d_out, h, w])
             }
         }
     }
@@ -471,7 +482,7 @@ impl<B: Backend> Transformer2DModel<B> {
             }
             Projection::Linear(layer) => linear(
                 layer,
-                normed.reshape([batch, channels, h * w]).swap_dims(1, 2),
+                reshape(normed, [batch, channels, h * w]).swap_dims(1, 2),
             ),
         };
         // 2. blocks
@@ -485,9 +496,10 @@ impl<B: Backend> Transformer2DModel<B> {
             Projection::Conv(conv) => {
                 conv.forward(tokens.swap_dims(1, 2).reshape([batch, inner, h, w]))
             }
-            Projection::Linear(layer) => {
-                linear_channels_first(layer, tokens).reshape([batch, channels, h, w])
-            }
+            Projection::Linear(layer) => reshape(
+                linear_channels_first(layer, tokens),
+                [batch, channels, h, w],
+            ),
         };
         out + residual
     }

@@ -19,6 +19,7 @@ use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::matmul::{matmul, matmul_shared_left};
+use super::reshape::reshape;
 
 /// Settings of [`Conv2d`]; defaults are PyTorch's.
 #[derive(Config, Debug, PartialEq)]
@@ -203,12 +204,12 @@ fn per_sample_gemm<B: Backend>(
 ) -> Tensor<B, 4> {
     let [_, c_out, _, _] = out_dims;
     let [_, k, _] = cols.dims();
-    let out = matmul_shared_left(weight.reshape([c_out, k]), cols);
+    let out = matmul_shared_left(reshape(weight, [c_out, k]), cols);
     let out = match bias {
-        Some(bias) => out + bias.reshape([1, c_out, 1]),
+        Some(bias) => out + reshape(bias, [1, c_out, 1]),
         None => out,
     };
-    out.reshape(out_dims)
+    reshape(out, out_dims)
 }
 
 /// [`conv2d_im2col`]; `host` lets the CPU backends build the patch matrix on the host
@@ -240,7 +241,7 @@ fn lowered<B: Backend>(
 
     if kh == 1 && kw == 1 && stride == [1, 1] && padding == [0; 4] {
         // Pointwise: the image already is the patch matrix, [batch, in, h * w].
-        let cols = x.reshape([batch, c_in, h * w]);
+        let cols = reshape(x, [batch, c_in, h * w]);
         return per_sample_gemm(weight, cols, bias, [batch, c_out, h, w]);
     }
 

@@ -6,6 +6,9 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
+#[cfg(feature = "cpu")]
+use super::reshape::reshape;
+
 /// `norm(x)`; `x` is `[batch, channels, ...]`.
 pub fn group_norm<B: Backend, const D: usize>(
     norm: &GroupNorm<B>,
@@ -41,10 +44,10 @@ fn lowered<B: Backend, const D: usize>(
                 epsilon: norm.epsilon,
                 silu: with_silu,
             };
-            let x3 = x.reshape([spec.batch, spec.channels, spec.spatial]);
+            let x3 = reshape(x, [spec.batch, spec.channels, spec.spatial]);
             match super::group_norm_host::try_group_norm(x3, gamma.val(), beta.val(), &spec) {
-                Ok(out) => return out.reshape(dims),
-                Err((x3, _, _)) => x3.reshape(dims),
+                Ok(out) => return reshape(out, dims),
+                Err((x3, _, _)) => reshape(x3, dims),
             }
         }
         _ => x,

@@ -17,7 +17,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::host_dispatch::{Cpu, CpuAutodiff, from_host, same_type, to_host};
+use super::host_dispatch::{Cpu, CpuAutodiff, HostValues, from_host, same_type, to_host};
 
 /// What one GroupNorm call computes: `x` is `[batch, channels, spatial]` row-major (any
 /// trailing dims flattened), `channels / groups` consecutive channels per group.
@@ -200,9 +200,9 @@ fn forward_tensor(
 /// What the backward needs: the input, the parameters and the statistics.
 #[derive(Debug, Clone)]
 struct Saved {
-    x: Vec<f32>,
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
+    x: HostValues,
+    gamma: HostValues,
+    beta: HostValues,
     stats: GroupStats,
     spec: GroupNormSpec,
 }

@@ -7,9 +7,12 @@
 //! host kernel, any other backend keeps its tensor-op path.
 
 use std::any::Any;
+use std::ops::Deref;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_ndarray::NdArrayTensor;
+use ndarray::{ArcArray, IxDyn};
 
 /// The f32 CPU backend.
 pub type Cpu = NdArray<f32>;
@@ -27,21 +30,40 @@ pub fn same_type<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     }
 }
 
-/// The values of a CPU tensor, row-major.
-pub fn to_host<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
-    // A buffer another tensor still holds (a residual, the autodiff graph) would be copied by
-    // `into_data` one element at a time through ndarray's iterator; copy the slice instead.
-    let primitive = t.into_primitive().tensor();
-    if let burn_ndarray::NdArrayTensor::F32(storage) = &primitive
-        && !storage.is_unique()
-        && let Some(values) = storage.view().as_slice()
-    {
-        return values.to_vec();
+/// The values of a CPU tensor, row-major, as a slice (`Deref`): the tensor's own buffer when
+/// it is row-major already (a residual or a value the autodiff graph keeps is shared, not
+/// copied), else a row-major copy.
+#[derive(Debug, Clone)]
+pub struct HostValues(ArcArray<f32, IxDyn>);
+
+impl Deref for HostValues {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        self.0
+            .as_slice()
+            .expect("row-major by construction (`to_host`)")
     }
-    Tensor::<Cpu, D>::from_primitive(TensorPrimitive::Float(primitive))
-        .into_data()
-        .into_vec::<f32>()
-        .expect("an f32 tensor of the f32 CPU backend")
+}
+
+/// The values of a CPU tensor, row-major.
+pub fn to_host<const D: usize>(t: Tensor<Cpu, D>) -> HostValues {
+    let array = match t.into_primitive().tensor() {
+        NdArrayTensor::F32(storage) => storage.into_shared(),
+        other => {
+            let data = Tensor::<Cpu, D>::from_primitive(TensorPrimitive::Float(other))
+                .into_data()
+                .convert::<f32>();
+            let shape = data.shape.clone();
+            let values = data.into_vec::<f32>().expect("converted to f32");
+            ArcArray::from_shape_vec(IxDyn(&shape), values).expect("the data's own shape")
+        }
+    };
+    if array.is_standard_layout() {
+        HostValues(array)
+    } else {
+        HostValues(array.as_standard_layout().into_owned().into_shared())
+    }
 }
 
 /// A CPU tensor of `shape` from row-major `values`.

@@ -73,8 +73,9 @@ pub fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
             for ki in 0..kh {
                 for kj in 0..kw {
                     let row = &mut rows[(ki * kw + kj) * h_out * w_out..][..h_out * w_out];
-                    for_each_tap(g, ki, kj, |out_index, in_index| {
-                        row[out_index] = image[in_index];
+                    for_each_span(g, ki, kj, |out_start, in_start, len| {
+                        row[out_start..out_start + len]
+                            .copy_from_slice(&image[in_start..in_start + len]);
                     });
                 }
             }
@@ -97,8 +98,11 @@ pub fn col2im(grad_cols: &[f32], g: &Geometry) -> Vec<f32> {
             for ki in 0..kh {
                 for kj in 0..kw {
                     let row = &rows[(ki * kw + kj) * h_out * w_out..][..h_out * w_out];
-                    for_each_tap(g, ki, kj, |out_index, in_index| {
-                        image[in_index] += row[out_index];
+                    for_each_span(g, ki, kj, |out_start, in_start, len| {
+                        let pixels = &mut image[in_start..in_start + len];
+                        for (pixel, &grad) in pixels.iter_mut().zip(&row[out_start..][..len]) {
+                            *pixel += grad;
+                        }
                     });
                 }
             }
@@ -106,22 +110,31 @@ pub fn col2im(grad_cols: &[f32], g: &Geometry) -> Vec<f32> {
     grad
 }
 
-/// Calls `f(output pixel, input pixel)` for every output pixel whose tap `(ki, kj)` lands
-/// inside the image (taps in the padding read zero and are skipped).
+/// Calls `f(first output pixel, first input pixel, length)` for every run of output pixels
+/// whose tap `(ki, kj)` lands inside the image, consecutive in both (taps in the padding read
+/// zero and are skipped). With a horizontal stride of 1 a run is the valid part of an output
+/// row, so it is copied as one slice; otherwise each pixel is its own run.
 #[inline]
-fn for_each_tap(g: &Geometry, ki: usize, kj: usize, mut f: impl FnMut(usize, usize)) {
+fn for_each_span(g: &Geometry, ki: usize, kj: usize, mut f: impl FnMut(usize, usize, usize)) {
     let [_, _, h, w] = g.input;
     let [sh, sw] = g.stride;
     let [top, left, _, _] = g.padding;
     let [h_out, w_out] = g.output();
+    // Output columns whose input column `oj * sw + kj - left` lies in 0..w.
+    let first = left.saturating_sub(kj).div_ceil(sw);
+    let last = (w + left).saturating_sub(kj).div_ceil(sw).min(w_out);
     for oi in 0..h_out {
         // Input row of this tap, in padded coordinates minus the padding.
         let Some(i) = (oi * sh + ki).checked_sub(top).filter(|&i| i < h) else {
             continue;
         };
-        for oj in 0..w_out {
-            if let Some(j) = (oj * sw + kj).checked_sub(left).filter(|&j| j < w) {
-                f(oi * w_out + oj, i * w + j);
+        if sw == 1 {
+            if first < last {
+                f(oi * w_out + first, i * w + first + kj - left, last - first);
+            }
+        } else {
+            for oj in first..last {
+                f(oi * w_out + oj, i * w + oj * sw + kj - left, 1);
             }
         }
     }

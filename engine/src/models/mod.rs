@@ -13,10 +13,17 @@ pub mod group_norm_host;
 #[cfg(feature = "cpu")]
 pub mod host_dispatch;
 #[cfg(feature = "cpu")]
+pub mod host_geglu;
+#[cfg(feature = "cpu")]
 pub mod host_matmul;
+#[cfg(feature = "cpu")]
+pub mod host_reshape;
+#[cfg(feature = "cpu")]
+pub mod host_softmax;
 #[cfg(feature = "cpu")]
 pub mod im2col_host;
 pub mod matmul;
+pub mod reshape;
 pub mod resize;
 pub mod resnet;
 pub mod reward;
