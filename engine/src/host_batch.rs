@@ -1,10 +1,10 @@
 //! Splitting a batch across the CPU's cores on host backends.
 //!
-//! burn's CPU backend runs each tensor op on one thread here (its threaded GEMM made whole
-//! generations slower, docs/benchmarks.md: most ops are too small to split), so a batched
-//! forward such as the UNet's uses one core of several. Independent samples can instead run as
-//! independent forwards, one chunk of the batch per core. GPU backends get one chunk: the
-//! device already runs the batch in parallel.
+//! On the CPU backends most element-wise tensor ops run on the calling thread; only the matrix
+//! products and the host ops (`models/host_*.rs`) spread over the cores. So a batched forward
+//! such as the UNet's runs instead as independent forwards, one chunk of the batch per core,
+//! which keeps every core busy between those ops. GPU backends get one chunk: the device
+//! already runs the batch in parallel.
 
 use std::any::TypeId;
 use std::ops::Range;

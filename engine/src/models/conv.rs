@@ -18,7 +18,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::matmul::{matmul, matmul_shared_left};
+use super::matmul::{matmul, matmul_shared_left_bias};
 use super::reshape::reshape;
 
 /// Settings of [`Conv2d`]; defaults are PyTorch's.
@@ -204,11 +204,7 @@ fn per_sample_gemm<B: Backend>(
 ) -> Tensor<B, 4> {
     let [_, c_out, _, _] = out_dims;
     let [_, k, _] = cols.dims();
-    let out = matmul_shared_left(reshape(weight, [c_out, k]), cols);
-    let out = match bias {
-        Some(bias) => out + reshape(bias, [1, c_out, 1]),
-        None => out,
-    };
+    let out = matmul_shared_left_bias(reshape(weight, [c_out, k]), cols, bias);
     reshape(out, out_dims)
 }
 

@@ -102,28 +102,76 @@ struct Shared(*const f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+/// Where a bias joins the product: one value per output column (a Linear's, over its output
+/// features) or per output row (a convolution's, whose rows are output channels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasAxis {
+    /// `bias[j]` added to column `j` of every matrix.
+    Columns,
+    /// `bias[i]` added to row `i` of every matrix.
+    Rows,
+}
+
 /// `a @ b` with numpy-style batch broadcasting; `None` when the shapes do not multiply.
 pub fn matmul(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>) -> Option<ArrayD<f32>> {
+    matmul_bias(a, b, None)
+}
+
+/// Every output matrix (`m x n`, row-major) filled with the bias, `batches` times.
+fn broadcast_bias(bias: &[f32], axis: BiasAxis, m: usize, n: usize, batches: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(batches * m * n);
+    for _ in 0..batches {
+        match axis {
+            BiasAxis::Columns => (0..m).for_each(|_| out.extend_from_slice(bias)),
+            BiasAxis::Rows => bias
+                .iter()
+                .for_each(|&v| out.extend(std::iter::repeat_n(v, n))),
+        }
+    }
+    out
+}
+
+/// `a @ b + bias`: the bias is written into the output first and the product accumulated onto
+/// it (one pass fewer than adding it afterwards). `None` when the shapes do not fit.
+pub fn matmul_bias(
+    a: &ArrayViewD<f32>,
+    b: &ArrayViewD<f32>,
+    bias: Option<(&[f32], BiasAxis)>,
+) -> Option<ArrayD<f32>> {
     let plan = Plan::new(a.shape(), b.shape())?;
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let shape = plan.shape();
     let size = m * n;
-    if size == 0 || k == 0 || plan.batch.contains(&0) {
-        return Some(ArrayD::zeros(IxDyn(&shape)));
+    let batches: usize = plan.batch.iter().product();
+    if let Some((values, axis)) = bias {
+        let expected = if axis == BiasAxis::Columns { n } else { m };
+        if values.len() != expected {
+            return None;
+        }
+    }
+    if size == 0 || k == 0 || batches == 0 {
+        let out = match bias {
+            Some((values, axis)) => broadcast_bias(values, axis, m, n, batches),
+            None => vec![0.0; batches * size],
+        };
+        return Some(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("the plan's shape"));
     }
     let (offsets_a, offsets_b) = (plan.offsets(a), plan.offsets(b));
     let (sa, sb) = (a.strides(), b.strides());
     let (a_rs, a_cs) = (sa[sa.len() - 2], sa[sa.len() - 1]);
     let (b_rs, b_cs) = (sb[sb.len() - 2], sb[sb.len() - 1]);
     let (pa, pb) = (Shared(a.as_ptr()), Shared(b.as_ptr()));
-    let batches = offsets_a.len();
     let threads = rayon::current_num_threads();
-    let mut out: Vec<f32> = Vec::with_capacity(batches * size);
+    let read_dst = bias.is_some();
+    let mut out: Vec<f32> = match bias {
+        Some((values, axis)) => broadcast_bias(values, axis, m, n, batches),
+        None => Vec::with_capacity(batches * size),
+    };
     let multiply = |dst: &mut [f32], (oa, ob): (isize, isize), parallelism| {
         let (pa, pb) = (pa, pb);
         // SAFETY: the offsets and strides come from the views' own layout, so every element
-        // read lies in `a` or `b`; `dst` is `m * n` row-major elements; `read_dst` is false,
-        // so gemm writes every element of `dst` without reading it.
+        // read lies in `a` or `b`; `dst` is `m * n` row-major elements, which gemm reads only
+        // with `read_dst` (then they hold the bias) and writes in full either way.
         unsafe {
             gemm::gemm(
                 m,
@@ -132,14 +180,14 @@ pub fn matmul(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>) -> Option<ArrayD<f32>> {
                 dst.as_mut_ptr(),
                 1,
                 n as isize,
-                false,
+                read_dst,
                 pa.0.offset(oa),
                 a_cs,
                 a_rs,
                 pb.0.offset(ob),
                 b_cs,
                 b_rs,
-                0.0,
+                1.0,
                 1.0,
                 false,
                 false,
@@ -148,10 +196,14 @@ pub fn matmul(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>) -> Option<ArrayD<f32>> {
             )
         }
     };
-    // SAFETY: `out` has the capacity; every element is written below before it is read.
-    let dst = unsafe {
-        let spare = out.spare_capacity_mut();
-        std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut f32, batches * size)
+    let dst: &mut [f32] = if read_dst {
+        &mut out
+    } else {
+        // SAFETY: `out` has the capacity; gemm writes every element before anything reads it.
+        unsafe {
+            let spare = out.spare_capacity_mut();
+            std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut f32, batches * size)
+        }
     };
     let pairs = offsets_a.into_iter().zip(offsets_b);
     if batches >= threads {
@@ -164,8 +216,10 @@ pub fn matmul(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>) -> Option<ArrayD<f32>> {
             multiply(dst, offsets, gemm::Parallelism::Rayon(threads));
         }
     }
-    // SAFETY: all `batches * size` elements were written by gemm.
-    unsafe { out.set_len(batches * size) };
+    if !read_dst {
+        // SAFETY: all `batches * size` elements were written by gemm.
+        unsafe { out.set_len(batches * size) };
+    }
     Some(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("the plan's shape holds the product"))
 }
 
@@ -220,24 +274,88 @@ fn into_tensor(a: ArrayD<f32>) -> NdArrayTensor {
     NdArrayTensor::from(a.into_shared())
 }
 
-/// Whether the host op takes this product (f32 operands whose shapes multiply).
-fn takes(a: &NdArrayTensor, b: &NdArrayTensor) -> bool {
-    match (a, b) {
-        (NdArrayTensor::F32(a), NdArrayTensor::F32(b)) => Plan::new(a.shape(), b.shape()).is_some(),
-        _ => false,
+/// The gradient of the bias in `a @ b + bias` for an output gradient `g`: `g` summed over
+/// every dim but the bias's, in a fixed order.
+pub fn bias_gradient(g: &ArrayViewD<f32>, axis: BiasAxis) -> ArrayD<f32> {
+    let d = g.ndim();
+    let (m, n) = (g.shape()[d - 2], g.shape()[d - 1]);
+    let g = g.as_standard_layout();
+    let values = g.as_slice().expect("row-major");
+    let mut sums = vec![0.0f32; if axis == BiasAxis::Columns { n } else { m }];
+    if m * n > 0 {
+        for row in values.chunks(n).enumerate() {
+            match axis {
+                BiasAxis::Columns => sums.iter_mut().zip(row.1).for_each(|(s, v)| *s += v),
+                BiasAxis::Rows => sums[row.0 % m] += row.1.iter().sum::<f32>(),
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&[sums.len()]), sums).expect("1-D")
+}
+
+/// An f32 operand of the host op: its array, shared with the tensor.
+type Operand = ArcArray<f32, IxDyn>;
+
+/// Whether the host op takes this product (f32 operands whose shapes fit).
+fn takes(a: &NdArrayTensor, b: &NdArrayTensor, bias: Option<(&NdArrayTensor, BiasAxis)>) -> bool {
+    let (NdArrayTensor::F32(a), NdArrayTensor::F32(b)) = (a, b) else {
+        return false;
+    };
+    let Some(plan) = Plan::new(a.shape(), b.shape()) else {
+        return false;
+    };
+    match bias {
+        None => true,
+        Some((NdArrayTensor::F32(bias), axis)) => {
+            bias.shape()
+                == [if axis == BiasAxis::Columns {
+                    plan.n
+                } else {
+                    plan.m
+                }]
+        }
+        Some(_) => false,
     }
 }
 
-fn forward_primitive(a: NdArrayTensor, b: NdArrayTensor) -> NdArrayTensor {
-    let (a, b) = (into_array(a), into_array(b));
-    into_tensor(matmul(&a.view(), &b.view()).expect("checked by `takes`"))
+/// The forward on arrays the tensors share.
+fn forward_arrays(a: &Operand, b: &Operand, bias: Option<(&Operand, BiasAxis)>) -> NdArrayTensor {
+    let bias_values = bias.map(|(values, axis)| (values.as_standard_layout().to_owned(), axis));
+    let bias = bias_values
+        .as_ref()
+        .map(|(values, axis)| (values.as_slice().expect("row-major copy"), *axis));
+    into_tensor(matmul_bias(&a.view(), &b.view(), bias).expect("checked by `takes`"))
 }
 
+/// Registers the gradients of `a @ b (+ bias)` for the parents that want one.
+fn register<S, const N: usize>(
+    grads: &mut Gradients,
+    ops: &Ops<S, N>,
+    (a, b): (&Operand, &Operand),
+    bias_axis: Option<BiasAxis>,
+) {
+    let parents = &ops.parents;
+    let g = into_array(grads.consume::<Cpu>(&ops.node));
+    let [ga, gb] = matmul_backward(
+        &a.view(),
+        &b.view(),
+        &g.view(),
+        [parents[0].is_some(), parents[1].is_some()],
+    );
+    let gbias = bias_axis
+        .filter(|_| parents.get(2).is_some_and(Option::is_some))
+        .map(|axis| bias_gradient(&g.view(), axis));
+    for (parent, grad) in parents.iter().zip([ga, gb, gbias]) {
+        if let (Some(parent), Some(grad)) = (parent, grad) {
+            grads.register::<Cpu>(parent.id, into_tensor(grad));
+        }
+    }
+}
 #[derive(Debug)]
 struct MatmulBackward;
 
 impl Backward<Cpu, 2> for MatmulBackward {
-    type State = (ArcArray<f32, IxDyn>, ArcArray<f32, IxDyn>);
+    type State = (Operand, Operand);
 
     fn backward(
         self,
@@ -245,38 +363,109 @@ impl Backward<Cpu, 2> for MatmulBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let (a, b) = ops.state;
-        let g = into_array(grads.consume::<Cpu>(&ops.node));
-        let [pa, pb] = &ops.parents;
-        let [ga, gb] = matmul_backward(
-            &a.view(),
-            &b.view(),
-            &g.view(),
-            [pa.is_some(), pb.is_some()],
-        );
-        for (parent, grad) in [(pa, ga), (pb, gb)] {
-            if let (Some(parent), Some(grad)) = (parent, grad) {
-                grads.register::<Cpu>(parent.id, into_tensor(grad));
-            }
-        }
+        let (a, b) = &ops.state;
+        register(grads, &ops, (a, b), None);
+    }
+}
+
+#[derive(Debug)]
+struct AffineBackward;
+
+impl Backward<Cpu, 3> for AffineBackward {
+    type State = (Operand, Operand, BiasAxis);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let (a, b, axis) = &ops.state;
+        register(grads, &ops, (a, b), Some(*axis));
     }
 }
 
 fn forward_autodiff(
     a: FloatTensor<CpuAutodiff>,
     b: FloatTensor<CpuAutodiff>,
+    bias: Option<(FloatTensor<CpuAutodiff>, BiasAxis)>,
 ) -> FloatTensor<CpuAutodiff> {
-    match MatmulBackward
-        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (pa, pb) = (into_array(a.primitive), into_array(b.primitive));
-            let out = matmul(&pa.view(), &pb.view()).expect("checked by `takes`");
-            prep.finish((pa, pb), into_tensor(out))
+    let (pa, pb) = (into_array(a.primitive), into_array(b.primitive));
+    match bias {
+        None => {
+            let out = forward_arrays(&pa, &pb, None);
+            match MatmulBackward
+                .prepare::<NoCheckpointing>([a.node, b.node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((pa, pb), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward_primitive(a.primitive, b.primitive)),
+        Some((bias, axis)) => {
+            let values = into_array(bias.primitive);
+            let out = forward_arrays(&pa, &pb, Some((&values, axis)));
+            match AffineBackward
+                .prepare::<NoCheckpointing>([a.node, b.node, bias.node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((pa, pb, axis), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+    }
+}
+
+/// Operands of [`try_product`] on backend `B`.
+type Operands<B, const DA: usize, const DB: usize> =
+    (Tensor<B, DA>, Tensor<B, DB>, Option<Tensor<B, 1>>);
+
+/// `a @ b (+ bias)` through the host op when `B` is one of the CPU backends it serves and
+/// the operands are f32 and fit; the operands back otherwise.
+fn try_product<B: Backend, const DA: usize, const DB: usize, const DO: usize>(
+    operands: Operands<B, DA, DB>,
+    axis: BiasAxis,
+) -> Result<Tensor<B, DO>, Operands<B, DA, DB>> {
+    let operands = match same_type::<_, Operands<CpuAutodiff, DA, DB>>(operands) {
+        Ok((a, b, bias)) => {
+            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+            let bias = bias.map(|bias| bias.into_primitive().tensor());
+            let bias_primitive = bias.as_ref().map(|bias| (&bias.primitive, axis));
+            if takes(&a.primitive, &b.primitive, bias_primitive) {
+                let out = forward_autodiff(a, b, bias.map(|bias| (bias, axis)));
+                let out = Tensor::<CpuAutodiff, DO>::from_primitive(TensorPrimitive::Float(out));
+                return Ok(same_type(out).unwrap_or_else(|_| unreachable!()));
+            }
+            let back: Operands<CpuAutodiff, DA, DB> = (
+                Tensor::from_primitive(TensorPrimitive::Float(a)),
+                Tensor::from_primitive(TensorPrimitive::Float(b)),
+                bias.map(|bias| Tensor::from_primitive(TensorPrimitive::Float(bias))),
+            );
+            return Err(same_type(back).unwrap_or_else(|_| unreachable!()));
+        }
+        Err(operands) => operands,
+    };
+    match same_type::<_, Operands<Cpu, DA, DB>>(operands) {
+        Ok((a, b, bias)) => {
+            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+            let bias = bias.map(|bias| bias.into_primitive().tensor());
+            if takes(&a, &b, bias.as_ref().map(|bias| (bias, axis))) {
+                let (pa, pb) = (into_array(a), into_array(b));
+                let values = bias.map(into_array);
+                let out = forward_arrays(&pa, &pb, values.as_ref().map(|v| (v, axis)));
+                let out = Tensor::<Cpu, DO>::from_primitive(TensorPrimitive::Float(out));
+                return Ok(same_type(out).unwrap_or_else(|_| unreachable!()));
+            }
+            let back: Operands<Cpu, DA, DB> = (
+                Tensor::from_primitive(TensorPrimitive::Float(a)),
+                Tensor::from_primitive(TensorPrimitive::Float(b)),
+                bias.map(|bias| Tensor::from_primitive(TensorPrimitive::Float(bias))),
+            );
+            Err(same_type(back).unwrap_or_else(|_| unreachable!()))
+        }
+        Err(operands) => Err(operands),
     }
 }
 
@@ -287,38 +476,24 @@ pub fn try_matmul<B: Backend, const DA: usize, const DB: usize, const DO: usize>
     a: Tensor<B, DA>,
     b: Tensor<B, DB>,
 ) -> Result<Tensor<B, DO>, (Tensor<B, DA>, Tensor<B, DB>)> {
-    let inputs = match same_type::<_, (Tensor<CpuAutodiff, DA>, Tensor<CpuAutodiff, DB>)>((a, b)) {
-        Ok((a, b)) => {
-            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-            if takes(&a.primitive, &b.primitive) {
-                let out: Tensor<CpuAutodiff, DO> =
-                    Tensor::from_primitive(TensorPrimitive::Float(forward_autodiff(a, b)));
-                return Ok(same_type(out).unwrap_or_else(|_| unreachable!()));
-            }
-            let back = (
-                Tensor::<CpuAutodiff, DA>::from_primitive(TensorPrimitive::Float(a)),
-                Tensor::<CpuAutodiff, DB>::from_primitive(TensorPrimitive::Float(b)),
-            );
-            return Err(same_type(back).unwrap_or_else(|_| unreachable!()));
-        }
-        Err(inputs) => inputs,
-    };
-    match same_type::<_, (Tensor<Cpu, DA>, Tensor<Cpu, DB>)>(inputs) {
-        Ok((a, b)) => {
-            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-            if takes(&a, &b) {
-                let out: Tensor<Cpu, DO> =
-                    Tensor::from_primitive(TensorPrimitive::Float(forward_primitive(a, b)));
-                return Ok(same_type(out).unwrap_or_else(|_| unreachable!()));
-            }
-            let back = (
-                Tensor::<Cpu, DA>::from_primitive(TensorPrimitive::Float(a)),
-                Tensor::<Cpu, DB>::from_primitive(TensorPrimitive::Float(b)),
-            );
-            Err(same_type(back).unwrap_or_else(|_| unreachable!()))
-        }
-        Err(inputs) => Err(inputs),
-    }
+    try_product((a, b, None), BiasAxis::Columns).map_err(|(a, b, _)| (a, b))
+}
+
+/// [`try_matmul`] plus `bias` along `axis` of every output matrix, in the same pass.
+#[allow(clippy::type_complexity)]
+pub fn try_matmul_bias<B: Backend, const DA: usize, const DB: usize, const DO: usize>(
+    a: Tensor<B, DA>,
+    b: Tensor<B, DB>,
+    bias: Tensor<B, 1>,
+    axis: BiasAxis,
+) -> Result<Tensor<B, DO>, (Tensor<B, DA>, Tensor<B, DB>, Tensor<B, 1>)> {
+    try_product((a, b, Some(bias)), axis).map_err(|(a, b, bias)| {
+        (
+            a,
+            b,
+            bias.unwrap_or_else(|| unreachable!("handed back as given")),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,29 @@ pub fn matmul_shared_right<B: Backend, const D: usize>(
     x.matmul(w.unsqueeze())
 }
 
+/// [`matmul_shared_right`] plus `bias` (`[n]`) on every output row; on the CPU backends the
+/// bias is the GEMM's starting value instead of a pass of its own.
+pub fn matmul_shared_right_bias<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let Some(bias) = bias else {
+        return matmul_shared_right(x, w);
+    };
+    #[cfg(feature = "cpu")]
+    let (x, w, bias) = match super::host_matmul::try_matmul_bias::<B, D, 2, D>(
+        x,
+        w,
+        bias,
+        super::host_matmul::BiasAxis::Columns,
+    ) {
+        Ok(out) => return out,
+        Err(operands) => operands,
+    };
+    x.matmul(w.unsqueeze()) + bias.unsqueeze()
+}
+
 /// `w @ x` for a matrix `w` (`[m, k]`) applied to every leading index of `x` (`[.., k, n]`).
 pub fn matmul_shared_left<B: Backend, const D: usize>(
     w: Tensor<B, 2>,
@@ -42,16 +65,39 @@ pub fn matmul_shared_left<B: Backend, const D: usize>(
     w.unsqueeze().matmul(x)
 }
 
+/// [`matmul_shared_left`] plus `bias` (`[m]`) on every output column (a convolution's
+/// per-channel bias); fused into the GEMM on the CPU backends.
+pub fn matmul_shared_left_bias<B: Backend, const D: usize>(
+    w: Tensor<B, 2>,
+    x: Tensor<B, D>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let Some(bias) = bias else {
+        return matmul_shared_left(w, x);
+    };
+    #[cfg(feature = "cpu")]
+    let (w, x, bias) = match super::host_matmul::try_matmul_bias::<B, 2, D, D>(
+        w,
+        x,
+        bias,
+        super::host_matmul::BiasAxis::Rows,
+    ) {
+        Ok(out) => return out,
+        Err(operands) => operands,
+    };
+    let rows = bias.dims()[0];
+    let mut dims = [1; D];
+    dims[D - 2] = rows;
+    w.unsqueeze().matmul(x) + bias.reshape(dims)
+}
+
 /// `layer(x)` (burn's `Linear`: `x @ weight + bias` over the last dim of `x`).
 pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     if !on_host::<B>() || D < 2 {
         return layer.forward(x);
     }
-    let out = matmul_shared_right(x, layer.weight.val());
-    match &layer.bias {
-        Some(bias) => out + bias.val().unsqueeze(),
-        None => out,
-    }
+    let bias = layer.bias.as_ref().map(|bias| bias.val());
+    matmul_shared_right_bias(x, layer.weight.val(), bias)
 }
 
 /// `layer(tokens)` with the output's two last dims swapped: `[batch, seq, d_in]` in,
@@ -61,11 +107,8 @@ pub fn linear_channels_first<B: Backend>(layer: &Linear<B>, tokens: Tensor<B, 3>
     if !on_host::<B>() {
         return layer.forward(tokens).swap_dims(1, 2);
     }
-    let out = matmul_shared_left(layer.weight.val().transpose(), tokens.swap_dims(1, 2));
-    match &layer.bias {
-        Some(bias) => out + bias.val().unsqueeze_dims(&[0, 2]),
-        None => out,
-    }
+    let bias = layer.bias.as_ref().map(|bias| bias.val());
+    matmul_shared_left_bias(layer.weight.val().transpose(), tokens.swap_dims(1, 2), bias)
 }
 
 /// Whether `B` is one of the CPU backends the host ops serve.
@@ -165,6 +208,30 @@ mod tests {
             &leaves,
             |(x, _, _, v)| matmul_shared_left(v, x),
             |(x, _, _, v)| v.unsqueeze().matmul(x),
+        );
+        // The bias rides on the leaves' own values (a slice of `w` / `v`) so its gradient is
+        // checked through theirs.
+        agree(
+            &leaves,
+            |(x, _, w, _)| {
+                let bias = w.clone().slice([0..1, 0..6]).reshape([6]);
+                matmul_shared_right_bias(x, w, Some(bias))
+            },
+            |(x, _, w, _)| {
+                let bias = w.clone().slice([0..1, 0..6]).reshape([1, 1, 6]);
+                x.matmul(w.unsqueeze()) + bias
+            },
+        );
+        agree(
+            &leaves,
+            |(x, _, _, v)| {
+                let bias = v.clone().slice([0..2, 0..1]).reshape([2]);
+                matmul_shared_left_bias(v, x, Some(bias))
+            },
+            |(x, _, _, v)| {
+                let bias = v.clone().slice([0..2, 0..1]).reshape([1, 2, 1]);
+                v.unsqueeze().matmul(x) + bias
+            },
         );
     }
 
