@@ -9,7 +9,11 @@
 use std::any::Any;
 use std::ops::Deref;
 
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_ndarray::NdArrayTensor;
 use ndarray::{ArcArray, IxDyn};
@@ -73,4 +77,42 @@ pub fn from_host<const D: usize>(
     device: &burn::tensor::Device<Cpu>,
 ) -> Tensor<Cpu, D> {
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// `x` through a one-input host op: on the autodiff CPU backend `run` computes the output and
+/// the state that `op` keeps for its backward; on the plain CPU backend `run` alone; any other
+/// backend gets `x` back.
+pub fn try_unary<B, Op, const D: usize>(
+    x: Tensor<B, D>,
+    op: Op,
+    run: impl Fn(Tensor<Cpu, D>) -> (Tensor<Cpu, D>, Op::State),
+) -> Result<Tensor<B, D>, Tensor<B, D>>
+where
+    B: Backend,
+    Op: Backward<Cpu, 1>,
+{
+    let x = match same_type::<_, Tensor<CpuAutodiff, D>>(x) {
+        Ok(x) => {
+            let x: FloatTensor<CpuAutodiff> = x.into_primitive().tensor();
+            let inner = || Tensor::from_primitive(TensorPrimitive::Float(x.primitive.clone()));
+            let out = match op
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (out, state) = run(inner());
+                    prep.finish(state, out.into_primitive().tensor())
+                }
+                OpsKind::UnTracked(prep) => prep.finish(run(inner()).0.into_primitive().tensor()),
+            };
+            let out = Tensor::<CpuAutodiff, D>::from_primitive(TensorPrimitive::Float(out));
+            return Ok(same_type(out).unwrap_or_else(|_| unreachable!()));
+        }
+        Err(x) => x,
+    };
+    match same_type::<_, Tensor<Cpu, D>>(x) {
+        Ok(x) => Ok(same_type(run(x).0).unwrap_or_else(|_| unreachable!())),
+        Err(x) => Err(x),
+    }
 }

@@ -10,15 +10,13 @@
 use std::f32::consts::{FRAC_1_SQRT_2, PI};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::host_dispatch::{Cpu, CpuAutodiff, HostValues, from_host, same_type, to_host};
+use super::host_dispatch::{Cpu, HostValues, from_host, to_host, try_unary};
 
 /// Rows per rayon task: enough work to amortise the task, small enough to balance 2-64 cores.
 const ROWS_PER_TASK: usize = 32;
@@ -114,41 +112,13 @@ fn forward_tensor(projected: Tensor<Cpu, 3>) -> (Tensor<Cpu, 3>, Saved) {
     (out, Saved { projected, dims })
 }
 
-fn forward_autodiff(projected: Tensor<CpuAutodiff, 3>) -> Tensor<CpuAutodiff, 3> {
-    let projected: FloatTensor<CpuAutodiff> = projected.into_primitive().tensor();
-    let run = || {
-        forward_tensor(Tensor::from_primitive(TensorPrimitive::Float(
-            projected.primitive.clone(),
-        )))
-    };
-    let out = match GegluBackward
-        .prepare::<NoCheckpointing>([projected.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (out, saved) = run();
-            prep.finish(saved, out.into_primitive().tensor())
-        }
-        OpsKind::UnTracked(prep) => prep.finish(run().0.into_primitive().tensor()),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
-}
-
 /// `hidden * gelu(gate)` of `projected` (`[batch, seq, 2 * width]`) through the host op when
 /// `B` is one of the CPU backends it serves; `projected` back otherwise.
 pub fn try_geglu<B: Backend>(projected: Tensor<B, 3>) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
     if projected.dims()[2] % 2 != 0 {
         return Err(projected);
     }
-    let projected = match same_type::<_, Tensor<CpuAutodiff, 3>>(projected) {
-        Ok(p) => return Ok(same_type(forward_autodiff(p)).unwrap_or_else(|_| unreachable!())),
-        Err(p) => p,
-    };
-    match same_type::<_, Tensor<Cpu, 3>>(projected) {
-        Ok(p) => Ok(same_type(forward_tensor(p).0).unwrap_or_else(|_| unreachable!())),
-        Err(p) => Err(p),
-    }
+    try_unary(projected, GegluBackward, forward_tensor)
 }
 
 #[cfg(test)]

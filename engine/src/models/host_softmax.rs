@@ -7,15 +7,13 @@
 //! Reached through [`try_softmax`] (`host_dispatch.rs`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::host_dispatch::{Cpu, CpuAutodiff, HostValues, from_host, same_type, to_host};
+use super::host_dispatch::{Cpu, HostValues, from_host, to_host, try_unary};
 
 /// Elements per rayon task (whole rows): amortises the task on short rows.
 const ELEMENTS_PER_TASK: usize = 8192;
@@ -108,43 +106,16 @@ fn forward_tensor(x: Tensor<Cpu, 4>) -> (Tensor<Cpu, 4>, Saved) {
     (y, saved)
 }
 
-fn forward_autodiff(x: Tensor<CpuAutodiff, 4>) -> Tensor<CpuAutodiff, 4> {
-    let x: FloatTensor<CpuAutodiff> = x.into_primitive().tensor();
-    let run = || {
-        forward_tensor(Tensor::from_primitive(TensorPrimitive::Float(
-            x.primitive.clone(),
-        )))
-    };
-    let out = match SoftmaxBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (out, saved) = run();
-            prep.finish(saved, out.into_primitive().tensor())
-        }
-        OpsKind::UnTracked(prep) => prep.finish(run().0.into_primitive().tensor()),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
-}
-
 /// Softmax over the last dim of `x` (`[batch, heads, seq_q, seq_k]`) through the host op when
 /// `B` is one of the CPU backends it serves; `x` back otherwise.
 pub fn try_softmax<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    let x = match same_type::<_, Tensor<CpuAutodiff, 4>>(x) {
-        Ok(x) => return Ok(same_type(forward_autodiff(x)).unwrap_or_else(|_| unreachable!())),
-        Err(x) => x,
-    };
-    match same_type::<_, Tensor<Cpu, 4>>(x) {
-        Ok(x) => Ok(same_type(forward_tensor(x).0).unwrap_or_else(|_| unreachable!())),
-        Err(x) => Err(x),
-    }
+    try_unary(x, SoftmaxBackward, forward_tensor)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::host_dispatch::CpuAutodiff;
     use burn::tensor::Distribution;
     use burn::tensor::activation::softmax;
 
