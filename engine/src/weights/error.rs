@@ -36,8 +36,8 @@ pub enum LoadError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The safetensors header or layout is invalid (corrupt or truncated file).
-    #[error("corrupt or truncated safetensors file {}: {reason}", path.display())]
+    /// The file's header or layout is invalid (corrupt or truncated file).
+    #[error("corrupt or truncated weights file {}: {reason}", path.display())]
     CorruptFile {
         /// The file at fault.
         path: PathBuf,
@@ -71,9 +71,18 @@ pub enum LoadError {
     },
     /// The module has parameters that no file provides.
     #[error(
-        "{count} tensor(s) missing from {files}: {}{}",
+        "{count} tensor(s) missing from {files}: {}{}{}",
         first.join(", "),
-        if *count > first.len() { ", ..." } else { "" }
+        if *count > first.len() { ", ..." } else { "" },
+        if unexpected.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the file holds tensors this model has no place for, such as {} \
+                 (is it a checkpoint of another model?)",
+                unexpected.join(", ")
+            )
+        }
     )]
     MissingKeys {
         /// The files that were searched, joined for display.
@@ -82,6 +91,9 @@ pub enum LoadError {
         count: usize,
         /// The first few missing keys (checkpoint naming).
         first: Vec<String>,
+        /// The first few file keys (after remapping) the model has no place for: what the
+        /// file looks like when it is not this model's.
+        unexpected: Vec<String>,
     },
     /// The files hold tensors the module has no place for (only with [`KeyPolicy::Error`]).
     ///

@@ -1,4 +1,5 @@
-//! Loading `*.safetensors` files (diffusers/transformers layout) into burn modules.
+//! Loading `*.safetensors` files (diffusers/transformers layout) and torch pickles (`.pt`,
+//! `.pth`, `.ckpt`, `.bin`: original research checkpoints) into burn modules.
 //!
 //! burn-store does the heavy lifting: [`SafetensorsStore`] memory-maps each file and reads
 //! tensors lazily, [`PyTorchToBurnAdapter`] converts the PyTorch layout (linear weights
@@ -19,8 +20,8 @@ use burn::module::{Module, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_store::{
-    ApplyError, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, SafetensorsStore,
-    TensorSnapshot,
+    ApplyError, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore, TensorSnapshot,
 };
 use regex::Regex;
 
@@ -145,9 +146,9 @@ impl LoadReport {
     }
 }
 
-/// Load `*.safetensors` files into `module` with the default [`LoadOptions`] (missing keys are
-/// an error, unexpected keys a warning). PyTorch layout is converted, any float storage type
-/// is cast to the float type of `device`.
+/// Load `*.safetensors` files (or torch pickles, see [`is_torch_pickle`]) into `module` with the
+/// default [`LoadOptions`] (missing keys are an error, unexpected keys a warning). PyTorch
+/// layout is converted, any float storage type is cast to the float type of `device`.
 ///
 /// The module is usually built from its `config.json` first; its lazily initialised
 /// parameters are then filled without ever allocating random weights.
@@ -238,9 +239,6 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
     let adapter = PyTorchToBurnAdapter.chain(CastAdapter { target });
     let result = module.apply(snapshots, None, Some(Box::new(adapter)), false);
 
-    if let Some(error) = result.errors.first() {
-        return Err(apply_error(error, &origin));
-    }
     report.applied = result.applied.len();
     report.missing = result
         .missing
@@ -263,13 +261,19 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Missing keys first: a checkpoint of another model also mismatches shapes, and the keys
+    // say more about what went wrong than the first odd shape does.
     check_keys(options.missing, &report.missing, "missing", || {
         LoadError::MissingKeys {
             files: file_list(),
             count: report.missing.len(),
             first: first_keys(&report.missing),
+            unexpected: first_keys(&report.unexpected),
         }
     })?;
+    if let Some(error) = result.errors.first() {
+        return Err(apply_error(error, &origin));
+    }
     check_keys(options.unexpected, &report.unexpected, "unexpected", || {
         LoadError::UnexpectedKeys {
             files: file_list(),
@@ -280,7 +284,8 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
     Ok((module, report))
 }
 
-/// Every tensor's shape in one safetensors file, read from its header (no data is read).
+/// Every tensor's shape in one weights file (safetensors: from its header; torch pickle: from
+/// its pickle), without reading tensor data.
 pub fn tensor_shapes(file: &Path) -> Result<BTreeMap<String, Vec<usize>>, LoadError> {
     Ok(read_snapshots(file)?
         .into_iter()
@@ -295,7 +300,7 @@ fn read_snapshots(file: &Path) -> Result<Vec<(String, TensorSnapshot)>, LoadErro
         Ok(_) => {
             return Err(LoadError::MissingFile {
                 path: file.to_path_buf(),
-                hint: Some("it is a folder, not a .safetensors file".into()),
+                hint: Some("it is a folder, not a weights file".into()),
             });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -311,14 +316,50 @@ fn read_snapshots(file: &Path) -> Result<Vec<(String, TensorSnapshot)>, LoadErro
             });
         }
     }
+    let corrupt = |reason: String| LoadError::CorruptFile {
+        path: file.to_path_buf(),
+        reason,
+    };
+    if is_torch_pickle(file) {
+        // Original research checkpoints (MVDream's `.pt`, ImageReward's `.pt`) are torch
+        // pickles; burn-store reads their tensors lazily without Python.
+        // Keys as written: burn-store would otherwise renumber `nn.Sequential` indices
+        // (`time_embed.2` -> `time_embed.1`) for burn's own layouts.
+        let mut store = PytorchStore::from_file(file).map_indices_contiguous(false);
+        let all = store.get_all_snapshots().map_err(|e| {
+            // torch.save's default format is a zip archive, whose index sits at the end: a cut
+            // download fails to open as zip and then as a legacy pickle, which says little.
+            let zip = std::fs::File::open(file).ok().and_then(|mut f| {
+                let mut magic = [0u8; 4];
+                std::io::Read::read_exact(&mut f, &mut magic).ok()?;
+                Some(magic == *b"PK\x03\x04")
+            });
+            if zip == Some(true) {
+                corrupt(format!(
+                    "a zip-format torch checkpoint whose archive cannot be read: truncated or \
+                     damaged (an interrupted download?); the reader said: {e}"
+                ))
+            } else {
+                corrupt(format!("not a readable torch checkpoint: {e}"))
+            }
+        })?;
+        return Ok(all.iter().map(|(k, s)| (k.clone(), s.clone())).collect());
+    }
     let mut store = SafetensorsStore::from_file(file);
     let all = store
         .get_all_snapshots()
-        .map_err(|e| LoadError::CorruptFile {
-            path: file.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| corrupt(e.to_string()))?;
     Ok(all.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+}
+
+/// Whether `file` is a torch pickle (`torch.save`) by its extension; anything else is read as
+/// safetensors.
+pub fn is_torch_pickle(file: &Path) -> bool {
+    file.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["pt", "pth", "ckpt", "bin"]
+            .iter()
+            .any(|known| e.eq_ignore_ascii_case(known))
+    })
 }
 
 /// The same lazy tensor under another key.

@@ -16,8 +16,8 @@ pub mod save;
 
 pub use error::LoadError;
 pub use load::{
-    KeyPolicy, KeyRemap, LoadOptions, LoadReport, load_safetensors, load_safetensors_with,
-    tensor_shapes,
+    KeyPolicy, KeyRemap, LoadOptions, LoadReport, is_torch_pickle, load_safetensors,
+    load_safetensors_with, tensor_shapes,
 };
 pub use resolve::{
     Fetch, PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset,

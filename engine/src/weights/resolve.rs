@@ -307,14 +307,16 @@ fn resolve_repo(
     }
 }
 
-/// The `*.safetensors` files that hold one model's weights, in load order:
+/// The weight files that hold one model's weights, in load order:
 /// - the shards listed by a `*.safetensors.index.json`, if there is one;
 /// - else `model.safetensors` or `diffusion_pytorch_model.safetensors`;
 /// - else their `.fp16` variants;
-/// - else every `*.safetensors` in the folder (treated as shards: a key in two is an error).
+/// - else every `*.safetensors` in the folder (treated as shards: a key in two is an error);
+/// - else the one torch pickle (`.bin`, `.pt`, `.pth`, `.ckpt`): burn-store parses pickles
+///   without running any code, so research checkpoints load as they are published.
 ///
-/// A folder with only `.bin`/`.pth`/`.ckpt` weights gets [`LoadError::NoWeights`] with a
-/// conversion hint: pickled weights are not read (they can run code).
+/// Several pickles and no safetensors is [`LoadError::NoWeights`] naming them (which one is
+/// meant cannot be guessed).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::MissingFolder {
@@ -356,20 +358,28 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     if !all.is_empty() {
         return Ok(all);
     }
-    let pickled = names
+    let pickled: Vec<&String> = names
         .iter()
-        .find(|n| n.ends_with(".bin") || n.ends_with(".pth") || n.ends_with(".ckpt"));
-    Err(LoadError::NoWeights {
-        path: dir.to_path_buf(),
-        hint: pickled.map(|name| {
-            format!(
-                "found pickled `{name}`; convert it once with: python -c \"import torch, safetensors.torch as st; \
-                 st.save_file({{k: v.contiguous() for k, v in torch.load('{name}', map_location='cpu').items()}}, \
-                 '{}.safetensors')\"",
-                name.rsplit_once('.').map_or(name.as_str(), |(stem, _)| stem)
-            )
+        .filter(|n| super::is_torch_pickle(Path::new(n.as_str())))
+        .collect();
+    match pickled.as_slice() {
+        [one] => Ok(vec![dir.join(one.as_str())]),
+        [] => Err(LoadError::NoWeights {
+            path: dir.to_path_buf(),
+            hint: None,
         }),
-    })
+        several => Err(LoadError::NoWeights {
+            path: dir.to_path_buf(),
+            hint: Some(format!(
+                "it holds several torch checkpoints ({}) and no safetensors: keep the one to load",
+                several
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }),
+    }
 }
 
 /// The shard files named in a `*.safetensors.index.json` (`weight_map`: key -> file).
