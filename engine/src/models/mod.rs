@@ -2,6 +2,8 @@
 //! module, with field names equal to the checkpoint keys.
 
 pub mod attention;
+pub mod bert_tokenizer;
+pub mod blip_vit;
 pub mod clip;
 pub mod clip_text;
 pub mod clip_vision;
@@ -22,7 +24,9 @@ pub mod host_reshape;
 pub mod host_softmax;
 #[cfg(feature = "cpu")]
 pub mod im2col_host;
+pub mod image_reward;
 pub mod matmul;
+pub mod med_bert;
 pub mod reshape;
 pub mod resize;
 pub mod resnet;
