@@ -99,8 +99,33 @@ where
     B: Backend,
     F: Fn(Tensor<B, D>, Tensor<B, C>, Option<Tensor<B, 2>>) -> Tensor<B, O> + Sync,
 {
+    map_batch_grouped(x, context, labels, 1, f)
+}
+
+/// [`map_batch_labelled`] for forwards whose samples depend on each other in groups of
+/// `group` consecutive ones (MVDream's views of one object): chunks never cut a group.
+///
+/// # Panics
+/// If the batch is not whole groups (callers check the view count where it is user input).
+pub fn map_batch_grouped<B, const D: usize, const C: usize, const O: usize, F>(
+    x: Tensor<B, D>,
+    context: Tensor<B, C>,
+    labels: Option<Tensor<B, 2>>,
+    group: usize,
+    f: F,
+) -> Tensor<B, O>
+where
+    B: Backend,
+    F: Fn(Tensor<B, D>, Tensor<B, C>, Option<Tensor<B, 2>>) -> Tensor<B, O> + Sync,
+{
     let batch = x.dims()[0];
-    let mut parts = map_chunks(batch, chunks_for::<B>(), |r| {
+    let group = group.max(1);
+    assert!(
+        batch % group == 0,
+        "a batch of {batch} is not whole groups of {group}"
+    );
+    let mut parts = map_chunks(batch / group, chunks_for::<B>(), |r| {
+        let r = r.start * group..r.end * group;
         if r.len() == batch {
             return f(x.clone(), context.clone(), labels.clone());
         }

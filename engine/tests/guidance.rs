@@ -14,8 +14,8 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use rewardsds_engine::guidance::scoring::{Scorer, ddim_scoring_grid};
 use rewardsds_engine::guidance::{
     BoxedReward, CAMERA_LABELS, DDIM_SCORING_STEPS, DiffusionPrior, Guidance, GuidanceConfig,
-    GuidanceError, IsmConfig, PriorParts, RewardFeedbackConfig, RewardSdsConfig, ScoringMode,
-    ViewAngles, ViewDirection, WeightStrategy,
+    GuidanceError, IsmConfig, PriorParts, ReconLossConfig, RewardFeedbackConfig, RewardSdsConfig,
+    ScoringMode, ViewAngles, ViewDirection, WeightStrategy,
 };
 use rewardsds_engine::models::reward::{RewardError, RewardModel};
 use rewardsds_engine::models::unet_2d::{DownBlockType, PerBlock, UpBlockType};
@@ -398,6 +398,72 @@ fn weighted_sds_by_hand(
         .into_iter()
         .map(|g| g * 2.0 / batch as f32)
         .collect()
+}
+
+#[test]
+fn recon_loss_gradient_is_z_minus_the_rescaled_x0() {
+    let device = Default::default();
+    let (batch, seed, step) = (2, 5, 3);
+    let x = images(batch, 8, &device);
+    let config = GuidanceConfig {
+        guidance_scale: 50.0,
+        recon_loss: Some(ReconLossConfig { std_rescale: 0.5 }),
+        ..Default::default()
+    };
+    let guidance =
+        Guidance::<A>::new(config, pixel_prior(&device), "a red cube", None, 100).unwrap();
+    let (_, grad, stats) = loss_and_grad(&guidance, &x, step, seed);
+    assert_eq!(stats.time_weight, 1.0);
+
+    // By hand: x0 of the CFG and text-only predictions, each image its own group (one view
+    // per sample), the CFG x0's std pulled halfway to the text x0's.
+    let p = guidance.prior();
+    let [_, c, h, w] = x.dims();
+    let draw = guidance.draw(step, seed, [batch, c, h, w], 1);
+    let (t, scale) = (draw.t, guidance.guidance_scale_at(step));
+    let a = p.alpha_prod(t).unwrap();
+    let z = x.clone().inner() * 2.0 - 1.0;
+    let eps = Tensor::<I, 4>::from_data(TensorData::new(draw.noise, [batch, c, h, w]), &device);
+    let x_t = z.clone() * a.sqrt() + eps * (1.0 - a).sqrt();
+    let cond = guidance.prompts().cond(&views(), true);
+    let uncond = guidance.prompts().uncond();
+    let eps_cfg = p
+        .predict_noise_cfg(x_t.clone(), t, cond.clone(), uncond.clone(), None, scale)
+        .unwrap();
+    let eps_text = p
+        .predict_noise_cfg(x_t.clone(), t, cond, uncond, None, 1.0)
+        .unwrap();
+    let x0 = |e: Tensor<I, 4>| to_vec((x_t.clone() - e * (1.0 - a).sqrt()) / a.sqrt());
+    let (x0_cfg, x0_text, z) = (x0(eps_cfg), x0(eps_text), to_vec(z));
+    let std = |v: &[f32]| {
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / (v.len() - 1) as f32).sqrt()
+    };
+    let per = c * h * w;
+    let mut expected = Vec::new();
+    for b in 0..batch {
+        let r = b * per..(b + 1) * per;
+        let factor = (std(&x0_text[r.clone()]) + 1e-8) / (std(&x0_cfg[r.clone()]) + 1e-8);
+        for i in r {
+            let target = 0.5 * x0_cfg[i] * factor + 0.5 * x0_cfg[i];
+            expected.push((z[i] - target) * 2.0 / batch as f32);
+        }
+    }
+    let err = max_abs(&grad, &expected);
+    let scale_of = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        err < 1e-4 * scale_of.max(1.0),
+        "max abs error {err} (max |g| {scale_of})"
+    );
+
+    // With ISM it is refused, naming both.
+    let bad = GuidanceConfig {
+        recon_loss: Some(ReconLossConfig::default()),
+        ism: Some(IsmConfig::default()),
+        ..Default::default()
+    };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("recon_loss") && e.contains("ism"), "{e}");
 }
 
 #[test]

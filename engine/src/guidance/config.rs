@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 use super::ism::IsmConfig;
 use super::prompts::ViewThresholds;
+use super::recon::ReconLossConfig;
 use super::reward_feedback::RewardFeedbackConfig;
 use super::scoring::ScoringMode;
 use super::weighting::WeightStrategy;
@@ -189,6 +190,10 @@ pub struct GuidanceConfig {
     /// SDS's random noise. With RewardSDS the `N` samples differ only in the inversion's
     /// starting noise.
     pub ism: Option<IsmConfig>,
+    /// MVDream's x0-reconstruction loss ([`super::recon`]): the gradient `z - x0_hat` (CFG
+    /// std-rescaled per view group) instead of `w(t) (eps_cfg - eps)`; `None` (the default)
+    /// is SDS's. The official MVDream and RewardSDS 3D configs set it with `std_rescale` 0.5.
+    pub recon_loss: Option<ReconLossConfig>,
 }
 
 impl Default for GuidanceConfig {
@@ -209,6 +214,7 @@ impl Default for GuidanceConfig {
             reward: None,
             reward_feedback: None,
             ism: None,
+            recon_loss: None,
         }
     }
 }
@@ -292,6 +298,22 @@ impl GuidanceConfig {
         }
         if let Some(ism) = &self.ism {
             ism.validate().map_err(|e| e.within("ism"))?;
+        }
+        if let Some(recon) = &self.recon_loss {
+            recon.validate().map_err(|e| e.within("recon_loss"))?;
+            if self.ism.is_some() {
+                return Err(ConfigError::new(
+                    "recon_loss",
+                    "and ism both replace SDS's target: choose one",
+                ));
+            }
+            if self.generative_weight != 1.0 || self.csd_fraction > 0.0 {
+                return Err(ConfigError::new(
+                    "recon_loss",
+                    "reconstructs x0 from the full CFG prediction: it needs generative_weight \
+                     1 and csd_fraction 0",
+                ));
+            }
         }
         Ok(())
     }

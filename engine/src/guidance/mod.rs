@@ -14,6 +14,7 @@
 //!   official 15-point grid, `one_step`).
 //! - [`config`]: [`GuidanceConfig`] and [`RewardSdsConfig`], validated field by field.
 //! - [`sds`]: [`Guidance`], the per-step SDS / RewardSDS loss.
+//! - [`recon`]: MVDream's x0-reconstruction loss with CFG std rescale ([`ReconLossConfig`]).
 //! - [`reward_feedback`]: the reward's own gradient as an extra loss term (DreamReward,
 //!   Dream Fields), off by default.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod ism;
 pub mod prior;
 pub mod prompts;
+pub mod recon;
 pub mod reward_feedback;
 pub mod scoring;
 pub mod sds;
@@ -34,10 +36,11 @@ pub mod weighting;
 pub use crate::models::resize::resize_bilinear;
 pub use config::{AnnealedFraction, GuidanceConfig, RewardSdsConfig, TimeWeighting};
 pub use ism::{IsmConfig, IsmTarget, ddim_move, interval_target};
-pub use prior::{DiffusionPrior, ImageEncoder, PriorParts};
+pub use prior::{CameraInput, DiffusionPrior, ImageEncoder, PriorParts};
 pub use prompts::{
     CAMERA_LABELS, PromptEmbeddings, ViewAngles, ViewDirection, ViewThresholds, camera_labels,
 };
+pub use recon::ReconLossConfig;
 pub use reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
 pub use scoring::{DDIM_SCORING_STEPS, Scorer, ScoringMode, ddim_scoring_grid};
 pub use sds::{

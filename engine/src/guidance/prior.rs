@@ -19,9 +19,12 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 
 use super::ConfigError;
+use super::prompts::{CAMERA_LABELS, ViewAngles, camera_labels};
 use super::sds::standard_normal;
-use crate::host_batch::map_batch_labelled;
+use crate::host_batch::map_batch_grouped;
 use crate::models::CLIPTextModel;
+use crate::models::camera_utils;
+use crate::models::mv_unet::{MultiViewUNetModelConfig, is_mv_unet_config, load_mv_unet};
 use crate::models::resize::resize_bilinear;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, SchedulerError};
 use crate::models::tokenizer::CLIPTokenizer;
@@ -120,9 +123,43 @@ impl<B: Backend> ImageEncoder<B> {
     }
 }
 
+/// How a camera-conditioned UNet takes its cameras (its `class_labels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraInput {
+    /// [`ViewAngles::camera_labels`]: sin/cos of azimuth and elevation (the Tiny World prior).
+    Angles,
+    /// MVDream's normalised camera-to-world matrix in its training frame
+    /// ([`camera_utils`]).
+    MvDream,
+}
+
+impl CameraInput {
+    /// The input a UNet whose class embedding takes `width` labels expects.
+    fn for_width(width: usize) -> Result<Self, ConfigError> {
+        match width {
+            CAMERA_LABELS => Ok(Self::Angles),
+            camera_utils::CAMERA_DIM => Ok(Self::MvDream),
+            other => Err(ConfigError::new(
+                "unet.projection_class_embeddings_input_dim",
+                format!(
+                    "{other}: cameras are fed as {CAMERA_LABELS} angle features (sin and cos of \
+                     azimuth and elevation) or as MVDream's {}-value camera matrix",
+                    camera_utils::CAMERA_DIM
+                ),
+            )),
+        }
+    }
+}
+
+/// MVDream's camera input for an orbit view: its normalised pose depends on the angles only.
+fn mvdream_view_camera(elevation_deg: f64, azimuth_deg: f64) -> [f32; camera_utils::CAMERA_DIM] {
+    camera_utils::get_camera(1, elevation_deg, azimuth_deg, 360.0, true)[0]
+}
+
 /// A text-conditioned diffusion model with its text encoder, optional VAE and DDIM schedule.
 #[derive(Debug)]
 pub struct DiffusionPrior<B: Backend> {
+    camera_input: Option<CameraInput>,
     tokenizer: CLIPTokenizer,
     text_encoder: CLIPTextModel<B>,
     clip_skip: usize,
@@ -226,12 +263,17 @@ impl<B: Backend> DiffusionPrior<B> {
             }
             None => sample_size,
         };
+        let camera_input = unet
+            .class_labels_width()
+            .map(CameraInput::for_width)
+            .transpose()?;
         text_encoder.visit(&mut Materialize);
         unet.visit(&mut Materialize);
         if let Some(vae) = &vae {
             vae.visit(&mut Materialize);
         }
         Ok(Self {
+            camera_input,
             tokenizer,
             text_encoder,
             clip_skip,
@@ -278,11 +320,26 @@ impl<B: Backend> DiffusionPrior<B> {
         // 2. unet
         let unet_dir = folder("unet")?;
         let unet_config_path = file(unet_dir.join("config.json"))?;
-        let unet_config = UNet2DConditionModelConfig::from_file(&unet_config_path)
+        let is_mv = is_mv_unet_config(&unet_config_path)
             .map_err(|e| bad_config(&unet_config_path, e.to_string()))?;
-        let (unet, _) = unet_config
-            .init::<B>(device)
-            .load_weights(&weight_files(&unet_dir)?, device)?;
+        let (unet, unet_config) = if is_mv {
+            // MVDream (the diffusers-style conversion): LDM key names, cameras, 3D attention.
+            let config = MultiViewUNetModelConfig::from_file(&unet_config_path)
+                .map_err(|e| bad_config(&unet_config_path, e.to_string()))?;
+            let unet_config = config
+                .to_unet_config()
+                .map_err(|e| bad_config(&unet_config_path, e.to_string()))?;
+            let unet = config.init::<B>(device);
+            let (unet, _) = load_mv_unet(&config, unet, &weight_files(&unet_dir)?, device)?;
+            (unet, unet_config)
+        } else {
+            let unet_config = UNet2DConditionModelConfig::from_file(&unet_config_path)
+                .map_err(|e| bad_config(&unet_config_path, e.to_string()))?;
+            let (unet, _) = unet_config
+                .init::<B>(device)
+                .load_weights(&weight_files(&unet_dir)?, device)?;
+            (unet, unet_config)
+        };
 
         // 3. scheduler
         let scheduler_path = file(folder("scheduler")?.join("scheduler_config.json"))?;
@@ -529,11 +586,19 @@ impl<B: Backend> DiffusionPrior<B> {
             let l = broadcast(l, n);
             Tensor::cat(vec![l.clone(), l], 0)
         });
-        // On a CPU backend the samples run as one UNet forward per core (`host_batch`).
-        let out = map_batch_labelled(sample, context, labels, |sample, context, labels| {
-            self.unet
-                .forward_timestep(sample, t as f32, context, labels)
-        });
+        // On a CPU backend the samples run as one UNet forward per core (`host_batch`), a
+        // multi-view prior's views of one object kept together.
+        let frames = self.unet.num_frames();
+        let out = map_batch_grouped(
+            sample,
+            context,
+            labels,
+            frames,
+            |sample, context, labels| {
+                self.unet
+                    .forward_timestep(sample, t as f32, context, labels)
+            },
+        );
         Ok((out.clone().narrow(0, 0, n), out.narrow(0, n, n)))
     }
 
@@ -557,10 +622,17 @@ impl<B: Backend> DiffusionPrior<B> {
         self.scheduler.alpha_prod(t)?;
         let context = broadcast(context, n);
         let labels = class_labels.map(|l| broadcast(l, n));
-        let out = map_batch_labelled(x_t.clone(), context, labels, |sample, context, labels| {
-            self.unet
-                .forward_timestep(sample, t as f32, context, labels)
-        });
+        let frames = self.unet.num_frames();
+        let out = map_batch_grouped(
+            x_t.clone(),
+            context,
+            labels,
+            frames,
+            |sample, context, labels| {
+                self.unet
+                    .forward_timestep(sample, t as f32, context, labels)
+            },
+        );
         self.scheduler.pred_epsilon(out, x_t, &[t])
     }
 
@@ -568,6 +640,41 @@ impl<B: Backend> DiffusionPrior<B> {
     /// if it is ([`crate::guidance::camera_labels`]).
     pub fn class_labels_width(&self) -> Option<usize> {
         self.unet.class_labels_width()
+    }
+
+    /// How the UNet takes its cameras, if it is camera-conditioned.
+    pub fn camera_input(&self) -> Option<CameraInput> {
+        self.camera_input
+    }
+
+    /// The class labels for views at `views` (`[views.len(), width]`), in the form the UNet
+    /// was trained with; `None` for a prior without camera conditioning.
+    pub fn camera_labels(&self, views: &[ViewAngles], device: &B::Device) -> Option<Tensor<B, 2>> {
+        match self.camera_input? {
+            CameraInput::Angles => Some(camera_labels::<B>(views, device)),
+            CameraInput::MvDream => {
+                let rows: Vec<f32> = views
+                    .iter()
+                    .flat_map(|v| mvdream_view_camera(v.elevation_deg as f64, v.azimuth_deg as f64))
+                    .collect();
+                Some(Tensor::from_data(
+                    TensorData::new(rows, [views.len(), camera_utils::CAMERA_DIM]),
+                    device,
+                ))
+            }
+        }
+    }
+
+    /// Views per object the UNet denoises together (MVDream: 4); 1 for a single-view prior.
+    /// Every batch of samples must be whole groups of it.
+    pub fn num_frames(&self) -> usize {
+        self.unet.num_frames()
+    }
+
+    /// `max_batch` rounded down to whole view groups (at least one group).
+    fn whole_groups(&self, max_batch: usize) -> usize {
+        let frames = self.num_frames();
+        (max_batch / frames).max(1) * frames
     }
 
     /// [`predict_noise_cfg`](Self::predict_noise_cfg) in passes of at most `max_batch`
@@ -586,6 +693,7 @@ impl<B: Backend> DiffusionPrior<B> {
         guidance_scale: f32,
         max_batch: usize,
     ) -> Result<Tensor<B, 4>, SchedulerError> {
+        let max_batch = self.whole_groups(max_batch);
         let parts = chunked(x_t, cond, class_labels, max_batch, |x_t, cond, labels| {
             self.predict_noise_cfg(x_t, t, cond, uncond.clone(), labels, guidance_scale)
         })?;
@@ -603,6 +711,7 @@ impl<B: Backend> DiffusionPrior<B> {
         class_labels: Option<Tensor<B, 2>>,
         max_batch: usize,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), SchedulerError> {
+        let max_batch = self.whole_groups(max_batch);
         let parts = chunked(x_t, cond, class_labels, max_batch, |x_t, cond, labels| {
             self.predict_noise_branches(x_t, t, cond, uncond.clone(), labels)
         })?;

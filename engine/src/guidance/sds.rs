@@ -22,7 +22,8 @@ use rand::{Rng, SeedableRng};
 use super::config::{AnnealedFraction, GuidanceConfig, RewardSdsConfig, TimeWeighting};
 use super::ism::interval_target;
 use super::prior::{DiffusionPrior, ImageEncoder};
-use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection, camera_labels};
+use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection};
+use super::recon::{predict_start_from_noise, rescaled_x0};
 use super::reward_feedback::{BoxedFeedbackReward, feedback_loss};
 use super::scoring::Scorer;
 use super::weighting::selected;
@@ -70,7 +71,7 @@ pub struct GuidanceStats {
     pub t: usize,
     /// The range `t` was drawn from, inclusive.
     pub t_range: [usize; 2],
-    /// `w(t)`.
+    /// `w(t)` as applied to the gradient (1 under the reconstruction loss).
     pub time_weight: f32,
     /// Whether this step used RewardSDS (configured and within `reward_duration`).
     pub reward_active: bool,
@@ -290,6 +291,13 @@ impl<B: AutodiffBackend> Guidance<B> {
                 [batch, c, h, w]
             )));
         }
+        let frames = self.prior.num_frames();
+        if batch % frames != 0 {
+            return Err(GuidanceError::BadInput(format!(
+                "{batch} views per step, but the prior denoises views in groups of {frames} \
+                 (num_frames): use a multiple of {frames}"
+            )));
+        }
         let view_dependent = self.config.view_dependent_prompting;
         if views.len() != batch && (view_dependent || !views.is_empty()) {
             return Err(GuidanceError::BadInput(format!(
@@ -335,11 +343,12 @@ impl<B: AutodiffBackend> Guidance<B> {
             (&device, z_inner.dtype()),
         );
         // A camera-conditioned prior sees each view's camera (sample-major, as x_t).
-        let class_labels = match self.prior.class_labels_width() {
+        let class_labels = match self.prior.camera_input() {
             None => None,
-            Some(_) if views.len() == batch => {
-                Some(camera_labels::<B::InnerBackend>(views, &device).repeat_dim(0, n))
-            }
+            Some(_) if views.len() == batch => self
+                .prior
+                .camera_labels(views, &device)
+                .map(|labels| labels.repeat_dim(0, n)),
             Some(_) => {
                 return Err(GuidanceError::BadInput(format!(
                     "the prior is camera-conditioned: {batch} images need as many view \
@@ -389,7 +398,24 @@ impl<B: AutodiffBackend> Guidance<B> {
         let uncond = self.prompts.uncond();
         let scale = self.guidance_scale_at(step);
         let generative_weight = self.generative_weight_at(step);
-        let (eps_cfg, diff) = if generative_weight == 1.0 {
+        let recon = self.config.recon_loss.as_ref();
+        let (eps_cfg, diff) = if let Some(recon) = recon {
+            // MVDream's reconstruction loss: pull z towards the (std-rescaled) CFG x0.
+            let (eps_uncond, eps_cond) = self.prior.predict_noise_branches_chunked(
+                x_t.clone(),
+                t,
+                cond.clone(),
+                uncond.clone(),
+                class_labels.clone(),
+                self.config.max_batch,
+            )?;
+            let eps_cfg = eps_uncond.clone() + (eps_cond.clone() - eps_uncond) * scale;
+            let alpha_prod = self.prior.alpha_prod(t)?;
+            let x0_cfg = predict_start_from_noise(x_t.clone(), eps_cfg.clone(), alpha_prod);
+            let x0_text = predict_start_from_noise(x_t.clone(), eps_cond, alpha_prod);
+            let x0 = rescaled_x0(x0_cfg, x0_text, recon.std_rescale, self.prior.num_frames());
+            (eps_cfg, z_inner.clone().repeat_dim(0, n) - x0)
+        } else if generative_weight == 1.0 {
             let eps_cfg = self.prior.predict_noise_cfg_chunked(
                 x_t.clone(),
                 t,
@@ -416,7 +442,12 @@ impl<B: AutodiffBackend> Guidance<B> {
                 (eps_uncond - target_noise) * generative_weight + classifier,
             )
         };
-        let time_weight = self.time_weight(t)?;
+        // The reconstruction loss's gradient carries no w(t) (threestudio's recon branch).
+        let time_weight = if recon.is_some() {
+            1.0
+        } else {
+            self.time_weight(t)?
+        };
 
         // 4. rewards, weights and g
         let (g, rewards, weights) = match reward {

@@ -312,6 +312,7 @@ impl BasicTransformerBlockConfig {
             attn2: self.cross_attention_dim.map(|c| attn(Some(c))),
             norm3: norm(),
             ff: FeedForwardConfig::new(self.dim).init(device),
+            num_frames: 1,
         }
     }
 }
@@ -331,6 +332,10 @@ pub struct BasicTransformerBlock<B: Backend> {
     pub norm3: LayerNorm<B>,
     /// GEGLU feed-forward.
     pub ff: FeedForward<B>,
+    /// Views per sample that self-attend together (MVDream's `BasicTransformerBlock3D`: the
+    /// batch holds `batch / num_frames` samples of `num_frames` consecutive views; cross-attention
+    /// and the feed-forward stay per view). 1: plain per-image self-attention.
+    pub num_frames: usize,
 }
 
 impl<B: Backend> BasicTransformerBlock<B> {
@@ -338,14 +343,26 @@ impl<B: Backend> BasicTransformerBlock<B> {
     /// - hidden_states: `[batch, seq, dim]`
     /// - encoder_hidden_states: `[batch, seq_text, cross_attention_dim]`
     /// - output: `[batch, seq, dim]`
+    ///
+    /// # Panics
+    /// If `batch` is not a multiple of [`num_frames`](Self::num_frames) (callers check the
+    /// number of views up front, where it can be reported as bad input).
     pub fn forward(
         &self,
         hidden_states: Tensor<B, 3>,
         encoder_hidden_states: Option<Tensor<B, 3>>,
     ) -> Tensor<B, 3> {
-        // 1. self-attention
-        let normed = self.norm1.forward(hidden_states.clone());
-        let mut hidden_states = self.attn1.forward(normed, None) + hidden_states;
+        // 1. self-attention, over the tokens of all views of a sample together
+        let [batch, seq, dim] = hidden_states.dims();
+        let frames = self.num_frames.max(1);
+        assert!(
+            batch % frames == 0,
+            "{batch} views are not whole groups of num_frames = {frames}"
+        );
+        let grouped = reshape(hidden_states, [batch / frames, frames * seq, dim]);
+        let normed = self.norm1.forward(grouped.clone());
+        let attended = self.attn1.forward(normed, None) + grouped;
+        let mut hidden_states = reshape(attended, [batch, seq, dim]);
         // 2. cross-attention
         if let (Some(norm2), Some(attn2)) = (&self.norm2, &self.attn2) {
             let normed = norm2.forward(hidden_states.clone());
@@ -441,6 +458,16 @@ impl Transformer2DModelConfig {
                 })
                 .collect(),
             proj_out: Projection::new(linear, inner, self.in_channels, device),
+        }
+    }
+}
+
+impl<B: Backend> Transformer2DModel<B> {
+    /// Lets the views of each group of `num_frames` self-attend together in every block
+    /// ([`BasicTransformerBlock::num_frames`]).
+    pub fn set_num_frames(&mut self, num_frames: usize) {
+        for block in &mut self.transformer_blocks {
+            block.num_frames = num_frames;
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod bert_tokenizer;
 pub mod blip_vit;
+pub mod camera_utils;
 pub mod clip;
 pub mod clip_text;
 pub mod clip_vision;
@@ -27,6 +28,7 @@ pub mod im2col_host;
 pub mod image_reward;
 pub mod matmul;
 pub mod med_bert;
+pub mod mv_unet;
 pub mod reshape;
 pub mod resize;
 pub mod resnet;
@@ -42,6 +44,7 @@ pub use clip_text::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, 
 pub use clip_vision::{
     CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection, CLIPVisionOutput,
 };
+pub use mv_unet::{MultiViewUNetModelConfig, load_mv_unet};
 pub use reward::{AestheticPredictor, ClipScore, RewardError, RewardModel};
 pub use schedulers::{DDIMScheduler, DDIMSchedulerConfig, PredictionType, SchedulerError};
 pub use tokenizer::{CLIPTokenizer, TokenizedPrompt};

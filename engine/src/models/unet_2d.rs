@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with};
 
-use super::attention::Projection;
+use super::attention::{Projection, Transformer2DModel};
 use super::conv::Conv2d;
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps, TimestepsConfig};
 use super::group_norm::group_norm_silu;
@@ -689,6 +689,42 @@ impl<B: Backend> UNet2DConditionModel<B> {
         embedding.linear_2.bias = Some(Param::from_tensor(Tensor::zeros([temb], device)));
         self.class_embedding = Some(embedding);
         self
+    }
+
+    /// Every spatial transformer of the model, in no particular order.
+    fn transformers_mut(&mut self) -> Vec<&mut Transformer2DModel<B>> {
+        let mut all: Vec<&mut Transformer2DModel<B>> = Vec::new();
+        for block in &mut self.down_blocks {
+            if let UNetDownBlock::CrossAttnDownBlock2D(block) = block {
+                all.extend(block.attentions.iter_mut());
+            }
+        }
+        all.extend(self.mid_block.attentions.iter_mut());
+        for block in &mut self.up_blocks {
+            if let UNetUpBlock::CrossAttnUpBlock2D(block) = block {
+                all.extend(block.attentions.iter_mut());
+            }
+        }
+        all
+    }
+
+    /// The model with MVDream's 3D self-attention: the batch is read as groups of
+    /// `num_frames` consecutive views of one sample, whose tokens self-attend together
+    /// (cross-attention and feed-forward stay per view). 1 (the default) is plain SD.
+    pub fn with_num_frames(mut self, num_frames: usize) -> Self {
+        for transformer in self.transformers_mut() {
+            transformer.set_num_frames(num_frames);
+        }
+        self
+    }
+
+    /// Views per sample that self-attend together (see [`with_num_frames`](Self::with_num_frames)).
+    pub fn num_frames(&self) -> usize {
+        self.mid_block
+            .attentions
+            .first()
+            .and_then(|a| a.transformer_blocks.first())
+            .map_or(1, |b| b.num_frames.max(1))
     }
 
     /// [`forward`](Self::forward) with the class labels a `class_embed_type = "projection"`
