@@ -305,6 +305,20 @@ fn aesthetic_score_matches_reference() {
     let images = reference_tensor::<4>("tiny.images");
     check(
         "tiny aesthetic score",
+        predictor.score(images.clone(), "ignored").unwrap(),
+        "tiny.aesthetic_score",
+    );
+
+    // The head as upstream publishes it, a torch pickle (`.pth`), read by the same loader.
+    let (predictor, report) = AestheticPredictor::<B>::from_files(
+        &fixtures().join("clip-tiny"),
+        &fixtures().join("aesthetic-pth/sac+logos+ava1-l14-linearMSE.pth"),
+        &device,
+    )
+    .unwrap();
+    assert!(report.is_exact(), "{report:?}");
+    check(
+        "tiny aesthetic score from the .pth",
         predictor.score(images, "ignored").unwrap(),
         "tiny.aesthetic_score",
     );
@@ -647,4 +661,42 @@ fn bare_vision_tower_layout_matches_transformers() {
         out.pooler_output,
         "tiny.vision.pooler_output",
     );
+}
+
+#[test]
+fn any_reward_is_the_model_its_folder_holds() {
+    use rewardsds_engine::models::AnyReward;
+    let device = Default::default();
+    let clip = AnyReward::<B>::from_folder(&fixtures().join("clip-tiny"), &device).unwrap();
+    assert_eq!(clip.name(), "clip_score");
+    let image_reward =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image_reward_tiny");
+    let ir = AnyReward::<B>::from_folder(&image_reward, &device).unwrap();
+    assert_eq!(ir.name(), "image_reward");
+    let aesthetic = AnyReward::<B>::aesthetic(
+        &fixtures().join("clip-tiny"),
+        &fixtures().join("aesthetic-pth"),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(aesthetic.name(), "aesthetic");
+    // Scores agree with the wrapped model's.
+    let images = reference_tensor::<4>("tiny.images");
+    check(
+        "aesthetic through AnyReward",
+        aesthetic.score(images, "ignored").unwrap(),
+        "tiny.aesthetic_score",
+    );
+
+    // A folder that is neither says what a reward folder holds.
+    let empty = std::env::temp_dir().join(format!("rsds-any-reward-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = AnyReward::<B>::from_folder(&empty, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("med_config.json") && err.contains("config.json"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&empty).ok();
 }

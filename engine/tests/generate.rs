@@ -43,7 +43,11 @@ fn short_generation_writes_a_valid_glb() {
     // Views grow from 16 to 20 px from step 5 (0-based) on: the training renders and the
     // snapshot after them follow.
     let mut config = small(10);
-    config.resolution_milestones = vec![ResolutionMilestone { step: 5, size: 20 }];
+    config.resolution_milestones = vec![ResolutionMilestone {
+        step: 5,
+        size: 20,
+        views: None,
+    }];
     let mut generator = Generator::<B>::load(config, &device).unwrap();
     let (mut steps, mut snapshots, mut rewards) = (0, 0, 0);
     let reason = generator
@@ -134,7 +138,11 @@ fn resuming_from_a_checkpoint_repeats_the_uninterrupted_run_bit_for_bit() {
     config.checkpoint_every = 0;
     config.snapshot_every = 0;
     // The size changes after the checkpoint: the resumed run derives it from the step.
-    config.resolution_milestones = vec![ResolutionMilestone { step: 4, size: 20 }];
+    config.resolution_milestones = vec![ResolutionMilestone {
+        step: 4,
+        size: 20,
+        views: None,
+    }];
 
     let mut whole = Generator::<B>::load(config.clone(), &device).unwrap();
     whole.run(&AtomicBool::new(false), &mut |_| {}).unwrap();

@@ -2,7 +2,7 @@
 //! original torch pickle as the UNet's weights), loaded by `DiffusionPrior::from_folder`, and
 //! SDS steps on groups of 4 views whose cameras reach the UNet in MVDream's convention.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::Backend;
@@ -12,49 +12,17 @@ use rewardsds_engine::guidance::{
 };
 use rewardsds_engine::models::camera_utils::get_camera;
 
+mod pipeline_folders;
+use pipeline_folders::mvdream_folder;
+
 type I = NdArray<f32>;
 type A = Autodiff<I>;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// tokenizer/ and text_encoder/ (the tiny SD 2 text encoder: 32-wide, as the tiny MVDream
-/// UNet's context), unet/ (MVDream's config.json and its `.pt`), vae/, scheduler/.
-fn mvdream_folder(name: &str) -> PathBuf {
+/// A fresh MVDream pipeline folder in the temp directory.
+fn mvdream_pipeline(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rsds-mvdream-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let f = fixtures();
-    let files = [
-        (
-            "tokenizer",
-            f.join("clip/sd2-text/tokenizer/tokenizer.json"),
-        ),
-        (
-            "tokenizer",
-            f.join("clip/sd2-text/tokenizer/tokenizer_config.json"),
-        ),
-        (
-            "text_encoder",
-            f.join("clip/sd2-text/text_encoder/config.json"),
-        ),
-        (
-            "text_encoder",
-            f.join("clip/sd2-text/text_encoder/model.safetensors"),
-        ),
-        ("unet", f.join("mvdream_tiny/unet/config.json")),
-        ("unet", f.join("mvdream_tiny/sd-v2.1-base-4view-tiny.pt")),
-        ("vae", f.join("vae_tiny/config.json")),
-        (
-            "vae",
-            f.join("vae_tiny/diffusion_pytorch_model.safetensors"),
-        ),
-        ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
-    ];
-    for (folder, from) in files {
-        std::fs::create_dir_all(dir.join(folder)).unwrap();
-        std::fs::copy(&from, dir.join(folder).join(from.file_name().unwrap())).unwrap();
-    }
+    mvdream_folder(&dir);
     dir
 }
 
@@ -84,7 +52,7 @@ fn views() -> Vec<ViewAngles> {
 #[test]
 fn a_multi_view_pipeline_folder_loads_as_a_camera_conditioned_prior() {
     let device = Default::default();
-    let dir = mvdream_folder("load");
+    let dir = mvdream_pipeline("load");
     let prior = DiffusionPrior::<I>::from_folder(&dir, &device).unwrap();
     assert_eq!(prior.num_frames(), 4);
     assert_eq!(prior.camera_input(), Some(CameraInput::MvDream));
@@ -102,7 +70,7 @@ fn a_multi_view_pipeline_folder_loads_as_a_camera_conditioned_prior() {
 #[test]
 fn views_attend_within_their_group_only() {
     let device = Default::default();
-    let dir = mvdream_folder("groups");
+    let dir = mvdream_pipeline("groups");
     let prior = DiffusionPrior::<I>::from_folder(&dir, &device).unwrap();
     let config = GuidanceConfig {
         view_dependent_prompting: false,

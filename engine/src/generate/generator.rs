@@ -20,7 +20,7 @@ use crate::guidance::{
     BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceError, ViewAngles,
 };
 use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, NerfField, extract_mesh};
-use crate::models::reward::ClipScore;
+use crate::models::AnyReward;
 use crate::optim::GroupedOptimizer;
 use crate::render::{RenderOutput, VolumeRenderer};
 use crate::rgb_image::RgbImage;
@@ -263,19 +263,25 @@ pub fn load_prior<B: burn::tensor::backend::Backend>(
     DiffusionPrior::from_folder(&resolve_model(spec).map_err(model)?, device).map_err(model)
 }
 
-/// The CLIPScore reward named by the config's `reward` (the error names the field).
+/// The reward model named by the config's `reward` (the error names the field): a preset
+/// (`clip-vit-l-14`, `laion-aesthetic`, `image-reward`, `tiny-world-reward`), a folder or a
+/// repo id. `laion-aesthetic` is the aesthetic head on `clip-vit-l-14`'s vision tower; any
+/// other spec is a folder [`AnyReward::from_folder`] recognises.
 pub fn load_reward<B: burn::tensor::backend::Backend>(
     spec: &str,
     device: &B::Device,
-) -> Result<ClipScore<B>, GenerateError> {
+) -> Result<AnyReward<B>, GenerateError> {
     let model = |source| GenerateError::Model {
         field: "reward",
         spec: spec.into(),
         source,
     };
-    let (score, _) =
-        ClipScore::from_folder(&resolve_model(spec).map_err(model)?, device).map_err(model)?;
-    Ok(score)
+    if spec == "laion-aesthetic" {
+        let clip = resolve_model("clip-vit-l-14").map_err(model)?;
+        let head = resolve_model(spec).map_err(model)?;
+        return AnyReward::aesthetic(&clip, &head, device).map_err(model);
+    }
+    AnyReward::from_folder(&resolve_model(spec).map_err(model)?, device).map_err(model)
 }
 
 impl<B: EngineAutodiffBackend> Generator<B> {
@@ -292,6 +298,17 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         device: &B::Device,
     ) -> Result<Self, GenerateError> {
         config.validate()?;
+        let frames = guidance.prior().num_frames();
+        if frames > 1 && config.camera.views_per_group != frames {
+            return Err(GenerateError::Config(ConfigError::new(
+                "camera.views_per_group",
+                format!(
+                    "is {}, but the prior denoises {frames} views of one object together \
+                     (num_frames): set it to {frames}",
+                    config.camera.views_per_group
+                ),
+            )));
+        }
         // The backend's generator is process-wide: seed and draw under one lock, so generators
         // started together stay deterministic (random draws elsewhere can still interleave).
         let scene = match config.scene {
@@ -417,7 +434,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         let cameras: Vec<Camera> =
             CameraSampler::new(self.config.camera.clone(), seed ^ CAMERA_STREAM)?
                 .at_step(self.step, self.config.steps)
-                .sample(self.config.views_per_step, size, size)?;
+                .sample(self.config.views_per_step_at(self.step), size, size)?;
         let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
         let (images, pending) = match &self.scene {
             SceneState::Nerf { nerf, renderer, .. } => {

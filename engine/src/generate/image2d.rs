@@ -28,7 +28,8 @@ use crate::guidance::{
     BoxedFeedbackReward, BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceConfig,
     RewardSdsConfig, ScoringMode, ViewAngles, WeightStrategy, standard_normal,
 };
-use crate::models::reward::{ClipScore, RewardModel};
+use crate::models::AnyReward;
+use crate::models::reward::RewardModel;
 use crate::optim::{GroupedOptimizer, OptimizerConfig, ParamGroup};
 use crate::rgb_image::RgbImage;
 
@@ -200,7 +201,7 @@ impl<B: EngineAutodiffBackend> std::fmt::Debug for Image2dGenerator<B> {
 
 impl<B: EngineAutodiffBackend> Image2dGenerator<B>
 where
-    ClipScore<B::InnerBackend>: Send + Sync,
+    AnyReward<B::InnerBackend>: Send + Sync,
 {
     /// A generator for `config` with its prior and reward model loaded from their specs.
     pub fn load(config: Image2dConfig, device: &B::Device) -> Result<Self, GenerateError> {

@@ -1,6 +1,7 @@
 //! Pretrained model architectures ported from diffusers and transformers, one file per upstream
 //! module, with field names equal to the checkpoint keys.
 
+pub mod any_reward;
 pub mod attention;
 pub mod bert_tokenizer;
 pub mod blip_vit;
@@ -39,6 +40,7 @@ pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod vae;
 
+pub use any_reward::AnyReward;
 pub use clip::{CLIPConfig, CLIPModel, HiddenAct};
 pub use clip_text::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTextOutput};
 pub use clip_vision::{

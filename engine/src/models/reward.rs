@@ -203,10 +203,8 @@ impl<B: Backend> AestheticHead<B> {
 /// ignored.
 ///
 /// # Weights
-/// Upstream publishes a pickled `.pth` (never unpickled here: it can run code). Convert it once:
-/// ```text
-/// python -c "import torch, safetensors.torch as st; st.save_file(torch.load('sac+logos+ava1-l14-linearMSE.pth', map_location='cpu'), 'sac+logos+ava1-l14-linearMSE.safetensors')"
-/// ```
+/// Upstream publishes a torch pickle, `sac+logos+ava1-l14-linearMSE.pth`; it loads as it is
+/// (burn-store parses the pickle without running code), as does a safetensors copy.
 /// Expected keys (from its `nn.Sequential` of Linear/Dropout), shapes `[out, in]`:
 /// `layers.0.{weight,bias}` 1024x768, `layers.2` 128x1024, `layers.4` 64x128, `layers.6` 16x64,
 /// `layers.7` 1x16. The Dropout indices are skipped: the loader renumbers `layers.{i}` to
@@ -252,6 +250,15 @@ impl<B: Backend> AestheticPredictor<B> {
     /// The head alone, for scoring precomputed embeddings.
     pub fn head(&self) -> &AestheticHead<B> {
         &self.head
+    }
+
+    /// The same predictor on an autodiff backend whose inner backend is `B`, sharing the
+    /// weights with their gradients off (reward feedback differentiates into the images only).
+    pub fn autodiff<AD: AutodiffBackend<InnerBackend = B>>(&self) -> AestheticPredictor<AD> {
+        AestheticPredictor::new(
+            CLIPVisionModelWithProjection::<AD>::from_inner(self.clip.clone()).no_grad(),
+            AestheticHead::<AD>::from_inner(self.head.clone()).no_grad(),
+        )
     }
 }
 

@@ -364,6 +364,15 @@ pub struct OrbitConfig {
     /// Why: faces formed from the front can carry round a step at a time instead of meeting
     /// the back views all at once. `front_fraction + widen_fraction` is at most 1.
     pub widen_fraction: f32,
+    /// Views drawn together as one object's multi-view set (MVDream's `n_view`: 4): a step's
+    /// views come in groups of this many consecutive cameras, evenly spread over the azimuth
+    /// range from one random start and sharing elevation, fov, distance and centre (threestudio's
+    /// multi-view camera data). 1: every view drawn on its own.
+    pub views_per_group: usize,
+    /// Share of the elevation draws that are uniform on the sphere (the sine of the elevation
+    /// uniform) rather than uniform in degrees: threestudio's random cameras use 0.5; 0 (the
+    /// default) keeps every draw uniform in degrees.
+    pub elevation_sphere_fraction: f32,
 }
 
 impl Default for OrbitConfig {
@@ -379,6 +388,8 @@ impl Default for OrbitConfig {
             front_fraction: 0.0,
             front_azimuth_range: [-30.0, 30.0],
             widen_fraction: 0.0,
+            views_per_group: 1,
+            elevation_sphere_fraction: 0.0,
         }
     }
 }
@@ -436,6 +447,7 @@ impl OrbitConfig {
         for (name, value) in [
             ("front_fraction", self.front_fraction),
             ("widen_fraction", self.widen_fraction),
+            ("elevation_sphere_fraction", self.elevation_sphere_fraction),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(CameraError::BadRange {
@@ -452,6 +464,14 @@ impl OrbitConfig {
                 min: self.widen_fraction,
                 max: self.widen_fraction,
                 why: "front_fraction + widen_fraction must be at most 1",
+            });
+        }
+        if self.views_per_group == 0 {
+            return Err(CameraError::BadRange {
+                name: "views_per_group",
+                min: 0.0,
+                max: 0.0,
+                why: "must be at least 1",
             });
         }
         if !(self.center_jitter.is_finite() && self.center_jitter >= 0.0) {
@@ -535,7 +555,8 @@ impl CameraSampler {
         &self.config
     }
 
-    /// `n` cameras of `width` x `height`.
+    /// `n` cameras of `width` x `height`; with `views_per_group` > 1, `n / views_per_group`
+    /// groups of consecutive views (`n` must be a multiple of it).
     pub fn sample(
         &mut self,
         n: usize,
@@ -543,6 +564,10 @@ impl CameraSampler {
         height: u32,
     ) -> Result<Vec<Camera>, CameraError> {
         check_image(self.config.fov_range[0].max(1e-3), width, height)?;
+        let group = self.config.views_per_group;
+        if group > 1 {
+            return self.sample_groups(n, group, width, height);
+        }
         let c = &self.config;
         let offset: f32 = self.rng.random();
         (0..n)
@@ -554,30 +579,107 @@ impl CameraSampler {
                 };
                 let range = self.azimuth_range.unwrap_or(c.azimuth_range);
                 let azimuth = lerp(range, u_az);
-                let elevation = lerp(c.elevation_range, self.rng.random());
-                let fov = lerp(c.fov_range, self.rng.random());
-                let d = lerp(c.distance_range, self.rng.random());
-                let center = if c.center_jitter > 0.0 {
-                    Vec3::new(
-                        normal(&mut self.rng),
-                        normal(&mut self.rng),
-                        normal(&mut self.rng),
-                    ) * c.center_jitter
-                } else {
-                    Vec3::ZERO
-                };
-                Camera::orbit_around(
-                    center,
-                    azimuth,
-                    elevation,
-                    c.camera_distance(d, fov),
-                    fov,
-                    width,
-                    height,
-                )
+                OrbitPose::draw(c, &mut self.rng).camera(c, azimuth, width, height)
             })
             .collect()
     }
+}
+
+impl CameraSampler {
+    /// Groups of `group` views of one object (see [`OrbitConfig::views_per_group`]).
+    fn sample_groups(
+        &mut self,
+        n: usize,
+        group: usize,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<Camera>, CameraError> {
+        if n % group != 0 {
+            return Err(CameraError::BadRange {
+                name: "views_per_group",
+                min: group as f32,
+                max: group as f32,
+                why: "the views of a step must be whole groups of views_per_group",
+            });
+        }
+        let c = self.config.clone();
+        let range = self.azimuth_range.unwrap_or(c.azimuth_range);
+        let mut cameras = Vec::with_capacity(n);
+        for _ in 0..n / group {
+            let offset: f32 = self.rng.random();
+            let pose = OrbitPose::draw(&c, &mut self.rng);
+            for j in 0..group {
+                let azimuth = lerp(range, (j as f32 + offset) / group as f32);
+                cameras.push(pose.camera(&c, azimuth, width, height)?);
+            }
+        }
+        Ok(cameras)
+    }
+}
+
+/// Everything of an orbit camera but its azimuth, drawn in this order (the camera streams of
+/// existing configs depend on it): elevation, fov, distance value, centre.
+struct OrbitPose {
+    elevation: f32,
+    fov: f32,
+    distance: f32,
+    center: Vec3,
+}
+
+impl OrbitPose {
+    fn draw(c: &OrbitConfig, rng: &mut StdRng) -> Self {
+        let elevation = draw_elevation(c, rng);
+        let fov = lerp(c.fov_range, rng.random());
+        let distance = lerp(c.distance_range, rng.random());
+        let center = draw_center(c, rng);
+        Self {
+            elevation,
+            fov,
+            distance,
+            center,
+        }
+    }
+
+    fn camera(
+        &self,
+        c: &OrbitConfig,
+        azimuth: f32,
+        width: u32,
+        height: u32,
+    ) -> Result<Camera, CameraError> {
+        Camera::orbit_around(
+            self.center,
+            azimuth,
+            self.elevation,
+            c.camera_distance(self.distance, self.fov),
+            self.fov,
+            width,
+            height,
+        )
+    }
+}
+
+/// The orbit centre: the origin, or jittered by `center_jitter` (three normal draws).
+fn draw_center(c: &OrbitConfig, rng: &mut StdRng) -> Vec3 {
+    if c.center_jitter > 0.0 {
+        Vec3::new(normal(rng), normal(rng), normal(rng)) * c.center_jitter
+    } else {
+        Vec3::ZERO
+    }
+}
+
+/// One elevation draw: uniform in degrees, or with probability `elevation_sphere_fraction`
+/// uniform on the sphere (threestudio's `asin` of a uniform sine). No extra random number is
+/// drawn when the fraction is 0, so existing configs keep their camera streams.
+fn draw_elevation(c: &OrbitConfig, rng: &mut StdRng) -> f32 {
+    if c.elevation_sphere_fraction > 0.0 && rng.random::<f32>() < c.elevation_sphere_fraction {
+        let [lo, hi] = c.elevation_range.map(|e| e.to_radians().sin());
+        return lerp([lo, hi], rng.random())
+            .clamp(-1.0, 1.0)
+            .asin()
+            .to_degrees();
+    }
+    lerp(c.elevation_range, rng.random())
 }
 
 /// `n` cameras evenly around the object at one elevation, distance and fov: the fixed views
@@ -618,6 +720,30 @@ fn normal(rng: &mut StdRng) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_share_everything_but_an_even_azimuth_spread() {
+        let config = OrbitConfig {
+            views_per_group: 4,
+            elevation_sphere_fraction: 0.5,
+            ..OrbitConfig::default()
+        };
+        let mut sampler = CameraSampler::new(config, 3).unwrap();
+        let cams = sampler.sample(8, 16, 16).unwrap();
+        for g in cams.chunks(4) {
+            for (j, cam) in g.iter().enumerate() {
+                assert_eq!(cam.elevation_deg, g[0].elevation_deg);
+                assert_eq!(cam.fov_y_deg, g[0].fov_y_deg);
+                assert!((cam.position.length() - g[0].position.length()).abs() < 1e-4);
+                let step = (cam.azimuth_deg - g[0].azimuth_deg).rem_euclid(360.0);
+                assert!((step - 90.0 * j as f32).abs() < 1e-3, "view {j}: {step}");
+            }
+            assert!((0.0..=30.0).contains(&g[0].elevation_deg));
+        }
+        assert_ne!(cams[0].elevation_deg, cams[4].elevation_deg);
+        let err = sampler.sample(6, 16, 16).unwrap_err().to_string();
+        assert!(err.contains("views_per_group"), "{err}");
+    }
 
     fn close(a: Vec3, b: Vec3) -> bool {
         (a - b).length() < 1e-5

@@ -58,6 +58,22 @@ pub const PRESETS: &[Preset] = &[
         about: "Stable Diffusion 2.1, 768 px, v-prediction, OpenCLIP ViT-H/14 text encoder",
     },
     Preset {
+        name: "mvdream",
+        repo_id: "ashawkey/mvdream-sd2.1-diffusers",
+        subfolders: SD_COMPONENTS,
+        files: &[],
+        bundled: None,
+        about: "MVDream sd-v2.1-base-4view (diffusers-style conversion): 4 views of 256 px with cameras, SD 2.1's OpenCLIP ViT-H/14 text encoder",
+    },
+    Preset {
+        name: "image-reward",
+        repo_id: "THUDM/ImageReward",
+        subfolders: &[""],
+        files: &["ImageReward.pt", "med_config.json"],
+        bundled: None,
+        about: "ImageReward v1.0 (BLIP ViT-L/16 + BERT-base): human-preference reward for a prompt and an image",
+    },
+    Preset {
         name: "clip-vit-l-14",
         repo_id: "openai/clip-vit-large-patch14",
         subfolders: &[""],
@@ -113,9 +129,8 @@ pub fn bundled_models_dir() -> PathBuf {
     }
 }
 
-/// The aesthetic head's weights as the engine loads them. Upstream publishes only a pickled
-/// `.pth`; see [`crate::models::reward::AestheticPredictor`] for the one-line conversion.
-pub const AESTHETIC_FILE: &str = "sac+logos+ava1-l14-linearMSE.safetensors";
+/// The aesthetic head's weights as published (a torch pickle, read without running code).
+pub const AESTHETIC_FILE: &str = "sac+logos+ava1-l14-linearMSE.pth";
 
 /// The preset called `name`, or [`LoadError::UnknownPreset`] listing the known ones.
 pub fn preset(name: &str) -> Result<&'static Preset, LoadError> {

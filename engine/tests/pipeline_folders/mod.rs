@@ -79,3 +79,56 @@ pub fn copy_all_but_unet(from: &Path, to: &Path) {
         std::fs::copy(&file, &target).unwrap();
     }
 }
+
+/// A diffusers-style MVDream pipeline folder in `dir` around the tiny MVDream fixture (its
+/// original `.pt` as the UNet's weights): tokenizer/ and text_encoder/ (the tiny SD 2 text
+/// encoder, 32-wide as the UNet's context), unet/, vae/, scheduler/.
+pub fn mvdream_folder(dir: &Path) {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let files = [
+        (
+            "tokenizer",
+            f.join("clip/sd2-text/tokenizer/tokenizer.json"),
+        ),
+        (
+            "tokenizer",
+            f.join("clip/sd2-text/tokenizer/tokenizer_config.json"),
+        ),
+        (
+            "text_encoder",
+            f.join("clip/sd2-text/text_encoder/config.json"),
+        ),
+        (
+            "text_encoder",
+            f.join("clip/sd2-text/text_encoder/model.safetensors"),
+        ),
+        ("unet", f.join("mvdream_tiny/unet/config.json")),
+        ("unet", f.join("mvdream_tiny/sd-v2.1-base-4view-tiny.pt")),
+        ("vae", f.join("vae_tiny/config.json")),
+        (
+            "vae",
+            f.join("vae_tiny/diffusion_pytorch_model.safetensors"),
+        ),
+        ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
+    ];
+    for (folder, from) in files {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        std::fs::copy(&from, dir.join(folder).join(from.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Checks `path` with the Khronos glTF validator: no errors. Without the validator installed
+/// the check is skipped, except in CI (`CI` set), which must have it.
+pub fn assert_khronos_valid(path: &Path) {
+    use rewardsds_engine::export::{ValidatorError, khronos_validate};
+    match khronos_validate(path) {
+        Ok(report) => assert_eq!(report.errors, 0, "{}", report.messages),
+        Err(ValidatorError::Missing(why)) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI requires the validator: {why}"
+            )
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
