@@ -16,6 +16,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
+use super::activations::gelu_exact;
 use super::conv::{Conv2d, Conv2dConfig};
 use super::matmul::linear;
 use crate::weights::{LoadError, read_json};
@@ -207,14 +208,6 @@ impl<B: Backend> Attention<B> {
         );
         linear(&self.proj, out.swap_dims(1, 2).reshape([batch, seq, dim]))
     }
-}
-
-/// Exact (erf) GELU, `x * (1 + erf(x / sqrt 2)) / 2`, from primitives: burn's `gelu` has the
-/// same forward but differentiates the tanh approximation (burn-backend's `gelu_backward`),
-/// which put ~4e-5 of error into ImageReward's image gradients (torch's own f32 error: 2e-7).
-pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let cdf = (x.clone() * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0;
-    x * cdf * 0.5
 }
 
 /// The feed-forward block: `fc2(gelu(fc1(x)))`, exact (erf) GELU as `nn.GELU`.

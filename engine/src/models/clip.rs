@@ -10,13 +10,14 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, sigmoid, tanh};
+use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::activations::gelu_exact;
 use super::clip_text::{CLIPTextConfig, CLIPTextTransformer};
 use super::clip_vision::{CLIPVisionConfig, CLIPVisionTransformer};
 use super::matmul::linear;
@@ -44,7 +45,8 @@ impl HiddenAct {
     pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Self::QuickGelu => x.clone() * sigmoid(x * 1.702),
-            Self::Gelu => gelu(x),
+            // Exact gradient too: reward feedback differentiates through the vision tower.
+            Self::Gelu => gelu_exact(x),
             Self::GeluTanh => {
                 let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715)
                     * (2.0 / std::f64::consts::PI).sqrt();

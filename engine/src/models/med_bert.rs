@@ -18,7 +18,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::blip_vit::gelu_exact;
+use super::activations::gelu_exact;
 use super::clip::HiddenAct;
 use super::matmul::linear;
 use crate::weights::{LoadError, LoadOptions, read_json};

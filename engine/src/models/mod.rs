@@ -1,6 +1,7 @@
 //! Pretrained model architectures ported from diffusers and transformers, one file per upstream
 //! module, with field names equal to the checkpoint keys.
 
+pub mod activations;
 pub mod any_reward;
 pub mod attention;
 pub mod bert_tokenizer;
