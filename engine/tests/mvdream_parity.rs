@@ -259,3 +259,36 @@ fn configs_have_the_reference_parameter_counts() {
         assert_eq!(ours, counts[name], "{name}");
     }
 }
+
+#[test]
+fn the_original_checkpoints_vae_matches_the_reference() {
+    use rewardsds_engine::models::vae::{
+        AutoencoderKLConfig, DownEncoderBlockType, UpDecoderBlockType,
+    };
+    use rewardsds_engine::weights::load_safetensors_with;
+    // The fixture's first stage: ch 32, ch_mult [1, 1], 1 ResNet per level, z 4.
+    let config = AutoencoderKLConfig {
+        block_out_channels: vec![32, 32],
+        down_block_types: vec![DownEncoderBlockType::DownEncoderBlock2D; 2],
+        up_block_types: vec![UpDecoderBlockType::UpDecoderBlock2D; 2],
+        layers_per_block: 1,
+        norm_num_groups: 32,
+        ..AutoencoderKLConfig::default()
+    };
+    let device = Default::default();
+    let vae = config.init::<B>(&device);
+    let options = vae.ldm_load_options();
+    let (vae, report) =
+        load_safetensors_with(vae, &[fixture().join(CHECKPOINT)], &device, &options).unwrap();
+    assert!(report.is_exact(), "{report:?}");
+
+    let mut io = io();
+    let decoded = vae.decode(tensor(&mut io, "vae_latent"));
+    let err = max_abs_diff(decoded, tensor(&mut io, "vae_decoded"));
+    println!("MVDream .pt VAE decode: max abs error {err:.2e}");
+    assert!(err < TOLERANCE, "decode: max abs error {err}");
+    let mean = vae.encode(tensor(&mut io, "vae_image")).mean;
+    let err = max_abs_diff(mean, tensor(&mut io, "vae_mean"));
+    println!("MVDream .pt VAE encode (posterior mean): max abs error {err:.2e}");
+    assert!(err < TOLERANCE, "encode: max abs error {err}");
+}

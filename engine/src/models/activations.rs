@@ -32,7 +32,10 @@ mod tests {
             let phi = (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
             let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
             assert!((v as f64 - x * cdf).abs() < 1e-6, "gelu({x})");
-            assert!((g as f64 - (cdf + x * phi)).abs() < 1e-6, "gelu'({x}) = {g}");
+            assert!(
+                (g as f64 - (cdf + x * phi)).abs() < 1e-6,
+                "gelu'({x}) = {g}"
+            );
         }
     }
 }

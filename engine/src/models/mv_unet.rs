@@ -45,9 +45,12 @@ pub fn is_mv_unet_config(path: &Path) -> Result<bool, DiffusersConfigError> {
 /// Prefix of the UNet's tensors in an original LDM checkpoint (`DiffusionWrapper`).
 pub const LDM_UNET_PREFIX: &str = "model.diffusion_model.";
 
-/// Everything else an original MVDream `.pt` holds (VAE, text encoder, the diffusion schedule
-/// buffers of `LatentDiffusionInterface`): not part of the UNet.
-const LDM_OTHER_KEYS: &str = r"^(first_stage_model|cond_stage_model|model_ema)\.|^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod|posterior_variance|posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2|logvar)$";
+/// The diffusion schedule buffers an original LDM checkpoint keeps at its top level
+/// (`LatentDiffusionInterface.register_schedule`).
+pub const LDM_SCHEDULE_KEYS: &str = r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod|posterior_variance|posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2|logvar)$";
+
+/// The VAE, text encoder and EMA weights of an original MVDream `.pt`: not part of the UNet.
+const LDM_OTHER_MODELS: &str = r"^(first_stage_model|cond_stage_model|model_ema)\.";
 
 fn default_true() -> bool {
     true
@@ -441,7 +444,8 @@ impl MultiViewUNetModelConfig {
     /// safetensors (no prefix) into `unet`.
     pub fn load_options<B: Backend>(&self, unet: &UNet2DConditionModel<B>) -> LoadOptions {
         let mut options = LoadOptions::default()
-            .with_ignore(LDM_OTHER_KEYS)
+            .with_ignore(LDM_OTHER_MODELS)
+            .with_ignore(LDM_SCHEDULE_KEYS)
             .with_remap(format!("^{}", regex::escape(LDM_UNET_PREFIX)), "");
         options.remaps.extend(self.ldm_key_remaps());
         options.remaps.extend(unet.load_options().remaps);

@@ -479,6 +479,68 @@ impl<B: Backend> AutoencoderKL<B> {
         })
     }
 
+    /// [`LoadOptions`] that read the VAE of an original LDM checkpoint (`first_stage_model.*`
+    /// in MVDream's or Stable Diffusion's `.pt`/`.ckpt`) into this model: the LDM names
+    /// (`encoder.down.0.block.1.nin_shortcut`, `decoder.up.3.upsample.conv` counted from the
+    /// deepest level, `mid.attn_1.q` as a 1x1 convolution) mapped to diffusers', as diffusers'
+    /// `convert_ldm_vae_checkpoint` does; the UNet, text encoder and schedule set aside.
+    pub fn ldm_load_options(&self) -> LoadOptions {
+        let levels = self.decoder.up_blocks.len();
+        let mut options = LoadOptions::default()
+            .with_ignore(r"^(model\.diffusion_model|cond_stage_model|model_ema)\.")
+            .with_ignore(super::mv_unet::LDM_SCHEDULE_KEYS)
+            .with_remap(r"^first_stage_model\.", "")
+            .with_remap(r"^(encoder|decoder)\.norm_out\.", "${1}.conv_norm_out.")
+            .with_remap(
+                r"^(encoder|decoder)\.mid\.block_1\.",
+                "${1}.mid_block.resnets.0.",
+            )
+            .with_remap(
+                r"^(encoder|decoder)\.mid\.block_2\.",
+                "${1}.mid_block.resnets.1.",
+            )
+            .with_remap(
+                r"^(encoder|decoder)\.mid\.attn_1\.norm\.",
+                "${1}.mid_block.attentions.0.group_norm.",
+            );
+        for (from, to) in [
+            ("q", "to_q"),
+            ("k", "to_k"),
+            ("v", "to_v"),
+            ("proj_out", "to_out.0"),
+        ] {
+            options = options.with_remap(
+                format!(r"^(encoder|decoder)\.mid\.attn_1\.{from}\."),
+                format!("${{1}}.mid_block.attentions.0.{to}."),
+            );
+        }
+        options = options
+            .with_remap(
+                r"^encoder\.down\.(\d+)\.block\.(\d+)\.",
+                "encoder.down_blocks.${1}.resnets.${2}.",
+            )
+            .with_remap(
+                r"^encoder\.down\.(\d+)\.downsample\.conv\.",
+                "encoder.down_blocks.${1}.downsamplers.0.conv.",
+            );
+        // LDM counts the decoder's levels from the deepest, diffusers from the first run.
+        for k in 0..levels {
+            let up = levels - 1 - k;
+            options = options
+                .with_remap(
+                    format!(r"^decoder\.up\.{k}\.block\.(\d+)\."),
+                    format!("decoder.up_blocks.{up}.resnets.${{1}}."),
+                )
+                .with_remap(
+                    format!(r"^decoder\.up\.{k}\.upsample\.conv\."),
+                    format!("decoder.up_blocks.{up}.upsamplers.0.conv."),
+                );
+        }
+        options
+            .with_remap(r"\.nin_shortcut\.", ".conv_shortcut.")
+            .with_squeeze_1x1(r"mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
+    }
+
     /// Loads a diffusers `vae/diffusion_pytorch_model*.safetensors` (fp16 or fp32) with
     /// [`load_options`](Self::load_options); missing keys are an error.
     pub fn load_weights(

@@ -77,6 +77,9 @@ pub struct LoadOptions {
     /// `position_ids` buffers older transformers versions saved); dropped before matching and
     /// listed in [`LoadReport::ignored`].
     pub ignore: Vec<String>,
+    /// Regexes of (remapped) keys whose `[out, in, 1, 1]` tensors load as `[out, in]`: a 1x1
+    /// convolution stored where the module has a linear layer (LDM's VAE attention).
+    pub squeeze_1x1: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +89,7 @@ impl Default for LoadOptions {
             unexpected: KeyPolicy::Warn,
             remaps: Vec::new(),
             ignore: Vec::new(),
+            squeeze_1x1: Vec::new(),
         }
     }
 }
@@ -110,6 +114,12 @@ impl LoadOptions {
         replacement: impl Into<String>,
     ) -> Self {
         self.remaps.push(KeyRemap::new(pattern, replacement));
+        self
+    }
+
+    /// Add a regex of (remapped) keys whose 1x1-convolution weights load as linear ones.
+    pub fn with_squeeze_1x1(mut self, pattern: impl Into<String>) -> Self {
+        self.squeeze_1x1.push(pattern.into());
         self
     }
 
@@ -194,6 +204,7 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
         .map(|r| (compile(&r.pattern), r.replacement.as_str()))
         .collect();
     let ignore: Vec<Regex> = options.ignore.iter().map(|p| compile(p)).collect();
+    let squeeze: Vec<Regex> = options.squeeze_1x1.iter().map(|p| compile(p)).collect();
 
     let mut report = LoadReport {
         files: files.to_vec(),
@@ -229,7 +240,14 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
                 key.clone(),
                 (file.clone(), file_key, snapshot.shape.to_vec()),
             );
-            snapshots.push(renamed(&snapshot, &key));
+            let snapshot = renamed(&snapshot, &key);
+            let snapshot = match snapshot.shape.as_slice() {
+                &[out, input, 1, 1] if squeeze.iter().any(|re| re.is_match(&key)) => {
+                    squeezed(&snapshot, [out, input])
+                }
+                _ => snapshot,
+            };
+            snapshots.push(snapshot);
         }
     }
 
@@ -369,6 +387,27 @@ fn renamed(snapshot: &TensorSnapshot, key: &str) -> TensorSnapshot {
         snapshot.dtype,
         snapshot.shape.clone(),
         key.split('.').map(str::to_string).collect(),
+        Vec::new(),
+        ParamId::new(),
+    )
+}
+
+/// The same lazy tensor with its trailing 1x1 dimensions dropped (row-major data unchanged).
+fn squeezed(snapshot: &TensorSnapshot, shape: [usize; 2]) -> TensorSnapshot {
+    let data = snapshot.clone_data_fn();
+    TensorSnapshot::from_closure(
+        Rc::new(move || {
+            let mut tensor = data()?;
+            tensor.shape = Shape::from(shape.to_vec());
+            Ok(tensor)
+        }),
+        snapshot.dtype,
+        Shape::from(shape.to_vec()),
+        snapshot
+            .full_path()
+            .split('.')
+            .map(str::to_string)
+            .collect(),
         Vec::new(),
         ParamId::new(),
     )
