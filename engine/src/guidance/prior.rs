@@ -586,10 +586,22 @@ impl<B: Backend> DiffusionPrior<B> {
             let l = broadcast(l, n);
             Tensor::cat(vec![l.clone(), l], 0)
         });
-        // On a CPU backend the samples run as one UNet forward per core (`host_batch`), a
-        // multi-view prior's views of one object kept together.
+        let out = self.unet_forward(sample, t, context, labels);
+        Ok((out.clone().narrow(0, 0, n), out.narrow(0, n, n)))
+    }
+
+    /// The UNet's raw output for a batch at timestep `t`. On a CPU backend the samples run as
+    /// one UNet forward per core (`host_batch`), a multi-view prior's views of one object kept
+    /// together.
+    fn unet_forward(
+        &self,
+        sample: Tensor<B, 4>,
+        t: usize,
+        context: Tensor<B, 3>,
+        labels: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 4> {
         let frames = self.unet.num_frames();
-        let out = map_batch_grouped(
+        map_batch_grouped(
             sample,
             context,
             labels,
@@ -598,8 +610,7 @@ impl<B: Backend> DiffusionPrior<B> {
                 self.unet
                     .forward_timestep(sample, t as f32, context, labels)
             },
-        );
-        Ok((out.clone().narrow(0, 0, n), out.narrow(0, n, n)))
+        )
     }
 
     /// The noise prediction under one text embedding (no CFG: one UNet branch), converted to
@@ -622,17 +633,7 @@ impl<B: Backend> DiffusionPrior<B> {
         self.scheduler.alpha_prod(t)?;
         let context = broadcast(context, n);
         let labels = class_labels.map(|l| broadcast(l, n));
-        let frames = self.unet.num_frames();
-        let out = map_batch_grouped(
-            x_t.clone(),
-            context,
-            labels,
-            frames,
-            |sample, context, labels| {
-                self.unet
-                    .forward_timestep(sample, t as f32, context, labels)
-            },
-        );
+        let out = self.unet_forward(x_t.clone(), t, context, labels);
         self.scheduler.pred_epsilon(out, x_t, &[t])
     }
 

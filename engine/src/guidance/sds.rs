@@ -399,23 +399,7 @@ impl<B: AutodiffBackend> Guidance<B> {
         let scale = self.guidance_scale_at(step);
         let generative_weight = self.generative_weight_at(step);
         let recon = self.config.recon_loss.as_ref();
-        let (eps_cfg, diff) = if let Some(recon) = recon {
-            // MVDream's reconstruction loss: pull z towards the (std-rescaled) CFG x0.
-            let (eps_uncond, eps_cond) = self.prior.predict_noise_branches_chunked(
-                x_t.clone(),
-                t,
-                cond.clone(),
-                uncond.clone(),
-                class_labels.clone(),
-                self.config.max_batch,
-            )?;
-            let eps_cfg = eps_uncond.clone() + (eps_cond.clone() - eps_uncond) * scale;
-            let alpha_prod = self.prior.alpha_prod(t)?;
-            let x0_cfg = predict_start_from_noise(x_t.clone(), eps_cfg.clone(), alpha_prod);
-            let x0_text = predict_start_from_noise(x_t.clone(), eps_cond, alpha_prod);
-            let x0 = rescaled_x0(x0_cfg, x0_text, recon.std_rescale, self.prior.num_frames());
-            (eps_cfg, z_inner.clone().repeat_dim(0, n) - x0)
-        } else if generative_weight == 1.0 {
+        let (eps_cfg, diff) = if recon.is_none() && generative_weight == 1.0 {
             let eps_cfg = self.prior.predict_noise_cfg_chunked(
                 x_t.clone(),
                 t,
@@ -427,7 +411,8 @@ impl<B: AutodiffBackend> Guidance<B> {
             )?;
             (eps_cfg.clone(), eps_cfg - target_noise)
         } else {
-            // eps_cfg - eps = (eps_uncond - eps) + s (eps_cond - eps_uncond), weighted apart.
+            // The two CFG branches apart: the reconstruction loss needs the text-only one, a
+            // generative weight weighs eps_uncond - eps and s (eps_cond - eps_uncond) apart.
             let (eps_uncond, eps_cond) = self.prior.predict_noise_branches_chunked(
                 x_t.clone(),
                 t,
@@ -436,11 +421,23 @@ impl<B: AutodiffBackend> Guidance<B> {
                 class_labels.clone(),
                 self.config.max_batch,
             )?;
-            let classifier = (eps_cond - eps_uncond.clone()) * scale;
-            (
-                eps_uncond.clone() + classifier.clone(),
-                (eps_uncond - target_noise) * generative_weight + classifier,
-            )
+            let classifier = (eps_cond.clone() - eps_uncond.clone()) * scale;
+            let eps_cfg = eps_uncond.clone() + classifier.clone();
+            match recon {
+                Some(recon) => {
+                    // MVDream's reconstruction loss: z towards the (std-rescaled) CFG x0.
+                    let alpha_prod = self.prior.alpha_prod(t)?;
+                    let x0_cfg = predict_start_from_noise(x_t.clone(), eps_cfg.clone(), alpha_prod);
+                    let x0_text = predict_start_from_noise(x_t.clone(), eps_cond, alpha_prod);
+                    let x0 =
+                        rescaled_x0(x0_cfg, x0_text, recon.std_rescale, self.prior.num_frames());
+                    (eps_cfg, z_inner.clone().repeat_dim(0, n) - x0)
+                }
+                None => (
+                    eps_cfg,
+                    (eps_uncond - target_noise) * generative_weight + classifier,
+                ),
+            }
         };
         // The reconstruction loss's gradient carries no w(t) (threestudio's recon branch).
         let time_weight = if recon.is_some() {

@@ -19,6 +19,7 @@ use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::{AddedToken, Tokenizer};
 
+use super::tokenizer::frame_tokens;
 use crate::weights::LoadError;
 
 /// ImageReward's prompt length (`max_length=35` in `ImageReward.score`).
@@ -161,26 +162,19 @@ impl BertTokenizer {
                 path: self.source.clone(),
                 reason: format!("encoding {prompt:?}: {e}"),
             })?;
-        let body = encoding.get_ids();
-        let room = self.max_length - 2;
-        let truncated = body.len() > room;
-        if truncated {
-            log::warn!(
-                "prompt is {} tokens, ImageReward reads {room}: truncated ({prompt:?})",
-                body.len()
-            );
-        }
-        let mut input_ids = Vec::with_capacity(self.max_length);
-        input_ids.push(self.cls_token_id);
-        input_ids.extend_from_slice(&body[..body.len().min(room)]);
-        input_ids.push(self.sep_token_id);
-        let mut attention_mask = vec![1; input_ids.len()];
+        let framed = frame_tokens(
+            encoding.get_ids(),
+            [self.cls_token_id, self.sep_token_id, self.pad_token_id],
+            self.max_length,
+            "ImageReward",
+            prompt,
+        );
+        let mut attention_mask = vec![1; framed.num_tokens];
         attention_mask.resize(self.max_length, 0);
-        input_ids.resize(self.max_length, self.pad_token_id);
         Ok(BertEncoding {
-            input_ids,
+            input_ids: framed.input_ids,
             attention_mask,
-            truncated,
+            truncated: framed.truncated,
         })
     }
 

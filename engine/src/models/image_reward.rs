@@ -34,7 +34,7 @@ use super::bert_tokenizer::BertTokenizer;
 use super::blip_vit::{BlipVisionConfig, VisionTransformer};
 use super::matmul::{matmul_shared_left, matmul_shared_right};
 use super::med_bert::{BertConfig, BertModel, med_bert_load_options};
-use super::reward::{AestheticHead, CLIP_MEAN, CLIP_STD, RewardError, RewardModel};
+use super::reward::{AestheticHead, RewardError, RewardModel, clip_normalize};
 use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with, weight_files};
 
 /// Upstream's score normalisation: `ImageReward.mean` (hard-coded in `ImageReward.__init__`,
@@ -319,10 +319,7 @@ pub fn image_reward_preprocess<B: Backend>(
     if !(rw == size && w == size) {
         x = matmul_shared_right(x, matrix(rw, w).transpose()); // [n, 3, size, size]
     }
-    let channel = |v: [f32; 3]| {
-        Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [3]), &device).reshape([1, 3, 1, 1])
-    };
-    Ok((x - channel(CLIP_MEAN)) / channel(CLIP_STD))
+    Ok(clip_normalize(x))
 }
 
 /// ImageReward as a [`RewardModel`] (`image_reward`): the model and its tokenizer. Scores are

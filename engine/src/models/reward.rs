@@ -79,17 +79,22 @@ pub fn clip_preprocess<B: Backend>(
     if n == 0 || c != 3 || h == 0 || w == 0 {
         return Err(RewardError::BadImages { shape });
     }
-    let device = images.device();
     // Differentiable on every backend: reward feedback backpropagates through it.
     let images = if h == size && w == size {
         images
     } else {
         resize_bilinear(images, [size, size])
     };
+    Ok(clip_normalize(images))
+}
+
+/// `(x - CLIP_MEAN) / CLIP_STD` per channel of `[n, 3, h, w]` images in `[0, 1]`.
+pub(crate) fn clip_normalize<B: Backend>(images: Tensor<B, 4>) -> Tensor<B, 4> {
+    let device = images.device();
     let channel = |v: [f32; 3]| {
         Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [3]), &device).reshape([1, 3, 1, 1])
     };
-    Ok((images - channel(CLIP_MEAN)) / channel(CLIP_STD))
+    (images - channel(CLIP_MEAN)) / channel(CLIP_STD)
 }
 
 /// CLIPScore: `100 * cos(image embedding, text embedding)` with a full CLIP model, the metric

@@ -175,21 +175,15 @@ impl CLIPTokenizer {
                 path: self.source.clone(),
                 reason: format!("encoding {prompt:?}: {e}"),
             })?;
-        let body = encoding.get_ids();
-        let room = self.max_length - 2;
-        let truncated = body.len() > room;
-        if truncated {
-            log::warn!(
-                "prompt is {} tokens, CLIP reads {room}: truncated ({prompt:?})",
-                body.len()
-            );
-        }
-        let mut input_ids = Vec::with_capacity(self.max_length);
-        input_ids.push(self.bos_token_id);
-        input_ids.extend_from_slice(&body[..body.len().min(room)]);
-        input_ids.push(self.eos_token_id);
-        let num_tokens = input_ids.len();
-        input_ids.resize(self.max_length, self.pad_token_id);
+        let framed = frame_tokens(
+            encoding.get_ids(),
+            [self.bos_token_id, self.eos_token_id, self.pad_token_id],
+            self.max_length,
+            "CLIP",
+            prompt,
+        );
+        let (input_ids, num_tokens, truncated) =
+            (framed.input_ids, framed.num_tokens, framed.truncated);
         Ok(TokenizedPrompt {
             input_ids,
             num_tokens,
@@ -306,4 +300,45 @@ fn bpe_from_vocab_merges(
         .collect();
     tokenizer.add_special_tokens(&specials);
     Ok(tokenizer)
+}
+
+/// Token ids framed for a text encoder: `[first, body..., last, pad...]`, exactly
+/// `max_length` long, the body cut (with a logged warning naming `reader`) when it does not fit.
+pub(crate) struct FramedTokens {
+    /// The framed, padded ids.
+    pub input_ids: Vec<u32>,
+    /// Ids before the padding.
+    pub num_tokens: usize,
+    /// Whether the body was cut.
+    pub truncated: bool,
+}
+
+/// See [`FramedTokens`]; `[first, last, pad]` are the special ids (CLIP: BOS, EOS, pad; BERT:
+/// `[CLS]`, `[SEP]`, `[PAD]`).
+pub(crate) fn frame_tokens(
+    body: &[u32],
+    [first, last, pad]: [u32; 3],
+    max_length: usize,
+    reader: &str,
+    prompt: &str,
+) -> FramedTokens {
+    let room = max_length - 2;
+    let truncated = body.len() > room;
+    if truncated {
+        log::warn!(
+            "prompt is {} tokens, {reader} reads {room}: truncated ({prompt:?})",
+            body.len()
+        );
+    }
+    let mut input_ids = Vec::with_capacity(max_length);
+    input_ids.push(first);
+    input_ids.extend_from_slice(&body[..body.len().min(room)]);
+    input_ids.push(last);
+    let num_tokens = input_ids.len();
+    input_ids.resize(max_length, pad);
+    FramedTokens {
+        input_ids,
+        num_tokens,
+        truncated,
+    }
 }
