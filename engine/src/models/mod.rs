@@ -4,6 +4,7 @@
 pub mod activations;
 pub mod any_reward;
 pub mod attention;
+pub mod autoencoder_tiny;
 pub mod bert_tokenizer;
 pub mod blip_vit;
 pub mod camera_utils;

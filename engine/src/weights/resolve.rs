@@ -74,6 +74,14 @@ pub const PRESETS: &[Preset] = &[
         about: "ImageReward v1.0 (BLIP ViT-L/16 + BERT-base): human-preference reward for a prompt and an image",
     },
     Preset {
+        name: "taesd",
+        repo_id: "madebyollin/taesd",
+        subfolders: &[""],
+        files: &[],
+        bundled: None,
+        about: "TAESD (diffusers AutoencoderTiny): tiny distilled decoder/encoder of SD 1.x/2.x latents, for cheap decoding",
+    },
+    Preset {
         name: "clip-vit-l-14",
         repo_id: "openai/clip-vit-large-patch14",
         subfolders: &[""],
