@@ -37,7 +37,8 @@ struct Args {
     /// What to make [default: the config's prompt, else "a blue cone on top of an orange cylinder"].
     #[arg(long)]
     prompt: Option<String>,
-    /// Preset: fast, quality; add -sds for plain SDS (fast-sds).
+    /// Preset: fast, quality, sd21, mvdream, mvdream-fast; add -sds for plain SDS (fast-sds).
+    /// docs/presets.md says where each one's values come from.
     #[arg(long, default_value = "fast")]
     preset: String,
     /// A TOML config (a saved `config.toml`), instead of the preset.
@@ -49,6 +50,10 @@ struct Args {
     /// Reward model for RewardSDS: preset, folder or repo id.
     #[arg(long)]
     reward: Option<String>,
+    /// Decoder of RewardSDS's scored samples instead of the prior's VAE: `taesd` or a folder
+    /// of a diffusers AutoencoderTiny (`score_decoder`).
+    #[arg(long)]
+    score_decoder: Option<String>,
     /// Optimisation steps.
     #[arg(long)]
     steps: Option<usize>,
@@ -91,7 +96,7 @@ struct Args {
     out: Option<PathBuf>,
     /// Continue the run checkpointed in this folder, with its exact config (the options
     /// above that change the config are not allowed with it).
-    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "generative_weight", "csd_fraction", "learning_rate_end_factor"])]
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "score_decoder", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "generative_weight", "csd_fraction", "learning_rate_end_factor"])]
     resume: Option<PathBuf>,
     /// With `--resume`: export the checkpoint's state as it stands (.glb, turntable, the
     /// judge's reading) and run none of the steps left: a stopped run's result, or how far a
@@ -158,6 +163,7 @@ impl BackendTask for Generate {
             );
         }
         let mut snapshot_error = None;
+        let optimise_start = Instant::now();
         generator.run(&cancel, &mut |event| match event {
             GenerateEvent::Progress(p) => {
                 let reward = p
@@ -181,7 +187,8 @@ impl BackendTask for Generate {
         if let Some(e) = snapshot_error {
             eprintln!("warning: could not save the preview: {e}");
         }
-        let optimise = start.elapsed().as_secs_f64();
+        // The steps alone: loading the models is not a step's cost.
+        let optimise = optimise_start.elapsed().as_secs_f64();
 
         let glb = out.join(format!("{}.glb", slug(&config.prompt)));
         let (export, mesh) = generator.export_glb(&glb).context("exporting the mesh")?;
@@ -337,8 +344,24 @@ fn main() -> Result<()> {
     if let Some(reward) = args.reward {
         config.reward = Some(reward);
     }
+    if let Some(decoder) = args.score_decoder {
+        config.score_decoder = Some(decoder);
+    }
     if let Some(steps) = args.steps {
         config.steps = steps;
+        // A shorter run than the preset's: its resolution milestones past the end never come
+        // (`mvdream` switches to 256 px at step 5000), so they go, with a word.
+        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut config.resolution_milestones)
+            .into_iter()
+            .partition(|m| m.step < steps);
+        for m in &dropped {
+            log::warn!(
+                "--steps {steps}: the resolution milestone at step {} ({} px) is past the end; dropped",
+                m.step,
+                m.size
+            );
+        }
+        config.resolution_milestones = kept;
     }
     if let Some(seed) = args.seed {
         config.seed = seed;

@@ -11,6 +11,7 @@
 //! - [`optim`]: Adam/AdamW with a learning rate per parameter group.
 //! - [`models`]: CLIP, UNet, VAE, schedulers, reward heads (diffusers/transformers ports).
 //! - [`weights`]: model folders and safetensors loading.
+//! - [`cost`]: FLOPs, predicted GPU time and peak memory of a run, before it runs.
 //! - [`generate`]: the generation loop (config, progress, snapshots).
 //! - [`guidance`]: SDS and RewardSDS over a diffusion prior.
 //! - [`mesh`]: surface extraction from density fields.
@@ -23,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod cost;
 pub mod export;
 pub mod fit;
 pub mod generate;

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
 use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
+use rewardsds_engine::guidance::ScoringMode;
 use rewardsds_engine::scene::nerf::HashGridConfig;
 
 mod pipeline_folders;
@@ -25,14 +26,32 @@ fn fixtures() -> PathBuf {
 fn tiny_sd_folder(dir: &Path) {
     let f = fixtures();
     let files = [
-        ("tokenizer", f.join("clip/sd2-text/tokenizer/tokenizer.json")),
-        ("tokenizer", f.join("clip/sd2-text/tokenizer/tokenizer_config.json")),
-        ("text_encoder", f.join("clip/sd2-text/text_encoder/config.json")),
-        ("text_encoder", f.join("clip/sd2-text/text_encoder/model.safetensors")),
+        (
+            "tokenizer",
+            f.join("clip/sd2-text/tokenizer/tokenizer.json"),
+        ),
+        (
+            "tokenizer",
+            f.join("clip/sd2-text/tokenizer/tokenizer_config.json"),
+        ),
+        (
+            "text_encoder",
+            f.join("clip/sd2-text/text_encoder/config.json"),
+        ),
+        (
+            "text_encoder",
+            f.join("clip/sd2-text/text_encoder/model.safetensors"),
+        ),
         ("unet", f.join("unet_sd15_tiny/config.json")),
-        ("unet", f.join("unet_sd15_tiny/diffusion_pytorch_model.safetensors")),
+        (
+            "unet",
+            f.join("unet_sd15_tiny/diffusion_pytorch_model.safetensors"),
+        ),
         ("vae", f.join("vae_tiny/config.json")),
-        ("vae", f.join("vae_tiny/diffusion_pytorch_model.safetensors")),
+        (
+            "vae",
+            f.join("vae_tiny/diffusion_pytorch_model.safetensors"),
+        ),
         ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
     ];
     for (folder, from) in files {
@@ -41,23 +60,12 @@ fn tiny_sd_folder(dir: &Path) {
     }
 }
 
-#[test]
-fn the_sd21_preset_runs_to_a_valid_glb() {
-    let device = Default::default();
-    let dir = std::env::temp_dir().join(format!("rewardsds-sd21-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    let prior = dir.join("prior");
-    tiny_sd_folder(&prior);
-
+/// The preset with the tiny models and a CI-sized scene and mesh.
+fn tiny_sd21(prior: &Path, steps: usize) -> GenerateConfig {
     let mut config = GenerateConfig::preset("sd21").unwrap();
-    // What makes it threestudio's recipe stays: CFG 100, radius 2 with cameras 1.5-2.0 away
-    // (inside the scene's sphere), Adam, view-dependent prompts, N = 4 min-max DDIM scoring.
-    assert_eq!(config.guidance.guidance_scale, 100.0);
-    assert!(config.camera.distance_range[1] <= config.nerf.radius);
     config.prompt = "a red cube".into();
     config.prior = prior.display().to_string();
     config.reward = Some(fixtures().join("image_reward_tiny").display().to_string());
-    let steps = 3;
     config.steps = steps;
     config.render_size = 16;
     config.renderer.num_samples_per_ray = 16;
@@ -70,6 +78,67 @@ fn the_sd21_preset_runs_to_a_valid_glb() {
     config.checkpoint_every = 0;
     config.mesh.resolution = 32;
     config.mesh.coarse_resolution = 16;
+    config
+}
+
+/// Rewards of each rewarded step of a run.
+fn rewards_of(config: GenerateConfig) -> Vec<Vec<f32>> {
+    let device = Default::default();
+    let mut generator = Generator::<B>::load(config, &device).unwrap();
+    let mut rewards = Vec::new();
+    generator
+        .run(&AtomicBool::new(false), &mut |e| {
+            if let GenerateEvent::Progress(p) = e
+                && !p.rewards.is_empty()
+            {
+                rewards.push(p.rewards.clone());
+            }
+        })
+        .unwrap();
+    rewards
+}
+
+#[test]
+fn taesd_scores_instead_of_the_vae_and_a_pixel_prior_refuses_it() {
+    let dir = std::env::temp_dir().join(format!("rewardsds-sd21-taesd-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let prior = dir.join("prior");
+    tiny_sd_folder(&prior);
+    let mut config = tiny_sd21(&prior, 2);
+    config.guidance.reward.as_mut().unwrap().scoring = ScoringMode::OneStep;
+    let vae = rewards_of(config.clone());
+    config.score_decoder = Some(fixtures().join("taesd_tiny").display().to_string());
+    let taesd = rewards_of(config.clone());
+    // Same step, same noises, same clean estimates: only the decoder differs.
+    assert_eq!(vae.len(), 1);
+    assert_eq!(taesd.len(), 1);
+    assert!(taesd[0].iter().all(|r| r.is_finite()));
+    assert_ne!(vae, taesd);
+
+    // The Tiny World prior denoises pixels: nothing to decode.
+    let mut pixel = GenerateConfig::preset("fast").unwrap();
+    pixel.prompt = "a red cube".into();
+    pixel.score_decoder = config.score_decoder.clone();
+    let err = Generator::<B>::load(pixel, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("score_decoder"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_sd21_preset_runs_to_a_valid_glb() {
+    let device = Default::default();
+    let dir = std::env::temp_dir().join(format!("rewardsds-sd21-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let prior = dir.join("prior");
+    tiny_sd_folder(&prior);
+
+    let config = tiny_sd21(&prior, 3);
+    // What makes it threestudio's recipe stays: CFG 100, radius 2 with cameras 1.5-2.0 away
+    // (inside the scene's sphere), Adam, view-dependent prompts, N = 4 min-max DDIM scoring.
+    assert_eq!(config.guidance.guidance_scale, 100.0);
+    assert!(config.camera.distance_range[1] <= config.nerf.radius);
 
     let mut generator = Generator::<B>::load(config, &device).unwrap();
     let mut rewarded = 0;

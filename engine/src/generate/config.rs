@@ -92,6 +92,10 @@ pub struct GenerateConfig {
     /// The reward model for RewardSDS (a CLIP folder or preset such as `tiny-world-reward`);
     /// unused by plain SDS.
     pub reward: Option<String>,
+    /// A cheaper decoder for RewardSDS's scored samples instead of the prior's VAE: `taesd`
+    /// (diffusers' `AutoencoderTiny`, 2.4 M parameters against the VAE decoder's 49 M) or a
+    /// folder of one. Scoring only: the gradient never passes through it. Unset: the VAE.
+    pub score_decoder: Option<String>,
     /// SDS / RewardSDS settings.
     pub guidance: GuidanceConfig,
     /// Which representation is optimised: `nerf` (settings below) or `gaussians`.
@@ -147,6 +151,10 @@ impl Default for GenerateConfig {
     }
 }
 
+/// Largest render side accepted: above it a step's buffers outgrow any machine (a 100,000 px
+/// render asked for 120 GB), and no prior sees more than 1024 px.
+pub const MAX_RENDER_SIZE: u32 = 4096;
+
 /// The preset names [`GenerateConfig::preset`] knows.
 pub const PRESETS: &[&str] = &[
     "fast",
@@ -157,6 +165,8 @@ pub const PRESETS: &[&str] = &[
     "sd21-sds",
     "mvdream",
     "mvdream-sds",
+    "mvdream-fast",
+    "mvdream-fast-sds",
 ];
 
 /// The official MVDream / RewardSDS 3D configs' negative prompt (threestudio's
@@ -179,6 +189,7 @@ impl GenerateConfig {
             "quality" => Self::quality(),
             "sd21" => Self::sd21(),
             "mvdream" => Self::mvdream(),
+            "mvdream-fast" => Self::mvdream_fast(),
             _ => {
                 return Err(ConfigError::new(
                     "preset",
@@ -200,6 +211,7 @@ impl GenerateConfig {
             steps: 250,
             prior: "tiny-world".into(),
             reward: Some("tiny-world-reward".into()),
+            score_decoder: None,
             guidance: GuidanceConfig {
                 // Measured on Tiny World v3 (docs/benchmarks.md, SDS, 4 prompts): 3-5 best
                 // (judge R-precision 47%), 7.5 38%, 12 34%, 20 31%. Real priors want more.
@@ -439,6 +451,36 @@ impl GenerateConfig {
         }
     }
 
+    /// The paper's setup cut to fit 15 minutes on one H100 by the cost model
+    /// (`cargo run --release --example cost_model`; docs/presets.md): half the steps (the
+    /// annealing scaled with them), N = 4 scored in one step by TAESD instead of 15 DDIM passes
+    /// and the VAE, the N noises of a step in one UNet call, and 64 px renders throughout at
+    /// 256 samples per ray (the official 256 px phase needs ~280 GB for this engine's dense
+    /// renderer; 8 views at 64 px and 256 samples ~35 GB).
+    fn mvdream_fast() -> Self {
+        let full = Self::mvdream();
+        Self {
+            steps: 5000,
+            score_decoder: Some("taesd".into()),
+            guidance: GuidanceConfig {
+                anneal_steps: 4000,
+                reward: Some(RewardSdsConfig {
+                    n_samples: 4,
+                    scoring: ScoringMode::OneStep,
+                    ..full.guidance.reward.clone().expect("mvdream has a reward")
+                }),
+                // 4 noises x 8 views per call (64 UNet samples with CFG).
+                max_batch: 32,
+                ..full.guidance.clone()
+            },
+            renderer: VolumeRendererConfig::new().with_num_samples_per_ray(256),
+            resolution_milestones: Vec::new(),
+            snapshot_every: 100,
+            checkpoint_every: 500,
+            ..full
+        }
+    }
+
     /// Checks every field; the error names the one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.prompt.trim().is_empty() {
@@ -450,10 +492,13 @@ impl GenerateConfig {
         if self.views_per_step == 0 {
             return Err(ConfigError::new("views_per_step", "must be at least 1"));
         }
-        if self.render_size < 8 {
+        if !(8..=MAX_RENDER_SIZE).contains(&self.render_size) {
             return Err(ConfigError::new(
                 "render_size",
-                format!("{} is below the 8 px minimum", self.render_size),
+                format!(
+                    "{} is outside 8..={MAX_RENDER_SIZE} px (priors see 64-1024 px)",
+                    self.render_size
+                ),
             ));
         }
         let mut previous = 0;
@@ -472,10 +517,10 @@ impl GenerateConfig {
                     ),
                 ));
             }
-            if milestone.size < 8 {
+            if !(8..=MAX_RENDER_SIZE).contains(&milestone.size) {
                 return Err(ConfigError::new(
                     field("size"),
-                    format!("{} is below the 8 px minimum", milestone.size),
+                    format!("{} is outside 8..={MAX_RENDER_SIZE} px", milestone.size),
                 ));
             }
             if milestone.views == Some(0) {
@@ -706,6 +751,24 @@ mod tests {
         let r = config.learning_rates_at(100);
         assert!((r.network / config.learning_rates.network - 0.01).abs() < 1e-12);
         assert!((r.background / config.learning_rates.background - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_render_size_beyond_any_machine_is_refused_naming_the_field() {
+        let mut config = with_prompt(GenerateConfig::preset("fast").unwrap());
+        config.render_size = 100_000;
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.field, "render_size");
+        assert!(err.reason.contains("100000"), "{err}");
+        config.render_size = 64;
+        config.steps = 10;
+        config.resolution_milestones = vec![ResolutionMilestone {
+            step: 5,
+            size: 100_000,
+            views: None,
+        }];
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.field, "resolution_milestones[0].size");
     }
 
     #[test]

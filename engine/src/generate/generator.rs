@@ -21,6 +21,7 @@ use crate::guidance::{
 };
 use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, NerfField, extract_mesh};
 use crate::models::AnyReward;
+use crate::models::autoencoder_tiny::AutoencoderTiny;
 use crate::optim::GroupedOptimizer;
 use crate::render::{RenderOutput, VolumeRenderer};
 use crate::rgb_image::RgbImage;
@@ -216,6 +217,9 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
     device: &B::Device,
 ) -> Result<Guidance<B>, GenerateError> {
     config.validate()?;
+    if crate::host_batch::is_host::<B::InnerBackend>() {
+        crate::cost::memory::check_host_memory(config)?;
+    }
     let prior = load_prior::<B::InnerBackend>(&config.prior, device)?;
     let wants_reward = config
         .guidance
@@ -246,6 +250,17 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
     )?;
     if let Some(f) = feedback {
         guidance.set_reward_feedback(Box::new(f));
+    }
+    if let Some(spec) = config.score_decoder.as_deref().filter(|_| wants_reward) {
+        let model = |source| GenerateError::Model {
+            field: "score_decoder",
+            spec: spec.into(),
+            source,
+        };
+        let dir = resolve_model(spec).map_err(model)?;
+        let (taesd, taesd_config) =
+            AutoencoderTiny::<B::InnerBackend>::from_folder(&dir, device).map_err(model)?;
+        guidance.set_score_decoder(taesd, taesd_config.latent_channels)?;
     }
     Ok(guidance)
 }

@@ -126,12 +126,13 @@ impl Image2dConfig {
         self.optimizer
             .validate()
             .map_err(|e| ConfigError::new("optimizer", e))?;
-        if self.size != 0 && self.size < 8 {
+        if self.size != 0 && !(8..=super::config::MAX_RENDER_SIZE as usize).contains(&self.size) {
             return Err(ConfigError::new(
                 "size",
                 format!(
-                    "{} is below the 8 px minimum (0: the prior's resolution)",
-                    self.size
+                    "{} is outside 8..={} px (0: the prior's resolution)",
+                    self.size,
+                    super::config::MAX_RENDER_SIZE
                 ),
             ));
         }

@@ -220,6 +220,16 @@ impl Default for GuidanceConfig {
 }
 
 impl GuidanceConfig {
+    /// The timesteps `[lo, hi]` a step draws from, of `num_train_timesteps`:
+    /// `int(T * fraction)` of the annealed `t_min` and `t_max`, at most `T - 1`.
+    pub fn timestep_range(&self, step: usize, num_train_timesteps: usize) -> [usize; 2] {
+        let at = |f: &AnnealedFraction| {
+            let v = (num_train_timesteps as f64 * f.at(step, self.anneal_steps)) as usize;
+            v.min(num_train_timesteps.saturating_sub(1))
+        };
+        [at(&self.t_min), at(&self.t_max)]
+    }
+
     /// Checks every field; errors name it (`guidance_scale`, `t_min`, `reward.strategy.k`, ...).
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, s) in [

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::GuidanceError;
 use super::prior::DiffusionPrior;
 use crate::models::SchedulerError;
+use crate::models::autoencoder_tiny::AutoencoderTiny;
 use crate::models::reward::RewardModel;
 
 /// Points of the official scoring grid (`num_steps = 15` in `explore_direction`).
@@ -68,6 +69,8 @@ pub struct Scorer<'a, B: Backend> {
     pub guidance_scale: f32,
     /// Samples per UNet pass and per decode/reward call (memory bound).
     pub max_batch: usize,
+    /// A cheaper decoder for the scored images (TAESD) instead of the prior's VAE.
+    pub decoder: Option<&'a AutoencoderTiny<B>>,
 }
 
 impl<B: Backend> Scorer<'_, B> {
@@ -146,7 +149,10 @@ impl<B: Backend> Scorer<'_, B> {
         let views = rows / n_samples;
         let mut scores = Vec::with_capacity(rows);
         for chunk in x0.split(self.max_batch.max(1), 0) {
-            let images = self.prior.decode(chunk);
+            let images = match self.decoder {
+                Some(taesd) => (taesd.decode(chunk) * 0.5 + 0.5).clamp(0.0, 1.0),
+                None => self.prior.decode(chunk),
+            };
             let s = self.reward.score(images, self.prompt)?;
             scores.extend(
                 s.into_data()

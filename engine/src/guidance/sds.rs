@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{AnnealedFraction, GuidanceConfig, RewardSdsConfig, TimeWeighting};
+use super::config::{GuidanceConfig, RewardSdsConfig, TimeWeighting};
 use super::ism::interval_target;
 use super::prior::{DiffusionPrior, ImageEncoder};
 use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection};
@@ -28,6 +28,7 @@ use super::reward_feedback::{BoxedFeedbackReward, feedback_loss};
 use super::scoring::Scorer;
 use super::weighting::selected;
 use super::{ConfigError, GuidanceError};
+use crate::models::autoencoder_tiny::AutoencoderTiny;
 use crate::models::reward::RewardModel;
 
 /// Xored into a step's seed for the VAE posterior sample, so that stream never overlaps the
@@ -112,6 +113,7 @@ pub struct Guidance<B: AutodiffBackend> {
     prompts: PromptEmbeddings<B::InnerBackend>,
     reward: Option<BoxedReward<B>>,
     feedback: Option<BoxedFeedbackReward<B>>,
+    score_decoder: Option<AutoencoderTiny<B::InnerBackend>>,
     total_steps: usize,
 }
 
@@ -166,8 +168,38 @@ impl<B: AutodiffBackend> Guidance<B> {
             prompts,
             reward,
             feedback: None,
+            score_decoder: None,
             total_steps,
         })
+    }
+
+    /// Decodes the scored samples with `taesd` instead of the prior's VAE (RewardSDS's
+    /// scoring only: the gradient never passes through it). Refused for a pixel-space prior
+    /// (nothing to decode) and for latents of another width.
+    pub fn set_score_decoder(
+        &mut self,
+        taesd: AutoencoderTiny<B::InnerBackend>,
+        latent_channels: usize,
+    ) -> Result<(), GuidanceError> {
+        if !self.prior.is_latent() {
+            return Err(ConfigError::new(
+                "score_decoder",
+                "the prior works in pixel space: there is nothing to decode",
+            )
+            .into());
+        }
+        if latent_channels != self.prior.channels() {
+            return Err(ConfigError::new(
+                "score_decoder",
+                format!(
+                    "decodes {latent_channels}-channel latents, the prior's have {}",
+                    self.prior.channels()
+                ),
+            )
+            .into());
+        }
+        self.score_decoder = Some(taesd);
+        Ok(())
     }
 
     /// Attaches the differentiable reward model that `reward_feedback` differentiates (on
@@ -206,12 +238,8 @@ impl<B: AutodiffBackend> Guidance<B> {
     /// The inclusive timestep range at `step`: `int(T * t_min)` to `int(T * t_max)`
     /// (threestudio's `min_step`/`max_step`), capped at `T - 1`.
     pub fn timestep_range(&self, step: usize) -> [usize; 2] {
-        let t = self.prior.num_train_timesteps();
-        let at = |f: &AnnealedFraction| {
-            let v = (t as f64 * f.at(step, self.config.anneal_steps)) as usize;
-            v.min(t - 1)
-        };
-        [at(&self.config.t_min), at(&self.config.t_max)]
+        self.config
+            .timestep_range(step, self.prior.num_train_timesteps())
     }
 
     /// `w(t)`.
@@ -460,6 +488,7 @@ impl<B: AutodiffBackend> Guidance<B> {
                         mode: r.scoring,
                         guidance_scale: scoring_scale,
                         max_batch: self.config.max_batch,
+                        decoder: self.score_decoder.as_ref(),
                     };
                     // The SDS pass already is the first denoising pass when the scales agree.
                     let eps_at_t = (scoring_scale == scale).then(|| eps_cfg.clone());

@@ -1,0 +1,144 @@
+//! The cost model's FLOP counts equal PyTorch's own counter on the full-size models
+//! (engine/tests/fixtures/flop_counts.json, from tools/cost/torch_flop_counts.py), and its
+//! memory check refuses what cannot fit, naming the field.
+
+use std::path::Path;
+
+use rewardsds_engine::cost::flops::{self, UNetInput};
+use rewardsds_engine::cost::memory::{check_fits, step_memory};
+use rewardsds_engine::cost::run::expected_ddim_passes;
+use rewardsds_engine::cost::{CostModels, run_cost};
+use rewardsds_engine::generate::GenerateConfig;
+use rewardsds_engine::models::autoencoder_tiny::AutoencoderTinyConfig;
+use rewardsds_engine::models::clip_vision::CLIPVisionConfig;
+use rewardsds_engine::models::mv_unet::MultiViewUNetModelConfig;
+use rewardsds_engine::models::unet_2d::UNet2DConditionModelConfig;
+use rewardsds_engine::models::vae::AutoencoderKLConfig;
+use serde_json::Value;
+
+fn torch_counts() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flop_counts.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn count(v: &Value) -> f64 {
+    v.as_u64().expect("an integer count") as f64
+}
+
+#[test]
+fn unet_flops_equal_pytorchs_counter() {
+    let torch = torch_counts();
+    let sd21 = UNet2DConditionModelConfig::sd21_base();
+    let mv = MultiViewUNetModelConfig::sd21_base_4view();
+    let mv_unet = mv.to_unet_config().unwrap();
+    for side in [32, 64] {
+        let input = UNetInput {
+            latent_side: side,
+            text_tokens: 77,
+            num_frames: 1,
+        };
+        let ours = flops::unet_forward(&sd21, input);
+        let theirs = count(&torch["sd21_unet"]["forward_per_sample"][side.to_string()]);
+        assert_eq!(ours, theirs, "SD 2.1-base UNet at {side}x{side}");
+
+        let frames = UNetInput {
+            num_frames: mv.num_frames,
+            ..input
+        };
+        let ours = flops::unet_forward(&mv_unet, frames);
+        let theirs = count(&torch["mvdream_unet"]["forward_per_sample"][side.to_string()]);
+        assert_eq!(ours, theirs, "MVDream UNet at {side}x{side}, 4 views");
+    }
+}
+
+#[test]
+fn vae_and_clip_flops_equal_pytorchs_counter() {
+    let torch = torch_counts();
+    let vae = AutoencoderKLConfig::sd();
+    for side in [256, 512] {
+        let t = &torch["sd_vae"]["per_image"][side.to_string()];
+        assert_eq!(flops::vae_encode(&vae, side), count(&t["encode"]), "{side}");
+        assert_eq!(flops::vae_decode(&vae, side), count(&t["decode"]), "{side}");
+        assert_eq!(
+            flops::vae_encode_backward(&vae, side),
+            count(&t["encode_with_backward"]),
+            "{side}"
+        );
+    }
+    assert_eq!(
+        flops::clip_vision(&CLIPVisionConfig::clip_vit_l_14()),
+        count(&torch["clip_vit_l14"]["forward_per_image"])
+    );
+    for side in [32, 64] {
+        assert_eq!(
+            flops::taesd_decode(&AutoencoderTinyConfig::default(), side),
+            count(&torch["taesd"]["decode_per_latent_side"][side.to_string()]),
+            "TAESD from a {side}x{side} latent"
+        );
+    }
+}
+
+#[test]
+fn taesd_scoring_cuts_the_decode_cost_of_the_paper_setup() {
+    let mut config = GenerateConfig::preset("mvdream").unwrap();
+    let vae = run_cost(&config, &CostModels::for_config(&config).unwrap());
+    config.score_decoder = Some("taesd".into());
+    let taesd = run_cost(&config, &CostModels::for_config(&config).unwrap());
+    let decode = |c: &rewardsds_engine::cost::RunCost| {
+        c.components
+            .iter()
+            .find(|c| c.name.contains("decode"))
+            .unwrap()
+            .flops
+    };
+    // 622 GFLOP per 256 px VAE decode against TAESD's 35: 17.6x fewer.
+    let ratio = decode(&vae) / decode(&taesd);
+    assert!((ratio - 622.187 / 35.338).abs() < 0.01, "{ratio}");
+}
+
+#[test]
+fn ddim_scoring_passes_follow_the_grid() {
+    // The 15-point grid from 999 to 0 (0, 71, 142, ...): below t = 999 lie 14 points, below
+    // t = 20 only 0; t uniform on [20, 999] averages in between.
+    assert_eq!(expected_ddim_passes(999, 999), 14.0);
+    assert_eq!(expected_ddim_passes(20, 20), 1.0);
+    let mean = expected_ddim_passes(20, 999);
+    assert!(mean > 1.0 && mean < 14.0, "{mean}");
+}
+
+#[test]
+fn the_paper_setup_costs_more_than_plain_sds_and_scoring_is_its_bulk() {
+    let models = CostModels::resolve("mvdream", Some("image-reward")).unwrap();
+    let reward = run_cost(&GenerateConfig::preset("mvdream").unwrap(), &models);
+    let sds = run_cost(&GenerateConfig::preset("mvdream-sds").unwrap(), &models);
+    assert!(reward.seconds() > 2.0 * sds.seconds());
+    let scoring: f64 = reward
+        .components
+        .iter()
+        .filter(|c| c.name.contains("scoring") || c.name == "reward")
+        .map(|c| c.seconds)
+        .sum();
+    assert!(scoring > 0.5 * reward.seconds(), "{reward:#?}");
+    // Plain SDS never scores.
+    assert!(
+        sds.components
+            .iter()
+            .filter(|c| c.name.contains("scoring") || c.name == "reward")
+            .all(|c| c.flops == 0.0)
+    );
+}
+
+#[test]
+fn a_render_that_cannot_fit_is_refused_naming_render_size() {
+    let mut config = GenerateConfig::preset("fast").unwrap();
+    config.prompt = "a red cube".into();
+    let models = CostModels::for_config(&config).unwrap();
+    let fits = step_memory(&config, &models, 0, 4);
+    check_fits(&fits, 4e9, "test limit").unwrap();
+
+    config.render_size = 100_000;
+    let huge = step_memory(&config, &models, 0, 4);
+    let err = check_fits(&huge, 4e9, "test limit").unwrap_err();
+    assert_eq!(err.field, "render_size");
+    assert!(err.to_string().contains("GB"), "{err}");
+}
