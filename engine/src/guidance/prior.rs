@@ -11,7 +11,7 @@
 //! ([`DiffusionPrior::autodiff_image_encoder`])
 //! while the prior itself runs on the inner backend.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -24,13 +24,16 @@ use super::sds::standard_normal;
 use crate::host_batch::map_batch_grouped;
 use crate::models::CLIPTextModel;
 use crate::models::camera_utils;
-use crate::models::mv_unet::{MultiViewUNetModelConfig, is_mv_unet_config, load_mv_unet};
+use crate::models::clip_text::{CLIPTextConfig, LdmTextEncoder};
+use crate::models::mv_unet::{
+    LDM_UNET_PREFIX, MultiViewUNetModelConfig, is_mv_unet_config, load_mv_unet,
+};
 use crate::models::resize::resize_bilinear;
 use crate::models::schedulers::{DDIMScheduler, DDIMSchedulerConfig, SchedulerError};
 use crate::models::tokenizer::CLIPTokenizer;
 use crate::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
-use crate::weights::{LoadError, weight_files};
+use crate::weights::{LoadError, load_safetensors_with, tensor_shapes, weight_files};
 
 /// The pieces of a prior, for building one from models already in memory
 /// ([`DiffusionPrior::new`]); [`DiffusionPrior::from_folder`] reads them from a pipeline folder.
@@ -186,6 +189,68 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
     }
 }
 
+/// Extensions of an original (LDM) checkpoint at the top of a prior folder.
+const SINGLE_FILE_EXTENSIONS: [&str; 4] = ["pt", "pth", "ckpt", "safetensors"];
+
+/// The one original checkpoint at the top of `dir`, if there is one; several are an error.
+fn single_file_checkpoint(dir: &Path) -> Result<Option<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let known = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+            SINGLE_FILE_EXTENSIONS
+                .iter()
+                .any(|k| e.eq_ignore_ascii_case(k))
+        });
+        if known && path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        n => Err(LoadError::BadConfig {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "holds {n} checkpoint files ({}) and no text_encoder/: keep the one original \
+                 checkpoint to load",
+                found
+                    .iter()
+                    .filter_map(|f| f.file_name())
+                    .map(|f| f.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+/// What to do when a single-file folder has no `tokenizer/`.
+fn missing_tokenizer_hint(checkpoint: &Path, kind: LdmTextEncoder) -> String {
+    let source = match kind {
+        LdmTextEncoder::OpenClip => {
+            "SD 2.x's: the tokenizer/ folder of stabilityai/stable-diffusion-2-1-base or of \
+             ashawkey/mvdream-sd2.1-diffusers (OpenCLIP's BPE vocabulary, padded with `!`)"
+        }
+        LdmTextEncoder::Clip => {
+            "SD 1.x's: the tokenizer/ folder of stable-diffusion-v1-5/stable-diffusion-v1-5 \
+             (openai/clip-vit-large-patch14's vocabulary)"
+        }
+    };
+    format!(
+        "{} holds no tokenizer; put one next to it: vocab.json and merges.txt (or \
+         tokenizer.json) in this folder, {source}",
+        checkpoint
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
+}
+
 impl<B: Backend> DiffusionPrior<B> {
     /// A prior from parts in memory, after checking they fit together (the error names the
     /// part and field at fault).
@@ -287,11 +352,22 @@ impl<B: Backend> DiffusionPrior<B> {
     /// Loads a diffusers pipeline folder: `tokenizer/`, `text_encoder/`, `unet/`,
     /// `scheduler/scheduler_config.json` and, for a latent prior, `vae/` (a pixel-space prior
     /// has none). The error names the missing folder or file, or the config at fault.
+    ///
+    /// A folder without `text_encoder/` that holds one original MVDream checkpoint at its top
+    /// (`sd-v2.1-base-4view.pt` or `sd-v1.5-4view.pt`: a torch pickle `*.pt`/`*.pth`/`*.ckpt`,
+    /// or a `*.safetensors` with the same LDM keys) loads every model from that file instead;
+    /// only `tokenizer/` must sit next to it (the checkpoint has none). See
+    /// [`from_single_file`](Self::from_single_file).
     pub fn from_folder(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
         if !dir.is_dir() {
             return Err(LoadError::MissingFolder {
                 path: dir.to_path_buf(),
             });
+        }
+        if !dir.join("text_encoder").is_dir()
+            && let Some(checkpoint) = single_file_checkpoint(dir)?
+        {
+            return Self::from_single_file(dir, &checkpoint, device);
         }
         let folder = |name: &str| {
             let path = dir.join(name);
@@ -373,6 +449,121 @@ impl<B: Backend> DiffusionPrior<B> {
             scheduler,
         })
         .map_err(|e| bad_config(&unet_config_path, e.to_string()))
+    }
+
+    /// Loads an original MVDream checkpoint `checkpoint` (LDM key names: the UNet under
+    /// `model.diffusion_model.`, the VAE under `first_stage_model.`, the text encoder under
+    /// `cond_stage_model.`) with the tokenizer in `dir/tokenizer/`:
+    /// - text encoder: SD 2.x's OpenCLIP tower (sd-v2.1-base-4view) or SD 1.x's CLIP
+    ///   (sd-v1.5-4view), its config derived from the tensor shapes
+    ///   ([`CLIPTextModel::from_ldm_checkpoint`]; OpenCLIP conditions on the penultimate layer);
+    /// - UNet: [`MultiViewUNetModelConfig::sd21_base_4view`] or
+    ///   [`sd15_4view`](MultiViewUNetModelConfig::sd15_4view), told apart by the shapes
+    ///   ([`MultiViewUNetModelConfig::from_ldm_shapes`]);
+    /// - VAE: Stable Diffusion's ([`AutoencoderKLConfig::sd`], LDM names through
+    ///   [`AutoencoderKL::ldm_load_options`]);
+    /// - schedule: SD's (`scaled_linear` 0.00085 to 0.012 over 1000 steps, which MVDream's
+    ///   `linear_start`/`linear_end` with LDM's `"linear"` schedule are),
+    ///   [`DDIMSchedulerConfig::sd21_base`].
+    ///
+    /// A checkpoint of another layout (e.g. a test model) needs the configs the weights do
+    /// not tell: `dir/unet/config.json` (`MultiViewUNetModel`, as the diffusers-style
+    /// conversion writes it) and `dir/vae/config.json` (`AutoencoderKL`) are used when they
+    /// are there. The file's index is read once per model (its tensors are read once, lazily).
+    pub fn from_single_file(
+        dir: &Path,
+        checkpoint: &Path,
+        device: &B::Device,
+    ) -> Result<Self, LoadError> {
+        let bad_config = |path: &Path, reason: String| LoadError::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let shapes = tensor_shapes(checkpoint)?;
+        if !shapes.keys().any(|k| k.starts_with(LDM_UNET_PREFIX)) {
+            return Err(bad_config(
+                checkpoint,
+                format!(
+                    "not an original LDM checkpoint (no `{LDM_UNET_PREFIX}*` tensors); a \
+                     diffusers-style prior folder has tokenizer/, text_encoder/, unet/, \
+                     scheduler/ and vae/ instead"
+                ),
+            ));
+        }
+
+        // 1. text: the tokenizer is the one part the checkpoint lacks.
+        let (_, kind) = CLIPTextConfig::from_ldm_shapes(&shapes, checkpoint)?;
+        let tokenizer_dir = dir.join("tokenizer");
+        if !tokenizer_dir.is_dir() {
+            return Err(LoadError::MissingFile {
+                path: tokenizer_dir,
+                hint: Some(missing_tokenizer_hint(checkpoint, kind)),
+            });
+        }
+        let tokenizer = CLIPTokenizer::from_folder(&tokenizer_dir)?;
+        let (text_encoder, _, _) = CLIPTextModel::from_ldm_checkpoint(checkpoint, &shapes, device)?;
+        let files = [checkpoint.to_path_buf()];
+
+        // 2. unet
+        let unet_config_path = dir.join("unet").join("config.json");
+        let config = if unet_config_path.is_file() {
+            MultiViewUNetModelConfig::from_file(&unet_config_path)
+                .map_err(|e| bad_config(&unet_config_path, e.to_string()))?
+        } else {
+            MultiViewUNetModelConfig::from_ldm_shapes(&shapes).map_err(|e| {
+                bad_config(
+                    checkpoint,
+                    format!(
+                        "{e} (put that layout's MultiViewUNetModel config in {})",
+                        unet_config_path.display()
+                    ),
+                )
+            })?
+        };
+        let unet_config = config
+            .to_unet_config()
+            .map_err(|e| bad_config(checkpoint, e.to_string()))?;
+        let (unet, _) = load_mv_unet(&config, config.init::<B>(device), &files, device)?;
+
+        // 3. vae
+        let vae_config_path = dir.join("vae").join("config.json");
+        let vae_config = if vae_config_path.is_file() {
+            AutoencoderKLConfig::from_file(&vae_config_path)
+                .map_err(|e| bad_config(&vae_config_path, e.to_string()))?
+        } else {
+            AutoencoderKLConfig::sd()
+        };
+        let vae = vae_config.init::<B>(device);
+        let options = vae.ldm_load_options();
+        let (vae, _) = load_safetensors_with(vae, &files, device, &options).map_err(|e| {
+            if vae_config_path.is_file() {
+                e
+            } else {
+                bad_config(
+                    checkpoint,
+                    format!(
+                        "{e} (its VAE is read as Stable Diffusion's; another layout needs its \
+                         AutoencoderKL config in {})",
+                        vae_config_path.display()
+                    ),
+                )
+            }
+        })?;
+
+        // 4. scheduler
+        let scheduler = DDIMScheduler::new(DDIMSchedulerConfig::sd21_base())
+            .map_err(|e| bad_config(checkpoint, e.to_string()))?;
+
+        Self::new(PriorParts {
+            tokenizer,
+            text_encoder,
+            clip_skip: 0,
+            unet,
+            unet_config,
+            vae: Some(vae),
+            scheduler,
+        })
+        .map_err(|e| bad_config(checkpoint, e.to_string()))
     }
 
     /// The same prior conditioning on the text encoder's layer `clip_skip` from the end

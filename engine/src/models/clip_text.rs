@@ -1,6 +1,15 @@
 //! CLIP's text tower: [`CLIPTextModel`] (SD's `text_encoder/`) and
 //! [`CLIPTextModelWithProjection`], configured by transformers' `CLIPTextConfig`.
+//!
+//! [`CLIPTextModel`] also loads from an original LDM checkpoint (SD 1.x/2.x, MVDream's
+//! `sd-v*-4view.pt`), whose text encoder sits under `cond_stage_model.` with no config:
+//! [`CLIPTextConfig::from_ldm_shapes`] derives the config from the tensor shapes and
+//! [`CLIPTextModel::from_ldm_checkpoint`] loads it. SD 2.x's OpenCLIP tower
+//! (`FrozenOpenCLIPEmbedder`, open_clip names, fused `in_proj_weight`) loads as the
+//! penultimate-layer model diffusers' conversion makes of it: its last block is dropped,
+//! `ln_final` is the final norm (LDM's `layer = "penultimate"`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use burn::module::Module;
@@ -13,7 +22,61 @@ use super::clip::{
     CLIPEncoder, ClipCheckpoint, EncoderDims, HiddenAct, clip_load_options, read_tower_config,
     token_id,
 };
-use crate::weights::{LoadError, LoadReport, load_safetensors_with, weight_files};
+use super::mv_unet::LDM_SCHEDULE_KEYS;
+use crate::weights::{
+    KeyPolicy, LoadError, LoadOptions, LoadReport, load_safetensors_with, weight_files,
+};
+
+/// Where SD 2.x LDM checkpoints keep their OpenCLIP text tower (`FrozenOpenCLIPEmbedder.model`,
+/// open_clip's names: `token_embedding.weight`, `positional_embedding`,
+/// `transformer.resblocks.{i}.*`, `ln_final.*`, `text_projection`, `logit_scale`).
+pub const LDM_OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+
+/// Where SD 1.x LDM checkpoints keep their CLIP text model (`FrozenCLIPEmbedder.transformer`,
+/// transformers' `CLIPTextModel`, so the keys are `cond_stage_model.transformer.text_model.*`).
+pub const LDM_CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+
+/// Every open_clip text tower has 64-wide attention heads (RN50/ViT-B 512 wide with 8 heads,
+/// ViT-L 768/12, ViT-H 1024/16, ViT-bigG 1280/20); the head count is not in the weights.
+const OPEN_CLIP_HEAD_WIDTH: usize = 64;
+
+/// The non-text parts of an LDM checkpoint: UNet, VAE, EMA weights.
+const LDM_NOT_TEXT: &str = r"^(model\.diffusion_model|first_stage_model|model_ema)\.";
+
+/// The text encoder an LDM checkpoint holds under `cond_stage_model.`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdmTextEncoder {
+    /// SD 2.x (MVDream sd-v2.1-base-4view): `FrozenOpenCLIPEmbedder` with
+    /// `layer = "penultimate"`, under [`LDM_OPEN_CLIP_PREFIX`].
+    OpenClip,
+    /// SD 1.x (MVDream sd-v1.5-4view): `FrozenCLIPEmbedder` (transformers' `CLIPTextModel`,
+    /// `layer = "last"`), under [`LDM_CLIP_PREFIX`].
+    Clip,
+}
+
+impl LdmTextEncoder {
+    /// The prefix of its tensors in an LDM checkpoint.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::OpenClip => LDM_OPEN_CLIP_PREFIX,
+            Self::Clip => LDM_CLIP_PREFIX,
+        }
+    }
+}
+
+/// The heads of an open_clip text tower `width` wide ([`OPEN_CLIP_HEAD_WIDTH`]); towers
+/// narrower than one head (test models) get one.
+fn open_clip_heads(width: usize) -> usize {
+    (width / OPEN_CLIP_HEAD_WIDTH).max(1)
+}
+
+/// The distinct `{i}` of keys `{prefix}{i}.*` in `shapes`.
+fn block_indices(shapes: &BTreeMap<String, Vec<usize>>, prefix: &str) -> BTreeSet<usize> {
+    shapes
+        .keys()
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+        .collect()
+}
 
 /// `config.json` of a CLIP text tower (transformers' `CLIPTextConfig`; defaults are its
 /// defaults). Unknown keys are ignored.
@@ -113,6 +176,131 @@ impl CLIPTextConfig {
         Ok(())
     }
 
+    /// The config of the OpenCLIP text tower whose tensors are `shapes` (a checkpoint's
+    /// [`tensor_shapes`](crate::weights::tensor_shapes)) under `prefix` (e.g.
+    /// [`LDM_OPEN_CLIP_PREFIX`]), as the penultimate-layer model SD 2.x conditions on:
+    /// - `hidden_size`, `vocab_size` from `token_embedding.weight` `[vocab, width]`;
+    /// - `max_position_embeddings` from `positional_embedding` `[context, width]`;
+    /// - `num_hidden_layers`: the resblocks minus the last one (LDM's `"penultimate"`);
+    /// - `intermediate_size` from `mlp.c_fc.weight` `[mlp width, width]`;
+    /// - `num_attention_heads`: `width / 64`, open_clip's head width (not in the weights);
+    /// - `projection_dim` from `text_projection` `[width, embed]` (unused by the text model);
+    /// - `hidden_act` exact `gelu` (open_clip's `nn.GELU`; ViT-H-14 has no `quick_gelu`),
+    ///   LayerNorm eps 1e-5, pooling at the largest id (open_clip's `argmax`).
+    ///
+    /// `source` names the file in errors.
+    pub fn from_open_clip_shapes(
+        shapes: &BTreeMap<String, Vec<usize>>,
+        prefix: &str,
+        source: &Path,
+    ) -> Result<Self, LoadError> {
+        let shape = |name: &str, rank: usize| tensor_shape(shapes, prefix, name, rank, source);
+        let [vocab_size, width] = shape("token_embedding.weight", 2)?[..] else {
+            unreachable!("rank checked")
+        };
+        let [max_position_embeddings, _] = shape("positional_embedding", 2)?[..] else {
+            unreachable!("rank checked")
+        };
+        let blocks = block_indices(shapes, &format!("{prefix}transformer.resblocks."));
+        if blocks.len() < 2 || blocks.last() != Some(&(blocks.len() - 1)) {
+            return Err(bad_shapes(
+                source,
+                format!(
+                    "{} OpenCLIP blocks `{prefix}transformer.resblocks.{{i}}` (indices \
+                     {blocks:?}): the penultimate layer needs at least 2, numbered from 0",
+                    blocks.len()
+                ),
+            ));
+        }
+        let intermediate_size = shape("transformer.resblocks.0.mlp.c_fc.weight", 2)?[0];
+        let projection_dim = match shapes.get(&format!("{prefix}text_projection")) {
+            Some(s) if s.len() == 2 => s[1],
+            _ => width,
+        };
+        let config = Self {
+            vocab_size,
+            hidden_size: width,
+            intermediate_size,
+            projection_dim,
+            num_hidden_layers: blocks.len() - 1,
+            num_attention_heads: open_clip_heads(width),
+            max_position_embeddings,
+            hidden_act: HiddenAct::Gelu,
+            layer_norm_eps: 1e-5,
+            eos_token_id: Some(2),
+        };
+        config.validate(source)?;
+        Ok(config)
+    }
+
+    /// The config of the transformers `CLIPTextModel` whose tensors are `shapes` under
+    /// `prefix` (`{prefix}text_model.*`, e.g. [`LDM_CLIP_PREFIX`]), as LDM's
+    /// `FrozenCLIPEmbedder` holds OpenAI's CLIP ViT-L/14 text tower: every layer,
+    /// `quick_gelu`, 64-wide heads; sizes from the shapes as in
+    /// [`from_open_clip_shapes`](Self::from_open_clip_shapes).
+    pub fn from_clip_shapes(
+        shapes: &BTreeMap<String, Vec<usize>>,
+        prefix: &str,
+        source: &Path,
+    ) -> Result<Self, LoadError> {
+        let prefix = format!("{prefix}text_model.");
+        let shape = |name: &str, rank: usize| tensor_shape(shapes, &prefix, name, rank, source);
+        let [vocab_size, width] = shape("embeddings.token_embedding.weight", 2)?[..] else {
+            unreachable!("rank checked")
+        };
+        let [max_position_embeddings, _] = shape("embeddings.position_embedding.weight", 2)?[..]
+        else {
+            unreachable!("rank checked")
+        };
+        let layers = block_indices(shapes, &format!("{prefix}encoder.layers."));
+        if layers.is_empty() || layers.last() != Some(&(layers.len() - 1)) {
+            return Err(bad_shapes(
+                source,
+                format!("CLIP layers `{prefix}encoder.layers.{{i}}` numbered {layers:?}"),
+            ));
+        }
+        let config = Self {
+            vocab_size,
+            hidden_size: width,
+            intermediate_size: shape("encoder.layers.0.mlp.fc1.weight", 2)?[0],
+            projection_dim: width,
+            num_hidden_layers: layers.len(),
+            num_attention_heads: open_clip_heads(width),
+            max_position_embeddings,
+            hidden_act: HiddenAct::QuickGelu,
+            layer_norm_eps: 1e-5,
+            eos_token_id: Some(2),
+        };
+        config.validate(source)?;
+        Ok(config)
+    }
+
+    /// The text encoder of an LDM checkpoint from its tensor shapes: OpenCLIP under
+    /// [`LDM_OPEN_CLIP_PREFIX`] (SD 2.x) or CLIP under [`LDM_CLIP_PREFIX`] (SD 1.x).
+    pub fn from_ldm_shapes(
+        shapes: &BTreeMap<String, Vec<usize>>,
+        source: &Path,
+    ) -> Result<(Self, LdmTextEncoder), LoadError> {
+        if shapes.contains_key(&format!("{LDM_OPEN_CLIP_PREFIX}token_embedding.weight")) {
+            let config = Self::from_open_clip_shapes(shapes, LDM_OPEN_CLIP_PREFIX, source)?;
+            Ok((config, LdmTextEncoder::OpenClip))
+        } else if shapes.contains_key(&format!(
+            "{LDM_CLIP_PREFIX}text_model.embeddings.token_embedding.weight"
+        )) {
+            let config = Self::from_clip_shapes(shapes, LDM_CLIP_PREFIX, source)?;
+            Ok((config, LdmTextEncoder::Clip))
+        } else {
+            Err(bad_shapes(
+                source,
+                format!(
+                    "no text encoder: neither an OpenCLIP tower \
+                     (`{LDM_OPEN_CLIP_PREFIX}token_embedding.weight`, SD 2.x) nor a CLIP one \
+                     (`{LDM_CLIP_PREFIX}text_model.*`, SD 1.x)"
+                ),
+            ))
+        }
+    }
+
     fn dims(&self) -> EncoderDims {
         EncoderDims {
             hidden_size: self.hidden_size,
@@ -161,6 +349,32 @@ impl CLIPTextConfig {
                 .with_bias(false)
                 .init(device),
         }
+    }
+}
+
+/// The shape of `{prefix}{name}`, which must have rank `rank`.
+fn tensor_shape(
+    shapes: &BTreeMap<String, Vec<usize>>,
+    prefix: &str,
+    name: &str,
+    rank: usize,
+    source: &Path,
+) -> Result<Vec<usize>, LoadError> {
+    let key = format!("{prefix}{name}");
+    match shapes.get(&key) {
+        Some(shape) if shape.len() == rank => Ok(shape.clone()),
+        Some(shape) => Err(bad_shapes(
+            source,
+            format!("`{key}` has shape {shape:?}, expected {rank} dimensions"),
+        )),
+        None => Err(bad_shapes(source, format!("no tensor `{key}`"))),
+    }
+}
+
+fn bad_shapes(source: &Path, reason: String) -> LoadError {
+    LoadError::BadConfig {
+        path: source.to_path_buf(),
+        reason: format!("cannot derive the text encoder's config from the tensors: {reason}"),
     }
 }
 
@@ -294,6 +508,97 @@ impl<B: Backend> CLIPTextModel<B> {
         load_safetensors_with(config.init(device), &weight_files(dir)?, device, &options)
     }
 
+    /// [`LoadOptions`] reading an OpenCLIP text tower (open_clip's names under `prefix`, e.g.
+    /// [`LDM_OPEN_CLIP_PREFIX`]) into a model built from `config` (from
+    /// [`CLIPTextConfig::from_open_clip_shapes`]):
+    /// - `token_embedding.weight`, `positional_embedding`, `ln_final` -> `text_model.embeddings.*`,
+    ///   `text_model.final_layer_norm`;
+    /// - `transformer.resblocks.{i}.`: `ln_1`/`ln_2` -> `layer_norm1`/`layer_norm2`,
+    ///   `attn.out_proj` -> `self_attn.out_proj`, `mlp.c_fc`/`mlp.c_proj` -> `mlp.fc1`/`mlp.fc2`,
+    ///   and `attn.in_proj_weight`/`in_proj_bias` (`[3 width, width]`, rows query, key, value
+    ///   as `nn.MultiheadAttention` packs them) split into `self_attn.q_proj`/`k_proj`/`v_proj`;
+    /// - ignored: block `config.num_hidden_layers` (the last one: LDM conditions on the
+    ///   penultimate layer), `text_projection`, `logit_scale`, `visual.*` (the image tower, if
+    ///   kept), and an LDM checkpoint's UNet, VAE, EMA weights and noise schedule.
+    pub fn open_clip_load_options(prefix: &str, config: &CLIPTextConfig) -> LoadOptions {
+        let p = regex::escape(prefix);
+        let layers = r"^(text_model\.encoder\.layers\.\d+\.)";
+        LoadOptions::default()
+            .with_ignore(format!(
+                r"^{p}(text_projection|logit_scale|logit_bias)(\.|$)"
+            ))
+            .with_ignore(format!(r"^{p}visual\."))
+            .with_ignore(format!(
+                r"^{p}transformer\.resblocks\.{}\.",
+                config.num_hidden_layers
+            ))
+            .with_ignore(LDM_NOT_TEXT)
+            .with_ignore(LDM_SCHEDULE_KEYS)
+            .with_remap(
+                format!(r"^{p}token_embedding\.weight$"),
+                "text_model.embeddings.token_embedding.weight",
+            )
+            .with_remap(
+                format!(r"^{p}positional_embedding$"),
+                "text_model.embeddings.position_embedding.weight",
+            )
+            .with_remap(format!(r"^{p}ln_final\."), "text_model.final_layer_norm.")
+            .with_remap(
+                format!(r"^{p}transformer\.resblocks\.(\d+)\."),
+                "text_model.encoder.layers.${1}.",
+            )
+            .with_remap(format!(r"{layers}ln_1\."), "${1}layer_norm1.")
+            .with_remap(format!(r"{layers}ln_2\."), "${1}layer_norm2.")
+            .with_remap(
+                format!(r"{layers}attn\.out_proj\."),
+                "${1}self_attn.out_proj.",
+            )
+            .with_remap(format!(r"{layers}mlp\.c_fc\."), "${1}mlp.fc1.")
+            .with_remap(format!(r"{layers}mlp\.c_proj\."), "${1}mlp.fc2.")
+            .with_split(
+                format!(r"{layers}attn\.in_proj_(weight|bias)"),
+                [
+                    "${1}self_attn.q_proj.${2}",
+                    "${1}self_attn.k_proj.${2}",
+                    "${1}self_attn.v_proj.${2}",
+                ],
+            )
+    }
+
+    /// [`LoadOptions`] reading a transformers `CLIPTextModel` kept under `prefix` (SD 1.x LDM
+    /// checkpoints: `cond_stage_model.transformer.text_model.*`, [`LDM_CLIP_PREFIX`]): the
+    /// prefix dropped, the rest of an LDM checkpoint ignored.
+    pub fn ldm_clip_load_options(prefix: &str) -> LoadOptions {
+        clip_load_options(ClipCheckpoint::Full)
+            .with_ignore(LDM_NOT_TEXT)
+            .with_ignore(LDM_SCHEDULE_KEYS)
+            .with_remap(format!("^{}", regex::escape(prefix)), "")
+    }
+
+    /// Loads the text encoder of an original LDM checkpoint `file` (torch pickle or
+    /// safetensors) whose tensor shapes are `shapes` ([`crate::weights::tensor_shapes`] of it):
+    /// the config from [`CLIPTextConfig::from_ldm_shapes`], the weights through
+    /// [`open_clip_load_options`](Self::open_clip_load_options) or
+    /// [`ldm_clip_load_options`](Self::ldm_clip_load_options). Missing and unexpected text
+    /// encoder tensors are errors. Its [`prompt_embeds`](Self::prompt_embeds) with
+    /// `clip_skip = 0` is then what LDM conditions on (`FrozenOpenCLIPEmbedder` with
+    /// `layer = "penultimate"`, `FrozenCLIPEmbedder` with `layer = "last"`).
+    pub fn from_ldm_checkpoint(
+        file: &Path,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        device: &B::Device,
+    ) -> Result<(Self, LdmTextEncoder, LoadReport), LoadError> {
+        let (config, kind) = CLIPTextConfig::from_ldm_shapes(shapes, file)?;
+        let options = match kind {
+            LdmTextEncoder::OpenClip => Self::open_clip_load_options(kind.prefix(), &config),
+            LdmTextEncoder::Clip => Self::ldm_clip_load_options(kind.prefix()),
+        }
+        .with_unexpected(KeyPolicy::Error);
+        let (model, report) =
+            load_safetensors_with(config.init(device), &[file.to_path_buf()], device, &options)?;
+        Ok((model, kind, report))
+    }
+
     /// See [`CLIPTextTransformer::forward`].
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
         self.text_model.forward(input_ids)
@@ -344,5 +649,127 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
         let out = self.text_model.forward(input_ids);
         let embeds = self.text_projection.forward(out.pooler_output.clone());
         (out, embeds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tensor shapes of an LDM checkpoint's text encoder: SD 2.x's OpenCLIP ViT-H/14 tower
+    /// (`blocks` resblocks) or SD 1.x's CLIP ViT-L/14 (`blocks` layers).
+    fn shapes(kind: LdmTextEncoder, blocks: usize) -> BTreeMap<String, Vec<usize>> {
+        let mut shapes = BTreeMap::new();
+        let mut add = |key: String, shape: &[usize]| {
+            shapes.insert(key, shape.to_vec());
+        };
+        add("model.diffusion_model.out.2.bias".into(), &[4]);
+        add("betas".into(), &[1000]);
+        match kind {
+            LdmTextEncoder::OpenClip => {
+                let p = LDM_OPEN_CLIP_PREFIX;
+                add(format!("{p}token_embedding.weight"), &[49408, 1024]);
+                add(format!("{p}positional_embedding"), &[77, 1024]);
+                add(format!("{p}text_projection"), &[1024, 1024]);
+                add(format!("{p}logit_scale"), &[]);
+                add(format!("{p}ln_final.weight"), &[1024]);
+                for i in 0..blocks {
+                    let b = format!("{p}transformer.resblocks.{i}.");
+                    add(format!("{b}attn.in_proj_weight"), &[3072, 1024]);
+                    add(format!("{b}mlp.c_fc.weight"), &[4096, 1024]);
+                    add(format!("{b}mlp.c_proj.weight"), &[1024, 4096]);
+                }
+            }
+            LdmTextEncoder::Clip => {
+                let p = format!("{LDM_CLIP_PREFIX}text_model.");
+                add(
+                    format!("{p}embeddings.token_embedding.weight"),
+                    &[49408, 768],
+                );
+                add(
+                    format!("{p}embeddings.position_embedding.weight"),
+                    &[77, 768],
+                );
+                add(format!("{p}embeddings.position_ids"), &[1, 77]);
+                for i in 0..blocks {
+                    add(
+                        format!("{p}encoder.layers.{i}.mlp.fc1.weight"),
+                        &[3072, 768],
+                    );
+                }
+            }
+        }
+        shapes
+    }
+
+    #[test]
+    fn sd2s_open_clip_tower_is_sd21s_text_encoder() {
+        let file = Path::new("v2-1_512-ema-pruned.ckpt");
+        let (config, kind) =
+            CLIPTextConfig::from_ldm_shapes(&shapes(LdmTextEncoder::OpenClip, 24), file).unwrap();
+        assert_eq!(kind, LdmTextEncoder::OpenClip);
+        // diffusers' conversion: 23 of the 24 blocks, 16 heads, exact GELU (its config says
+        // projection_dim 512, which the text model does not use; the tower's is 1024).
+        let expected = CLIPTextConfig {
+            projection_dim: 1024,
+            ..CLIPTextConfig::sd21_text_encoder()
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn sd1s_clip_text_model_is_vit_l_14() {
+        let file = Path::new("v1-5-pruned-emaonly.ckpt");
+        let (config, kind) =
+            CLIPTextConfig::from_ldm_shapes(&shapes(LdmTextEncoder::Clip, 12), file).unwrap();
+        assert_eq!(kind, LdmTextEncoder::Clip);
+        assert_eq!(config, CLIPTextConfig::clip_vit_l_14());
+    }
+
+    #[test]
+    fn underivable_towers_are_named() {
+        let file = Path::new("model.ckpt");
+        let e = CLIPTextConfig::from_ldm_shapes(&shapes(LdmTextEncoder::OpenClip, 1), file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.ckpt") && e.contains("at least 2"), "{e}");
+        let mut gap = shapes(LdmTextEncoder::OpenClip, 4);
+        gap.retain(|k, _| !k.contains("resblocks.2."));
+        let e = CLIPTextConfig::from_ldm_shapes(&gap, file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("{0, 1, 3}"), "{e}");
+        let mut none = shapes(LdmTextEncoder::OpenClip, 2);
+        none.retain(|k, _| !k.starts_with("cond_stage_model."));
+        let e = CLIPTextConfig::from_ldm_shapes(&none, file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no text encoder"), "{e}");
+    }
+
+    #[test]
+    fn open_clip_options_skip_the_last_block_only() {
+        let config = CLIPTextConfig::sd21_text_encoder();
+        let options = CLIPTextModel::<burn::backend::NdArray>::open_clip_load_options(
+            LDM_OPEN_CLIP_PREFIX,
+            &config,
+        );
+        let ignored = |key: &str| {
+            options
+                .ignore
+                .iter()
+                .any(|p| regex::Regex::new(p).unwrap().is_match(key))
+        };
+        let p = LDM_OPEN_CLIP_PREFIX;
+        assert!(ignored(&format!("{p}transformer.resblocks.23.ln_1.weight")));
+        assert!(!ignored(&format!("{p}transformer.resblocks.2.ln_1.weight")));
+        assert!(!ignored(&format!(
+            "{p}transformer.resblocks.22.ln_1.weight"
+        )));
+        assert!(ignored(&format!("{p}text_projection")));
+        assert!(ignored(&format!("{p}logit_scale")));
+        assert!(ignored(&format!("{p}visual.proj")));
+        assert!(ignored("first_stage_model.encoder.conv_in.weight"));
+        assert!(!ignored(&format!("{p}token_embedding.weight")));
     }
 }

@@ -150,6 +150,83 @@ impl MultiViewUNetModelConfig {
         }
     }
 
+    /// The released MVDream UNet an original checkpoint holds, told from its tensor shapes
+    /// (`shapes`: [`tensor_shapes`](crate::weights::tensor_shapes) of the file, the UNet under
+    /// [`LDM_UNET_PREFIX`]). The cross-attention context width picks the preset:
+    /// [`sd21_base_4view`](Self::sd21_base_4view) for 1024 (OpenCLIP ViT-H text embeddings),
+    /// [`sd15_4view`](Self::sd15_4view) for 768 (CLIP ViT-L); the first convolution and the
+    /// camera MLP are checked against it. Head counts and the training resolution are not in
+    /// the weights, so any other layout is an error: such a checkpoint needs its config.
+    pub fn from_ldm_shapes(
+        shapes: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<Self, DiffusersConfigError> {
+        let get = |name: &str| {
+            shapes
+                .get(&format!("{LDM_UNET_PREFIX}{name}"))
+                .filter(|shape| shape.len() >= 2)
+        };
+        let Some(conv_in) = get("input_blocks.0.0.weight") else {
+            return Err(Self::invalid(
+                "model_channels",
+                format!(
+                    "no `{LDM_UNET_PREFIX}input_blocks.0.0.weight`: not an LDM UNet checkpoint"
+                ),
+            ));
+        };
+        let Some(camera) = get("camera_embed.0.weight") else {
+            return Err(Self::invalid(
+                "camera_dim",
+                format!(
+                    "no `{LDM_UNET_PREFIX}camera_embed.0.weight`: not a multi-view (MVDream) \
+                     UNet (a plain Stable Diffusion checkpoint?)"
+                ),
+            ));
+        };
+        let context = shapes.iter().find_map(|(key, shape)| {
+            (key.starts_with(LDM_UNET_PREFIX)
+                && key.ends_with(".attn2.to_k.weight")
+                && shape.len() == 2)
+                .then(|| shape[1])
+        });
+        let preset = match context {
+            Some(1024) => Self::sd21_base_4view(),
+            Some(768) => Self::sd15_4view(),
+            Some(other) => {
+                return Err(Self::invalid(
+                    "context_dim",
+                    format!(
+                        "{other} (the cross-attention width of the checkpoint): neither \
+                         sd-v2.1-base-4view's 1024 nor sd-v1.5-4view's 768, and head counts \
+                         are not in the weights: another layout needs its config"
+                    ),
+                ));
+            }
+            None => {
+                return Err(Self::invalid(
+                    "context_dim",
+                    "the checkpoint has no cross-attention (`*.attn2.to_k.weight`)".into(),
+                ));
+            }
+        };
+        let found = (conv_in[0], conv_in[1], camera[1]);
+        let expected = (
+            preset.model_channels,
+            preset.in_channels,
+            preset.camera_dim.unwrap_or(0),
+        );
+        if found != expected {
+            return Err(Self::invalid(
+                "model_channels",
+                format!(
+                    "the checkpoint has (model_channels, in_channels, camera_dim) {found:?}, the \
+                     released {}-wide layout {expected:?}: another layout needs its config",
+                    preset.context_dim
+                ),
+            ));
+        }
+        Ok(preset)
+    }
+
     /// Parses a `config.json` string.
     pub fn from_json(text: &str) -> Result<Self, DiffusersConfigError> {
         let config: Self =
@@ -542,6 +619,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/unet/config.json"), "{e}");
+    }
+
+    #[test]
+    fn released_layouts_are_told_from_their_shapes() {
+        let shapes = |context: usize, camera: Option<usize>| {
+            let mut shapes = BTreeMap::new();
+            let mut add = |key: &str, shape: Vec<usize>| {
+                shapes.insert(format!("{LDM_UNET_PREFIX}{key}"), shape);
+            };
+            add("input_blocks.0.0.weight", vec![320, 4, 3, 3]);
+            add(
+                "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                vec![320, context],
+            );
+            if let Some(camera) = camera {
+                add("camera_embed.0.weight", vec![1280, camera]);
+            }
+            shapes.insert(
+                "cond_stage_model.model.positional_embedding".into(),
+                vec![77, 1024],
+            );
+            shapes
+        };
+        let from = |s| MultiViewUNetModelConfig::from_ldm_shapes(&s);
+        assert_eq!(
+            from(shapes(1024, Some(16))).unwrap(),
+            MultiViewUNetModelConfig::sd21_base_4view()
+        );
+        assert_eq!(
+            from(shapes(768, Some(16))).unwrap(),
+            MultiViewUNetModelConfig::sd15_4view()
+        );
+        let e = from(shapes(32, Some(16))).unwrap_err().to_string();
+        assert!(e.contains("`context_dim`") && e.contains("32"), "{e}");
+        let e = from(shapes(1024, None)).unwrap_err().to_string();
+        assert!(e.contains("camera_embed"), "{e}");
+        let e = from(shapes(1024, Some(12))).unwrap_err().to_string();
+        assert!(e.contains("12"), "{e}");
     }
 
     #[test]

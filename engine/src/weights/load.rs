@@ -10,18 +10,21 @@
 //! - rank-0 tensors (`logit_scale`) accepted for burn's rank-1 `[1]` parameters;
 //! - key remaps and ignore patterns ([`LoadOptions`]), kept per model family in that family's
 //!   file, so a checkpoint quirk is decided in one place;
+//! - fused tensors split into several module parameters ([`KeySplit`]: OpenCLIP's
+//!   `in_proj_weight` as `q_proj`/`k_proj`/`v_proj`);
 //! - a [`LoadReport`] of missing/unexpected keys and errors that name file and tensor.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use burn::module::{Module, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_store::{
     ApplyError, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
-    SafetensorsStore, TensorSnapshot,
+    SafetensorsStore, TensorSnapshot, TensorSnapshotError,
 };
 use regex::Regex;
 
@@ -61,6 +64,18 @@ impl KeyRemap {
     }
 }
 
+/// One file tensor loaded as several module parameters: a (remapped) key matching `pattern`
+/// is cut along dim 0 into `parts.len()` equal pieces, piece `i` named by `parts[i]` (a
+/// replacement for the whole key, `$1`-style groups allowed). E.g. `nn.MultiheadAttention`'s
+/// fused `in_proj_weight` `[3d, d]` (rows: query, key, value) as three `[d, d]` projections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySplit {
+    /// Regex matched against the whole remapped key.
+    pub pattern: String,
+    /// The pieces' keys, in order along dim 0.
+    pub parts: Vec<String>,
+}
+
 /// Options of [`load_safetensors_with`]. The default is strict on missing keys and warns on
 /// unexpected ones.
 #[derive(Debug, Clone)]
@@ -80,6 +95,9 @@ pub struct LoadOptions {
     /// Regexes of (remapped) keys whose `[out, in, 1, 1]` tensors load as `[out, in]`: a 1x1
     /// convolution stored where the module has a linear layer (LDM's VAE attention).
     pub squeeze_1x1: Vec<String>,
+    /// Fused tensors loaded as several parameters, applied to the remapped keys (before
+    /// `squeeze_1x1`, which then sees the pieces' keys).
+    pub splits: Vec<KeySplit>,
 }
 
 impl Default for LoadOptions {
@@ -90,6 +108,7 @@ impl Default for LoadOptions {
             remaps: Vec::new(),
             ignore: Vec::new(),
             squeeze_1x1: Vec::new(),
+            splits: Vec::new(),
         }
     }
 }
@@ -120,6 +139,20 @@ impl LoadOptions {
     /// Add a regex of (remapped) keys whose 1x1-convolution weights load as linear ones.
     pub fn with_squeeze_1x1(mut self, pattern: impl Into<String>) -> Self {
         self.squeeze_1x1.push(pattern.into());
+        self
+    }
+
+    /// Split (remapped) keys matching `pattern` along dim 0 into equal pieces named `parts`
+    /// (see [`KeySplit`]).
+    pub fn with_split<S: Into<String>>(
+        mut self,
+        pattern: impl Into<String>,
+        parts: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.splits.push(KeySplit {
+            pattern: pattern.into(),
+            parts: parts.into_iter().map(Into::into).collect(),
+        });
         self
     }
 
@@ -205,6 +238,11 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
         .collect();
     let ignore: Vec<Regex> = options.ignore.iter().map(|p| compile(p)).collect();
     let squeeze: Vec<Regex> = options.squeeze_1x1.iter().map(|p| compile(p)).collect();
+    let splits: Vec<(Regex, &[String])> = options
+        .splits
+        .iter()
+        .map(|s| (compile(&format!("^(?:{})$", s.pattern)), s.parts.as_slice()))
+        .collect();
 
     let mut report = LoadReport {
         files: files.to_vec(),
@@ -223,31 +261,35 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
             for (re, replacement) in &remaps {
                 key = re.replace_all(&key, *replacement).into_owned();
             }
-            if let Some((first, _, _)) = origin.get(&key) {
-                return Err(LoadError::DuplicateKey {
-                    tensor: key,
-                    first: first.clone(),
-                    second: file.clone(),
-                });
-            }
-            if key != file_key {
-                report.remapped.push((file_key.clone(), key.clone()));
-            }
             if snapshot.dtype.is_float() && !report.cast_from.contains(&snapshot.dtype) {
                 report.cast_from.push(snapshot.dtype);
             }
-            origin.insert(
-                key.clone(),
-                (file.clone(), file_key, snapshot.shape.to_vec()),
-            );
-            let snapshot = renamed(&snapshot, &key);
-            let snapshot = match snapshot.shape.as_slice() {
-                &[out, input, 1, 1] if squeeze.iter().any(|re| re.is_match(&key)) => {
-                    squeezed(&snapshot, [out, input])
-                }
-                _ => snapshot,
+            // (module key, the file's tensor or piece of it, how to name it in errors)
+            let pieces = match splits.iter().find(|(re, _)| re.is_match(&key)) {
+                Some((re, parts)) => split(file, &file_key, &snapshot, &key, re, parts)?,
+                None => vec![(key.clone(), snapshot, file_key.clone())],
             };
-            snapshots.push(snapshot);
+            for (key, snapshot, source) in pieces {
+                if let Some((first, _, _)) = origin.get(&key) {
+                    return Err(LoadError::DuplicateKey {
+                        tensor: key,
+                        first: first.clone(),
+                        second: file.clone(),
+                    });
+                }
+                if key != file_key {
+                    report.remapped.push((file_key.clone(), key.clone()));
+                }
+                origin.insert(key.clone(), (file.clone(), source, snapshot.shape.to_vec()));
+                let snapshot = renamed(&snapshot, &key);
+                let snapshot = match snapshot.shape.as_slice() {
+                    &[out, input, 1, 1] if squeeze.iter().any(|re| re.is_match(&key)) => {
+                        squeezed(&snapshot, [out, input])
+                    }
+                    _ => snapshot,
+                };
+                snapshots.push(snapshot);
+            }
         }
     }
 
@@ -411,6 +453,112 @@ fn squeezed(snapshot: &TensorSnapshot, shape: [usize; 2]) -> TensorSnapshot {
         Vec::new(),
         ParamId::new(),
     )
+}
+
+/// The pieces of a [`KeySplit`]: `(module key, lazy piece, the piece's name for errors)`.
+/// Each piece reads its rows of the file tensor when loaded; the pieces share one read of it
+/// (the tensor is read once and dropped once every piece has taken its rows).
+fn split(
+    file: &Path,
+    file_key: &str,
+    snapshot: &TensorSnapshot,
+    key: &str,
+    pattern: &Regex,
+    parts: &[String],
+) -> Result<Vec<(String, TensorSnapshot, String)>, LoadError> {
+    let shape = snapshot.shape.to_vec();
+    let names: Vec<String> = parts
+        .iter()
+        .map(|part| pattern.replace(key, part.as_str()).into_owned())
+        .collect();
+    let n = names.len();
+    let rows = shape.first().copied().unwrap_or(0);
+    if n == 0 || rows == 0 || rows % n != 0 {
+        return Err(LoadError::CorruptTensor {
+            path: file.to_path_buf(),
+            tensor: file_key.to_string(),
+            reason: format!(
+                "shape {shape:?} does not split along dim 0 into {n} equal parts ({})",
+                names.join(", ")
+            ),
+        });
+    }
+    let step = rows / n;
+    let mut piece_shape = shape.clone();
+    piece_shape[0] = step;
+    let source = Rc::new(SplitSource {
+        data: snapshot.clone_data_fn(),
+        cached: RefCell::new(None),
+        pending: Cell::new(n),
+    });
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let source = source.clone();
+            let shape = piece_shape.clone();
+            let data_fn = Rc::new(move || source.rows(i * step..(i + 1) * step, &shape));
+            let piece = TensorSnapshot::from_closure(
+                data_fn,
+                snapshot.dtype,
+                Shape::from(piece_shape.clone()),
+                name.split('.').map(str::to_string).collect(),
+                Vec::new(),
+                ParamId::new(),
+            );
+            let what = format!(
+                "{file_key} (rows {}..{} of {rows})",
+                i * step,
+                (i + 1) * step
+            );
+            (name, piece, what)
+        })
+        .collect())
+}
+
+/// A file tensor shared by the pieces of a [`KeySplit`].
+struct SplitSource {
+    data: Rc<dyn Fn() -> Result<TensorData, TensorSnapshotError>>,
+    /// The whole tensor while pieces that have not been read yet remain.
+    cached: RefCell<Option<TensorData>>,
+    /// Pieces not read yet.
+    pending: Cell<usize>,
+}
+
+impl SplitSource {
+    /// Rows `rows` (dim 0) of the tensor, as a tensor of `shape`.
+    fn rows(
+        &self,
+        rows: std::ops::Range<usize>,
+        shape: &[usize],
+    ) -> Result<TensorData, TensorSnapshotError> {
+        let whole = match self.cached.borrow_mut().take() {
+            Some(data) => data,
+            None => (self.data)()?,
+        };
+        let total = whole.shape.first().copied().unwrap_or(0);
+        let bytes = whole.as_bytes();
+        if total == 0 || bytes.len() % total != 0 {
+            return Err(TensorSnapshotError::DataError(format!(
+                "{} bytes do not divide into {total} rows",
+                bytes.len()
+            )));
+        }
+        let row = bytes.len() / total;
+        let piece = TensorData::from_bytes_vec(
+            bytes[rows.start * row..rows.end * row].to_vec(),
+            shape.to_vec(),
+            whole.dtype,
+        );
+        // A piece may be read again (it then reads the file again); the pieces still pending
+        // keep the whole tensor so that it is read from the file once.
+        let pending = self.pending.get().saturating_sub(1);
+        self.pending.set(pending);
+        if pending > 0 {
+            *self.cached.borrow_mut() = Some(whole);
+        }
+        Ok(piece)
+    }
 }
 
 fn compile(pattern: &str) -> Regex {
@@ -583,5 +731,149 @@ impl ModuleAdapter for CastAdapter {
 
     fn clone_box(&self) -> Box<dyn ModuleAdapter> {
         Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::nn::{Linear, LinearConfig};
+
+    type B = NdArray<f32>;
+
+    /// Three projections that a checkpoint stores fused.
+    #[derive(Module, Debug)]
+    struct Projections<B: Backend> {
+        q_proj: Linear<B>,
+        k_proj: Linear<B>,
+        v_proj: Linear<B>,
+    }
+
+    fn projections<BK: Backend>(device: &BK::Device) -> Projections<BK> {
+        let linear = || LinearConfig::new(2, 2).init(device);
+        Projections {
+            q_proj: linear(),
+            k_proj: linear(),
+            v_proj: linear(),
+        }
+    }
+
+    /// A safetensors file with `in_proj_weight` (`rows x 2`, f32, value `10 * row + column`) and
+    /// `in_proj_bias` (`rows`, f16, value `row`), both under `attn.`.
+    fn fused_file(dir: &Path, rows: usize) -> PathBuf {
+        let weight: Vec<u8> = (0..rows * 2)
+            .flat_map(|i| ((10 * (i / 2) + i % 2) as f32).to_le_bytes())
+            .collect();
+        let bias: Vec<u8> = (0..rows)
+            .flat_map(|i| burn::tensor::f16::from_f32(i as f32).to_le_bytes())
+            .collect();
+        fn view(
+            dtype: safetensors::Dtype,
+            shape: Vec<usize>,
+            data: &[u8],
+        ) -> safetensors::tensor::TensorView<'_> {
+            safetensors::tensor::TensorView::new(dtype, shape, data).unwrap()
+        }
+        let tensors = vec![
+            (
+                "attn.in_proj_weight",
+                view(safetensors::Dtype::F32, vec![rows, 2], &weight),
+            ),
+            (
+                "attn.in_proj_bias",
+                view(safetensors::Dtype::F16, vec![rows], &bias),
+            ),
+        ];
+        let file = dir.join("fused.safetensors");
+        safetensors::serialize_to_file(tensors, None, &file).unwrap();
+        file
+    }
+
+    fn split_options() -> LoadOptions {
+        LoadOptions::default()
+            .with_unexpected(KeyPolicy::Error)
+            .with_remap(r"^attn\.", "")
+            .with_split(
+                r"in_proj_(weight|bias)",
+                ["q_proj.${1}", "k_proj.${1}", "v_proj.${1}"],
+            )
+    }
+
+    #[test]
+    fn a_fused_tensor_loads_as_its_row_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = fused_file(dir.path(), 6);
+        let device = Default::default();
+        let (module, report) = load_safetensors_with(
+            projections::<B>(&device),
+            &[file],
+            &device,
+            &split_options(),
+        )
+        .unwrap();
+        assert!(report.is_exact(), "{report:?}");
+        assert_eq!(report.applied, 6);
+        assert!(
+            report
+                .remapped
+                .contains(&("attn.in_proj_weight".into(), "k_proj.weight".into()))
+        );
+        for (i, linear) in [&module.q_proj, &module.k_proj, &module.v_proj]
+            .into_iter()
+            .enumerate()
+        {
+            // PyTorch [out, in] rows 2i, 2i + 1 -> burn's [in, out].
+            let weight = linear.weight.val().into_data().to_vec::<f32>().unwrap();
+            let r = (2 * i) as f32;
+            assert_eq!(
+                weight,
+                [
+                    10.0 * r,
+                    10.0 * (r + 1.0),
+                    10.0 * r + 1.0,
+                    10.0 * (r + 1.0) + 1.0
+                ],
+                "part {i}"
+            );
+            let bias = linear.bias.as_ref().unwrap().val();
+            assert_eq!(bias.into_data().to_vec::<f32>().unwrap(), [r, r + 1.0]);
+        }
+    }
+
+    #[test]
+    fn a_tensor_that_does_not_split_evenly_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = fused_file(dir.path(), 5);
+        let device = Default::default();
+        let err = load_safetensors_with(
+            projections::<B>(&device),
+            &[file],
+            &device,
+            &split_options(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("attn.in_proj_"), "{err}");
+        assert!(err.contains("3 equal parts"), "{err}");
+        assert!(err.contains("k_proj."), "{err}");
+    }
+
+    #[test]
+    fn a_split_piece_of_the_wrong_shape_names_the_rows() {
+        // 9 rows split in 3 give [3, 2] pieces where the module has [2, 2].
+        let dir = tempfile::tempdir().unwrap();
+        let file = fused_file(dir.path(), 9);
+        let device = Default::default();
+        let err = load_safetensors_with(
+            projections::<B>(&device),
+            &[file],
+            &device,
+            &split_options(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("attn.in_proj_"), "{err}");
+        assert!(err.contains("rows"), "{err}");
     }
 }

@@ -117,6 +117,30 @@ pub fn mvdream_folder(dir: &Path) {
     }
 }
 
+/// A single-file MVDream folder in `dir` around the tiny MVDream fixture: its original `.pt`
+/// (UNet, VAE and OpenCLIP text tower under LDM names) at the top and the tiny CLIP BPE
+/// tokenizer as SD 2.x ships its `tokenizer/` (vocab.json, merges.txt,
+/// tokenizer_config.json). The tiny model is not a released layout, so the configs the
+/// weights do not tell go with it: `unet/config.json` and `vae/config.json` (no weights there).
+pub fn mvdream_single_file_folder(dir: &Path) {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let files = [
+        ("", f.join("mvdream_tiny/sd-v2.1-base-4view-tiny.pt")),
+        ("tokenizer", f.join("clip/sd2-text/tokenizer/vocab.json")),
+        ("tokenizer", f.join("clip/sd2-text/tokenizer/merges.txt")),
+        (
+            "tokenizer",
+            f.join("clip/sd2-text/tokenizer/tokenizer_config.json"),
+        ),
+        ("unet", f.join("mvdream_tiny/unet/config.json")),
+        ("vae", f.join("mvdream_tiny/vae/config.json")),
+    ];
+    for (folder, from) in files {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        std::fs::copy(&from, dir.join(folder).join(from.file_name().unwrap())).unwrap();
+    }
+}
+
 /// Checks `path` with the Khronos glTF validator: no errors. Without the validator installed
 /// the check is skipped, except in CI (`CI` set), which must have it.
 pub fn assert_khronos_valid(path: &Path) {
