@@ -619,6 +619,7 @@ fn one_step_scoring_matches_the_x0_formula() {
         mode: ScoringMode::OneStep,
         guidance_scale: 7.5,
         max_batch: 1,
+        decoder: None,
     };
     let x0 = scorer.denoise(x_t, t, cond, uncond, None, None).unwrap();
     assert!(max_abs(&to_vec(x0.clone()), &to_vec(expected)) < 1e-5);

@@ -155,6 +155,26 @@ impl Default for GenerateConfig {
 /// render asked for 120 GB), and no prior sees more than 1024 px.
 pub const MAX_RENDER_SIZE: u32 = 4096;
 
+/// A render side within 8 px and [`MAX_RENDER_SIZE`]; the error names `field`.
+fn check_render_size(field: &str, size: u32) -> Result<(), ConfigError> {
+    if size < 8 {
+        Err(ConfigError::new(
+            field,
+            format!("{size} is below the 8 px minimum"),
+        ))
+    } else if size > MAX_RENDER_SIZE {
+        Err(ConfigError::new(
+            field,
+            format!(
+                "{size} is above the {MAX_RENDER_SIZE} px maximum (priors see 64-1024 px; a \
+                 step's buffers grow with its square)"
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The preset names [`GenerateConfig::preset`] knows.
 pub const PRESETS: &[&str] = &[
     "fast",
@@ -492,15 +512,7 @@ impl GenerateConfig {
         if self.views_per_step == 0 {
             return Err(ConfigError::new("views_per_step", "must be at least 1"));
         }
-        if !(8..=MAX_RENDER_SIZE).contains(&self.render_size) {
-            return Err(ConfigError::new(
-                "render_size",
-                format!(
-                    "{} is outside 8..={MAX_RENDER_SIZE} px (priors see 64-1024 px)",
-                    self.render_size
-                ),
-            ));
-        }
+        check_render_size("render_size", self.render_size)?;
         let mut previous = 0;
         for (i, milestone) in self.resolution_milestones.iter().enumerate() {
             let field = |name: &str| format!("resolution_milestones[{i}].{name}");
@@ -517,12 +529,7 @@ impl GenerateConfig {
                     ),
                 ));
             }
-            if !(8..=MAX_RENDER_SIZE).contains(&milestone.size) {
-                return Err(ConfigError::new(
-                    field("size"),
-                    format!("{} is outside 8..={MAX_RENDER_SIZE} px", milestone.size),
-                ));
-            }
+            check_render_size(&field("size"), milestone.size)?;
             if milestone.views == Some(0) {
                 return Err(ConfigError::new(field("views"), "must be at least 1"));
             }
