@@ -4,21 +4,16 @@
 //! Khronos-valid .glb. The models' numbers are checked against the reference elsewhere
 //! (mvdream_parity, image_reward_parity); this checks that the pieces run together.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
 use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
-use rewardsds_engine::scene::nerf::HashGridConfig;
 
 mod pipeline_folders;
-use pipeline_folders::{assert_khronos_valid, mvdream_folder};
+use pipeline_folders::{assert_khronos_valid, ci_sized, fixtures, mvdream_folder};
 
 type B = Autodiff<NdArray>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 /// The preset with the tiny models and CI-sized scene, schedule and mesh; everything that
 /// makes it the paper's setup (cameras in groups of 4, recon loss, RewardSDS) kept.
@@ -31,18 +26,8 @@ fn tiny_mvdream(prior: &Path, steps: usize) -> GenerateConfig {
     config.guidance.anneal_steps = steps;
     config.guidance.reward.as_mut().unwrap().n_samples = 4;
     config.views_per_step = 4;
-    config.render_size = 16;
     config.resolution_milestones.clear();
-    config.renderer.num_samples_per_ray = 16;
-    config.nerf.encoding = HashGridConfig::new()
-        .with_n_levels(4)
-        .with_log2_hashmap_size(12)
-        .with_max_resolution(64);
-    config.nerf.hidden = 16;
-    config.snapshot_every = 0;
-    config.checkpoint_every = 0;
-    config.mesh.resolution = 32;
-    config.mesh.coarse_resolution = 16;
+    ci_sized(&mut config);
     config
 }
 

@@ -4,61 +4,17 @@
 //! steps on the CPU to a Khronos-valid .glb. Model numbers are checked against the references
 //! elsewhere (unet_parity, vae_parity, image_reward_parity); this checks the preset runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
 use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
 use rewardsds_engine::guidance::ScoringMode;
-use rewardsds_engine::scene::nerf::HashGridConfig;
 
 mod pipeline_folders;
-use pipeline_folders::assert_khronos_valid;
+use pipeline_folders::{assert_khronos_valid, ci_sized, fixtures, sd_folder};
 
 type B = Autodiff<NdArray>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A diffusers-style latent pipeline from the tiny fixtures whose widths agree: the 32-wide
-/// SD 2 text encoder, the 32-context UNet, the 2-level VAE and a DDIM scheduler.
-fn tiny_sd_folder(dir: &Path) {
-    let f = fixtures();
-    let files = [
-        (
-            "tokenizer",
-            f.join("clip/sd2-text/tokenizer/tokenizer.json"),
-        ),
-        (
-            "tokenizer",
-            f.join("clip/sd2-text/tokenizer/tokenizer_config.json"),
-        ),
-        (
-            "text_encoder",
-            f.join("clip/sd2-text/text_encoder/config.json"),
-        ),
-        (
-            "text_encoder",
-            f.join("clip/sd2-text/text_encoder/model.safetensors"),
-        ),
-        ("unet", f.join("unet_sd15_tiny/config.json")),
-        (
-            "unet",
-            f.join("unet_sd15_tiny/diffusion_pytorch_model.safetensors"),
-        ),
-        ("vae", f.join("vae_tiny/config.json")),
-        (
-            "vae",
-            f.join("vae_tiny/diffusion_pytorch_model.safetensors"),
-        ),
-        ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
-    ];
-    for (folder, from) in files {
-        std::fs::create_dir_all(dir.join(folder)).unwrap();
-        std::fs::copy(&from, dir.join(folder).join(from.file_name().unwrap())).unwrap();
-    }
-}
 
 /// The preset with the tiny models and a CI-sized scene and mesh.
 fn tiny_sd21(prior: &Path, steps: usize) -> GenerateConfig {
@@ -67,17 +23,7 @@ fn tiny_sd21(prior: &Path, steps: usize) -> GenerateConfig {
     config.prior = prior.display().to_string();
     config.reward = Some(fixtures().join("image_reward_tiny").display().to_string());
     config.steps = steps;
-    config.render_size = 16;
-    config.renderer.num_samples_per_ray = 16;
-    config.nerf.encoding = HashGridConfig::new()
-        .with_n_levels(4)
-        .with_log2_hashmap_size(12)
-        .with_max_resolution(64);
-    config.nerf.hidden = 16;
-    config.snapshot_every = 0;
-    config.checkpoint_every = 0;
-    config.mesh.resolution = 32;
-    config.mesh.coarse_resolution = 16;
+    ci_sized(&mut config);
     config
 }
 
@@ -103,7 +49,7 @@ fn taesd_scores_instead_of_the_vae_and_a_pixel_prior_refuses_it() {
     let dir = std::env::temp_dir().join(format!("rewardsds-sd21-taesd-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     let prior = dir.join("prior");
-    tiny_sd_folder(&prior);
+    sd_folder(&prior);
     let mut config = tiny_sd21(&prior, 2);
     config.guidance.reward.as_mut().unwrap().scoring = ScoringMode::OneStep;
     let vae = rewards_of(config.clone());
@@ -132,7 +78,7 @@ fn the_sd21_preset_runs_to_a_valid_glb() {
     let dir = std::env::temp_dir().join(format!("rewardsds-sd21-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     let prior = dir.join("prior");
-    tiny_sd_folder(&prior);
+    sd_folder(&prior);
 
     let config = tiny_sd21(&prior, 3);
     // What makes it threestudio's recipe stays: CFG 100, radius 2 with cameras 1.5-2.0 away

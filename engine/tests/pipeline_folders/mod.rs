@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
+use rewardsds_engine::generate::GenerateConfig;
 use rewardsds_engine::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use rewardsds_engine::scene::nerf::HashGridConfig;
 use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
 use rewardsds_engine::weights::weight_files;
 
@@ -80,11 +82,76 @@ pub fn copy_all_but_unet(from: &Path, to: &Path) {
     }
 }
 
+/// The test fixtures folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Copies each `(subfolder, file)` into `dir/subfolder/` (created).
+pub fn copy_into(dir: &Path, files: &[(&str, PathBuf)]) {
+    for (folder, from) in files {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        std::fs::copy(from, dir.join(folder).join(from.file_name().unwrap())).unwrap();
+    }
+}
+
+/// A diffusers-style latent pipeline from the tiny fixtures whose widths agree: the 32-wide
+/// SD 2 text encoder, the 32-context UNet, the 2-level VAE and a DDIM scheduler.
+pub fn sd_folder(dir: &Path) {
+    let f = fixtures();
+    let files = [
+        (
+            "tokenizer",
+            f.join("clip/sd2-text/tokenizer/tokenizer.json"),
+        ),
+        (
+            "tokenizer",
+            f.join("clip/sd2-text/tokenizer/tokenizer_config.json"),
+        ),
+        (
+            "text_encoder",
+            f.join("clip/sd2-text/text_encoder/config.json"),
+        ),
+        (
+            "text_encoder",
+            f.join("clip/sd2-text/text_encoder/model.safetensors"),
+        ),
+        ("unet", f.join("unet_sd15_tiny/config.json")),
+        (
+            "unet",
+            f.join("unet_sd15_tiny/diffusion_pytorch_model.safetensors"),
+        ),
+        ("vae", f.join("vae_tiny/config.json")),
+        (
+            "vae",
+            f.join("vae_tiny/diffusion_pytorch_model.safetensors"),
+        ),
+        ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
+    ];
+    copy_into(dir, &files);
+}
+
+/// A real-model preset shrunk to CI size: 16 px renders of 16 samples per ray, a 4-level hash
+/// grid, 16-wide MLPs, a 32^3 mesh, no snapshots or checkpoints; its guidance is untouched.
+pub fn ci_sized(config: &mut GenerateConfig) {
+    config.render_size = 16;
+    config.renderer.num_samples_per_ray = 16;
+    config.nerf.encoding = HashGridConfig::new()
+        .with_n_levels(4)
+        .with_log2_hashmap_size(12)
+        .with_max_resolution(64);
+    config.nerf.hidden = 16;
+    config.snapshot_every = 0;
+    config.checkpoint_every = 0;
+    config.mesh.resolution = 32;
+    config.mesh.coarse_resolution = 16;
+}
+
 /// A diffusers-style MVDream pipeline folder in `dir` around the tiny MVDream fixture (its
 /// original `.pt` as the UNet's weights): tokenizer/ and text_encoder/ (the tiny SD 2 text
 /// encoder, 32-wide as the UNet's context), unet/, vae/, scheduler/.
 pub fn mvdream_folder(dir: &Path) {
-    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let f = fixtures();
     let files = [
         (
             "tokenizer",
@@ -111,10 +178,7 @@ pub fn mvdream_folder(dir: &Path) {
         ),
         ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
     ];
-    for (folder, from) in files {
-        std::fs::create_dir_all(dir.join(folder)).unwrap();
-        std::fs::copy(&from, dir.join(folder).join(from.file_name().unwrap())).unwrap();
-    }
+    copy_into(dir, &files);
 }
 
 /// A single-file MVDream folder in `dir` around the tiny MVDream fixture: its original `.pt`
@@ -123,7 +187,7 @@ pub fn mvdream_folder(dir: &Path) {
 /// tokenizer_config.json). The tiny model is not a released layout, so the configs the
 /// weights do not tell go with it: `unet/config.json` and `vae/config.json` (no weights there).
 pub fn mvdream_single_file_folder(dir: &Path) {
-    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let f = fixtures();
     let files = [
         ("", f.join("mvdream_tiny/sd-v2.1-base-4view-tiny.pt")),
         ("tokenizer", f.join("clip/sd2-text/tokenizer/vocab.json")),
@@ -135,10 +199,7 @@ pub fn mvdream_single_file_folder(dir: &Path) {
         ("unet", f.join("mvdream_tiny/unet/config.json")),
         ("vae", f.join("mvdream_tiny/vae/config.json")),
     ];
-    for (folder, from) in files {
-        std::fs::create_dir_all(dir.join(folder)).unwrap();
-        std::fs::copy(&from, dir.join(folder).join(from.file_name().unwrap())).unwrap();
-    }
+    copy_into(dir, &files);
 }
 
 /// Checks `path` with the Khronos glTF validator: no errors. Without the validator installed
