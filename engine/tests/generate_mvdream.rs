@@ -5,13 +5,14 @@
 //! (mvdream_parity, image_reward_parity); this checks that the pieces run together.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
-use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
+use rewardsds_engine::generate::{GenerateConfig, Generator};
 
 mod pipeline_folders;
-use pipeline_folders::{assert_khronos_valid, ci_sized, fixtures, mvdream_folder};
+use pipeline_folders::{
+    ci_sized, export_valid_glb, fixtures, mvdream_folder, run_collecting_rewards,
+};
 
 type B = Autodiff<NdArray>;
 
@@ -33,36 +34,20 @@ fn tiny_mvdream(prior: &Path, steps: usize) -> GenerateConfig {
 
 #[test]
 fn the_mvdream_preset_runs_to_a_valid_glb() {
-    let device = Default::default();
     let dir = std::env::temp_dir().join(format!("rewardsds-mvdream-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     let prior = dir.join("prior");
     mvdream_folder(&prior);
 
-    let config = tiny_mvdream(&prior, 3);
-    let mut generator = Generator::<B>::load(config, &device).unwrap();
-    let mut rewarded = 0;
-    let reason = generator
-        .run(&AtomicBool::new(false), &mut |e| {
-            if let GenerateEvent::Progress(p) = e {
-                assert!(p.loss.is_finite(), "{p:?}");
-                if !p.rewards.is_empty() {
-                    // 4 noise samples scored by ImageReward (its score of the 4 views' mean).
-                    assert_eq!(p.rewards.len(), 4);
-                    assert!(p.rewards.iter().all(|r| r.is_finite()));
-                    rewarded += 1;
-                }
-            }
-        })
-        .unwrap();
-    assert_eq!(reason, StopReason::Finished);
-    // reward_duration 0.7 of 3 steps: steps 0 and 1.
-    assert_eq!(rewarded, 2);
-
-    let path = dir.join("a-red-cube.glb");
-    let (export, _) = generator.export_glb(&path).unwrap();
-    assert!(export.triangles > 0);
-    assert_khronos_valid(&path);
+    let (generator, rewards) = run_collecting_rewards(tiny_mvdream(&prior, 3));
+    // reward_duration 0.7 of 3 steps: steps 0 and 1, each 4 noise samples scored by
+    // ImageReward (its score of the 4 views' mean).
+    assert_eq!(rewards.len(), 2);
+    for step in &rewards {
+        assert_eq!(step.len(), 4);
+        assert!(step.iter().all(|r| r.is_finite()));
+    }
+    export_valid_glb(&generator, &dir.join("a-red-cube.glb"));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -5,14 +5,13 @@
 //! elsewhere (unet_parity, vae_parity, image_reward_parity); this checks the preset runs.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
-use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
+use rewardsds_engine::generate::{GenerateConfig, Generator};
 use rewardsds_engine::guidance::ScoringMode;
 
 mod pipeline_folders;
-use pipeline_folders::{assert_khronos_valid, ci_sized, fixtures, sd_folder};
+use pipeline_folders::{ci_sized, export_valid_glb, fixtures, run_collecting_rewards, sd_folder};
 
 type B = Autodiff<NdArray>;
 
@@ -27,23 +26,6 @@ fn tiny_sd21(prior: &Path, steps: usize) -> GenerateConfig {
     config
 }
 
-/// Rewards of each rewarded step of a run.
-fn rewards_of(config: GenerateConfig) -> Vec<Vec<f32>> {
-    let device = Default::default();
-    let mut generator = Generator::<B>::load(config, &device).unwrap();
-    let mut rewards = Vec::new();
-    generator
-        .run(&AtomicBool::new(false), &mut |e| {
-            if let GenerateEvent::Progress(p) = e
-                && !p.rewards.is_empty()
-            {
-                rewards.push(p.rewards.clone());
-            }
-        })
-        .unwrap();
-    rewards
-}
-
 #[test]
 fn taesd_scores_instead_of_the_vae_and_a_pixel_prior_refuses_it() {
     let dir = std::env::temp_dir().join(format!("rewardsds-sd21-taesd-{}", std::process::id()));
@@ -52,9 +34,9 @@ fn taesd_scores_instead_of_the_vae_and_a_pixel_prior_refuses_it() {
     sd_folder(&prior);
     let mut config = tiny_sd21(&prior, 2);
     config.guidance.reward.as_mut().unwrap().scoring = ScoringMode::OneStep;
-    let vae = rewards_of(config.clone());
+    let vae = run_collecting_rewards(config.clone()).1;
     config.score_decoder = Some(fixtures().join("taesd_tiny").display().to_string());
-    let taesd = rewards_of(config.clone());
+    let taesd = run_collecting_rewards(config.clone()).1;
     // Same step, same noises, same clean estimates: only the decoder differs.
     assert_eq!(vae.len(), 1);
     assert_eq!(taesd.len(), 1);
@@ -74,7 +56,6 @@ fn taesd_scores_instead_of_the_vae_and_a_pixel_prior_refuses_it() {
 
 #[test]
 fn the_sd21_preset_runs_to_a_valid_glb() {
-    let device = Default::default();
     let dir = std::env::temp_dir().join(format!("rewardsds-sd21-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     let prior = dir.join("prior");
@@ -86,27 +67,13 @@ fn the_sd21_preset_runs_to_a_valid_glb() {
     assert_eq!(config.guidance.guidance_scale, 100.0);
     assert!(config.camera.distance_range[1] <= config.nerf.radius);
 
-    let mut generator = Generator::<B>::load(config, &device).unwrap();
-    let mut rewarded = 0;
-    let reason = generator
-        .run(&AtomicBool::new(false), &mut |e| {
-            if let GenerateEvent::Progress(p) = e {
-                assert!(p.loss.is_finite(), "{p:?}");
-                if !p.rewards.is_empty() {
-                    assert_eq!(p.rewards.len(), 4);
-                    assert!(p.rewards.iter().all(|r| r.is_finite()));
-                    rewarded += 1;
-                }
-            }
-        })
-        .unwrap();
-    assert_eq!(reason, StopReason::Finished);
+    let (generator, rewards) = run_collecting_rewards(config);
     // reward_duration 0.7 of 3 steps: steps 0 and 1.
-    assert_eq!(rewarded, 2);
-
-    let path = dir.join("a-red-cube.glb");
-    let (export, _) = generator.export_glb(&path).unwrap();
-    assert!(export.triangles > 0);
-    assert_khronos_valid(&path);
+    assert_eq!(rewards.len(), 2);
+    for step in &rewards {
+        assert_eq!(step.len(), 4);
+        assert!(step.iter().all(|r| r.is_finite()));
+    }
+    export_valid_glb(&generator, &dir.join("a-red-cube.glb"));
     std::fs::remove_dir_all(&dir).ok();
 }

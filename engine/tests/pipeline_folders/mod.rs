@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
-use rewardsds_engine::generate::GenerateConfig;
+use std::sync::atomic::AtomicBool;
+
+use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
 use rewardsds_engine::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
 use rewardsds_engine::scene::nerf::HashGridConfig;
 use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
@@ -200,6 +202,34 @@ pub fn mvdream_single_file_folder(dir: &Path) {
         ("vae", f.join("mvdream_tiny/vae/config.json")),
     ];
     copy_into(dir, &files);
+}
+
+/// Runs `config` to its end on the CPU, checking every step's loss is finite; returns the
+/// generator and the rewards of each rewarded step.
+pub fn run_collecting_rewards(
+    config: GenerateConfig,
+) -> (Generator<Autodiff<NdArray>>, Vec<Vec<f32>>) {
+    let mut generator = Generator::<Autodiff<NdArray>>::load(config, &Default::default()).unwrap();
+    let mut rewards = Vec::new();
+    let reason = generator
+        .run(&AtomicBool::new(false), &mut |e| {
+            if let GenerateEvent::Progress(p) = e {
+                assert!(p.loss.is_finite(), "{p:?}");
+                if !p.rewards.is_empty() {
+                    rewards.push(p.rewards.clone());
+                }
+            }
+        })
+        .unwrap();
+    assert_eq!(reason, StopReason::Finished);
+    (generator, rewards)
+}
+
+/// Exports the generator's mesh to `path`: some triangles, and a Khronos-valid file.
+pub fn export_valid_glb(generator: &Generator<Autodiff<NdArray>>, path: &Path) {
+    let (export, _) = generator.export_glb(path).unwrap();
+    assert!(export.triangles > 0);
+    assert_khronos_valid(path);
 }
 
 /// Checks `path` with the Khronos glTF validator: no errors. Without the validator installed
