@@ -25,6 +25,8 @@
 
 pub mod backend;
 pub mod cost;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube_atomics;
 pub mod export;
 pub mod fit;
 pub mod generate;

@@ -10,7 +10,6 @@ use burn::backend::{Autodiff, NdArray, Wgpu};
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rewardsds_engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds_engine::render::splat::{OUT, PACK, RasterSize, SplatBackend, rasterize};
 
 mod common;
@@ -18,27 +17,6 @@ use common::random_packed;
 
 type Cpu = Autodiff<NdArray<f32>>;
 type Gpu = Autodiff<Wgpu<f32, i32>>;
-
-struct Probe;
-impl BackendTask for Probe {
-    type Output = ();
-    fn run<B: EngineAutodiffBackend>(self, _: B::Device) {}
-}
-
-/// Whether a Vulkan device is there; panics under CI when it is not.
-fn have_device() -> bool {
-    match run_on(BackendKind::Wgpu, Probe) {
-        Ok(()) => true,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must have a Vulkan device: {e}"
-            );
-            eprintln!("skipping: {e}");
-            false
-        }
-    }
-}
 
 /// Output and input gradient of `sum(rasterize(packed) * weights)` on backend `B`.
 fn run<B: SplatBackend + burn::tensor::backend::AutodiffBackend>(
@@ -95,7 +73,7 @@ fn compare(name: &str, packed: &[f32], n: usize, size: RasterSize, seed: u64) ->
 
 #[test]
 fn cube_kernels_match_host_kernels() {
-    if !have_device() {
+    if !common::have_vulkan_device() {
         return;
     }
     let native = rewardsds_engine::render::splat::cube::native_float_atomics::<
@@ -135,7 +113,7 @@ fn cube_kernels_match_host_kernels() {
 
 #[test]
 fn cube_kernels_empty_and_culled_scenes() {
-    if !have_device() {
+    if !common::have_vulkan_device() {
         return;
     }
     let size = RasterSize {

@@ -7,6 +7,7 @@ use rewardsds_engine::render::splat::{PACK, RasterSize};
 /// Random screen-space Gaussians packed for the rasteriser, `[views, n, PACK]`: ~10% behind
 /// the camera, ~20% nearly opaque (alpha capped), elongated rotated ellipses of `1..max_px`
 /// pixels, some straddling the border; `culled` puts every one behind the camera.
+#[allow(dead_code)] // not every test file that includes this module rasterises
 pub fn random_packed(n: usize, size: RasterSize, seed: u64, max_px: f32, culled: bool) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut data = Vec::with_capacity(size.views * n * PACK);
@@ -44,4 +45,28 @@ pub fn random_packed(n: usize, size: RasterSize, seed: u64, max_px: f32, culled:
         ]);
     }
     data
+}
+
+/// Whether a Vulkan device is there for the wgpu backend (a GPU, or lavapipe); panics under CI
+/// (`CI` set), where .ci/run installs lavapipe and a missing device is a failure.
+#[cfg(feature = "wgpu")]
+#[allow(dead_code)] // not every test file that includes this module runs on wgpu
+pub fn have_vulkan_device() -> bool {
+    use rewardsds_engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+    struct Probe;
+    impl BackendTask for Probe {
+        type Output = ();
+        fn run<B: EngineAutodiffBackend>(self, _: B::Device) {}
+    }
+    match run_on(BackendKind::Wgpu, Probe) {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have a Vulkan device: {e}"
+            );
+            eprintln!("skipping: {e}");
+            false
+        }
+    }
 }

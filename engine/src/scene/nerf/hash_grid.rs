@@ -4,8 +4,9 @@
 //! level reaches `max_resolution`. A coarse level whose `(R_l + 1)^3` vertices fit in the table
 //! is indexed densely; finer levels hash the vertex `(x, y, z)` as
 //! `(x * 1) ^ (y * 2654435761) ^ (z * 805459861) mod T`. Features of the 8 surrounding vertices
-//! are blended trilinearly. All levels live in one parameter tensor, so one `select` gathers
-//! every corner of every level and its backward is a single scatter-add (see `hash_grid_op`).
+//! are blended trilinearly. All levels live in one parameter tensor; the encoding is one custom
+//! op that gathers every corner of every level and whose backward scatter-adds into the table
+//! (host loops on the CPU, CubeCL kernels on wgpu and CUDA: see `hash_grid_op`).
 
 use burn::config::Config;
 use burn::module::{Module, Param};

@@ -3,9 +3,11 @@
 //! Written as plain tensor ops, one encoding of 50k points costs seconds on the CPU backend
 //! (tens of broadcast integer ops and a 3M-row gather). As one op it is a tight loop: forward
 //! gathers and blends 8 corners per level, backward scatter-adds the output gradient into the
-//! same rows. Backends pick their kernel: the CPU one runs the loops on the host; GPU backends
-//! run the tensor formulation on the device (a CubeCL kernel is the next step there).
-//! Only the table gets a gradient: sample positions come from rays, not parameters.
+//! same rows. Backends pick their kernel: the CPU ones run the loops on the host; the CubeCL
+//! backends (wgpu, CUDA) run both passes as device kernels (`hash_grid_cube`), the backward
+//! with atomic adds, so nothing goes through the host. The tensor formulation
+//! ([`tensor_encode`], [`tensor_backward`]) stays as the reference the kernels are tested
+//! against. Only the table gets a gradient: sample positions come from rays, not parameters.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -18,7 +20,7 @@ use burn::tensor::{ElementConversion, IndexingUpdateOp, Int, Tensor, TensorData,
 
 use super::hash_grid::LevelLayout;
 
-const PRIMES: [u32; 3] = [1, 2_654_435_761, 805_459_861];
+pub(crate) const PRIMES: [u32; 3] = [1, 2_654_435_761, 805_459_861];
 
 /// Everything the kernels need to know about the table.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +54,7 @@ fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
+#[cfg_attr(not(any(feature = "cpu", feature = "flex")), allow(dead_code))] // only CPU backends
 fn host<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
     wrap::<B>(t)
         .into_data()
@@ -172,7 +175,7 @@ pub fn encode_backward_host(grad: &[f32], x: &[f32], layout: &GridLayout) -> Vec
     out
 }
 
-#[cfg_attr(not(feature = "cpu"), allow(dead_code))] // GPUs gather on the device
+#[cfg_attr(not(any(feature = "cpu", feature = "flex")), allow(dead_code))] // only CPU backends
 fn host_encode<B: Backend>(
     table: FloatTensor<B>,
     x: FloatTensor<B>,
@@ -187,6 +190,7 @@ fn host_encode<B: Backend>(
         .tensor()
 }
 
+#[cfg_attr(not(any(feature = "cpu", feature = "flex")), allow(dead_code))] // only CPU backends
 fn host_backward<B: Backend>(
     grad: FloatTensor<B>,
     x: FloatTensor<B>,
@@ -203,7 +207,7 @@ fn host_backward<B: Backend>(
 }
 
 /// Table rows and trilinear weights of every corner, as device tensors: indices
-/// `[n * levels * 8]`, weights `[n, levels, 8]`. The GPU path and the reference for tests.
+/// `[n * levels * 8]`, weights `[n, levels, 8]`. The reference for tests.
 pub fn corners_tensor<B: Backend>(
     x: Tensor<B, 2>,
     layout: &GridLayout,
@@ -263,7 +267,8 @@ pub fn corners_tensor<B: Backend>(
     (index.reshape([n * levels * 8]), weights)
 }
 
-/// The forward pass as tensor ops (one gather): what GPU backends run.
+/// The forward pass as tensor ops (one gather): the reference the device kernel is tested
+/// against. It allocates `[n, levels, 8, 3]` integer tensors, too big for large batches.
 pub fn tensor_encode<B: Backend>(
     table: FloatTensor<B>,
     x: FloatTensor<B>,
@@ -282,8 +287,8 @@ pub fn tensor_encode<B: Backend>(
 }
 
 /// The backward pass as tensor ops (a scatter-add): the reference the host loops are tested
-/// against. Not used on GPUs yet: burn-cubecl 0.21's `select_assign` runs one thread per
-/// feature column, serially over the indices, which is correct but far too slow there.
+/// against. Not run on GPUs: burn-cubecl 0.21's `select_assign` runs one thread per feature
+/// column, serially over the indices, which is correct but far too slow there.
 pub fn tensor_backward<B: Backend>(
     grad: FloatTensor<B>,
     x: FloatTensor<B>,
@@ -317,6 +322,7 @@ pub fn tensor_backward<B: Backend>(
 }
 
 /// CPU backends: both passes are host loops over the tensor's data.
+#[cfg(any(feature = "cpu", feature = "flex"))]
 macro_rules! host_path {
     ($backend:ty) => {
         impl HashGridBackend for $backend {
@@ -343,8 +349,7 @@ host_path!(burn::backend::NdArray<f32>);
 #[cfg(feature = "flex")]
 host_path!(burn::backend::Flex);
 
-/// GPU backends: the forward gathers on the device; the backward runs the host loops (its
-/// scatter-add has no fast burn op; a CubeCL kernel with atomic adds replaces this next).
+/// CubeCL backends: both passes are device kernels.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 macro_rules! device_tensor_path {
     ($backend:ty) => {
@@ -354,14 +359,14 @@ macro_rules! device_tensor_path {
                 x: FloatTensor<Self>,
                 layout: &GridLayout,
             ) -> FloatTensor<Self> {
-                tensor_encode::<Self>(table, x, layout)
+                super::hash_grid_cube::encode(table, x, layout)
             }
             fn hash_grid_encode_backward(
                 grad: FloatTensor<Self>,
                 x: FloatTensor<Self>,
                 layout: &GridLayout,
             ) -> FloatTensor<Self> {
-                host_backward::<Self>(grad, x, layout)
+                super::hash_grid_cube::encode_backward(grad, x, layout)
             }
         }
     };

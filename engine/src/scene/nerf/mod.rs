@@ -4,6 +4,8 @@
 
 mod background;
 mod hash_grid;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod hash_grid_cube;
 pub mod hash_grid_op;
 
 pub use background::{Background, BackgroundConfig, BackgroundKind, BackgroundMlp};

@@ -10,7 +10,6 @@ use burn::tensor::DType;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::ops::numeric::zeros_client;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::ir::{ElemType, FloatKind, StorageType, Type};
 use cubecl::prelude::*;
 
 use super::super::{
@@ -18,49 +17,7 @@ use super::super::{
 };
 use super::rules::alpha_at;
 use super::{BATCH, Geometry, tile_cubes};
-
-/// `grad[i] += v` on a buffer of f32 bits, by compare-and-swap: portable to devices
-/// without float atomics (WGSL has none).
-#[cube]
-fn add_f32_bits(grad: &Tensor<Atomic<u32>>, i: usize, v: f32) {
-    let mut old = grad[i].load();
-    let mut pending = true;
-    while pending {
-        let new = u32::reinterpret(f32::reinterpret(old) + v);
-        let seen = grad[i].compare_exchange_weak(old, new);
-        if seen == old {
-            pending = false;
-        } else {
-            old = seen;
-        }
-    }
-}
-
-/// The per-Gaussian gradient buffer: native float atomics or f32 bits with CAS.
-#[cube]
-trait GradSink: 'static + Send + Sync {
-    type Elem: CubePrimitive;
-    fn add(grad: &Tensor<Atomic<Self::Elem>>, i: usize, v: f32);
-}
-
-struct NativeAdd;
-struct CasAdd;
-
-#[cube]
-impl GradSink for NativeAdd {
-    type Elem = f32;
-    fn add(grad: &Tensor<Atomic<f32>>, i: usize, v: f32) {
-        grad[i].fetch_add(v);
-    }
-}
-
-#[cube]
-impl GradSink for CasAdd {
-    type Elem = u32;
-    fn add(grad: &Tensor<Atomic<u32>>, i: usize, v: f32) {
-        add_f32_bits(grad, i, v);
-    }
-}
+use crate::cube_atomics::{CasAdd, GradSink, NativeAdd, native_float_atomics};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -193,17 +150,6 @@ fn backward_kernel<S: GradSink>(
         sync_cube();
         b1 = b0;
     }
-}
-
-/// Whether the backward adds with native float atomics on this device (else compare-and-swap).
-/// `REWARDSDS_SPLAT_CAS_ATOMICS` forces the fallback, to test it where float atomics exist.
-pub(crate) fn native_float_atomics<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
-    let f32_type = Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32)));
-    client
-        .properties()
-        .atomic_type_usage(f32_type)
-        .contains(cubecl::features::AtomicUsage::Add)
-        && std::env::var_os("REWARDSDS_SPLAT_CAS_ATOMICS").is_none()
 }
 
 /// Gradient of `gaussians [views, n, PACK]` from the output gradient `[views * h * w, OUT]`.

@@ -23,6 +23,7 @@ use super::project_host::ViewConstants;
 use super::project_op::{ProjectBackend, ProjectState, ProjectTensors};
 use super::rasterize::SplatBackend;
 use super::{OUT, RasterSize, TILE};
+use crate::cube_atomics::grid;
 
 /// Gaussians per shared-memory batch: one per unit of a 16x16 tile cube.
 pub(crate) const BATCH: usize = TILE * TILE;
@@ -87,15 +88,6 @@ fn elementwise(len: usize) -> (CubeCount, CubeDim) {
     (grid(cubes), CubeDim::new_1d(256))
 }
 
-/// `cubes` cubes as a 1D or 2D grid (each dimension at most 65535).
-fn grid(cubes: u32) -> CubeCount {
-    if cubes <= 65535 {
-        CubeCount::new_1d(cubes)
-    } else {
-        CubeCount::new_2d(65535, cubes.div_ceil(65535))
-    }
-}
-
 /// One cube per (view, tile) list, 1D/2D as [`grid`] (the kernel flattens the position).
 fn list_cubes(geo: Geometry) -> CubeCount {
     grid(geo.views * geo.tiles)
@@ -109,7 +101,7 @@ fn tile_cubes(geo: Geometry) -> CubeCount {
 /// Whether the backward on `device` accumulates with native float atomics (true) or with
 /// the compare-and-swap fallback (false).
 pub fn native_float_atomics<R: CubeRuntime>(device: &R::Device) -> bool {
-    backward::native_float_atomics(&R::client(device))
+    crate::cube_atomics::native_float_atomics(&R::client(device))
 }
 
 /// What the backward needs from the forward, all on the device.
