@@ -8,7 +8,9 @@
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{
+    Adam, AdamConfig, AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
+};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder, RecorderError};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -111,6 +113,29 @@ pub struct ParamGroup {
     pub lr: f64,
     /// Gradients of this group's parameters only.
     pub grads: GradientsParams,
+}
+
+/// Adds the groups of one backward pass to those of the passes before (`sum`, `None` at the
+/// first), group by group in order; `module` holds every group's parameters.
+pub fn add_groups<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    sum: Option<Vec<ParamGroup>>,
+    new: Vec<ParamGroup>,
+) -> Vec<ParamGroup> {
+    let Some(sum) = sum else { return new };
+    sum.into_iter()
+        .zip(new)
+        .map(|(a, b)| {
+            debug_assert_eq!(a.name, b.name, "groups in the same order");
+            let mut total = GradientsAccumulator::<M>::new();
+            total.accumulate(module, a.grads);
+            total.accumulate(module, b.grads);
+            ParamGroup {
+                grads: total.grads(),
+                ..a
+            }
+        })
+        .collect()
 }
 
 /// An optimiser stepped group by group.

@@ -16,7 +16,8 @@ const F32: f64 = 4.0;
 pub struct StepMemory {
     /// Every model's parameters.
     pub weights: f64,
-    /// What the renderer keeps for its backward (all sample points of all views).
+    /// What the renderer keeps for its backward: every sample point of every view, or one
+    /// chunk's (`renderer.train_chunk_samples`) when the backward runs in chunks.
     pub render: f64,
     /// What the VAE encoder keeps for its backward.
     pub encode: f64,
@@ -78,7 +79,8 @@ pub fn step_memory(
     let render = match config.scene {
         SceneKind::Nerf => {
             let samples = views * side * side * config.renderer.num_samples_per_ray as f64;
-            samples * bytes_per_sample(config)
+            let chunk = config.renderer.train_chunk_samples as f64;
+            samples.min(chunk) * bytes_per_sample(config)
         }
         // Gaussians keep a few images' worth per view.
         SceneKind::Gaussians => views * side * side * 64.0 * F32,
@@ -149,7 +151,7 @@ pub fn check_fits(estimate: &StepMemory, limit: f64, what_limit: &str) -> Result
         format!(
             "a step would need about {:.1} GB ({what}: {:.1} GB; weights {:.1} GB), more than \
              the {:.1} GB {what_limit}: lower render_size, views_per_step, \
-             renderer.num_samples_per_ray or guidance.max_batch",
+             renderer.num_samples_per_ray, renderer.train_chunk_samples or guidance.max_batch",
             gb(estimate.total()),
             gb([
                 estimate.render,

@@ -152,9 +152,16 @@ pub fn run_cost(config: &GenerateConfig, models: &CostModels) -> RunCost {
         };
         if config.scene == SceneKind::Nerf {
             let samples = (views * side * side * config.renderer.num_samples_per_ray) as f64;
+            // Above the chunk the renderer runs one more forward (render/recompute.rs), a
+            // third of a forward + backward.
+            let passes = if samples > config.renderer.train_chunk_samples as f64 {
+                4.0
+            } else {
+                3.0
+            };
             render.calls += 1.0;
-            render.flops += 3.0 * samples * nerf_flops;
-            render.seconds += samples / anchors::NERF_SAMPLES_PER_S;
+            render.flops += passes * samples * nerf_flops;
+            render.seconds += passes / 3.0 * samples / anchors::NERF_SAMPLES_PER_S;
         }
         if let Some(f) = encode_flops {
             encode.add(1.0, views as f64 * f, anchors::VAE_ENCODE_BACKWARD);

@@ -22,7 +22,7 @@ use crate::guidance::{
 use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, NerfField, extract_mesh};
 use crate::models::AnyReward;
 use crate::models::autoencoder_tiny::AutoencoderTiny;
-use crate::optim::GroupedOptimizer;
+use crate::optim::{GroupedOptimizer, add_groups};
 use crate::render::{RenderOutput, VolumeRenderer};
 use crate::rgb_image::RgbImage;
 use crate::scene::camera::{Camera, CameraError, CameraSampler};
@@ -451,12 +451,23 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 .at_step(self.step, self.config.steps)
                 .sample(self.config.views_per_step_at(self.step), size, size)?;
         let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
+        // A NeRF render above the renderer's chunk is deferred: its backward runs in chunks.
+        let mut deferred = None;
         let (images, pending) = match &self.scene {
             SceneState::Nerf { nerf, renderer, .. } => {
                 let rays = crate::scene::camera::Rays::of_cameras(&cameras);
-                let out = renderer.render_seeded(nerf, &rays, seed ^ JITTER_STREAM, &self.device);
-                let images =
-                    RenderOutput::images(out.rgb, cameras.len(), size as usize, size as usize);
+                let jitter = renderer.jitter(rays.len(), seed ^ JITTER_STREAM);
+                let rgb = if rays.len() <= renderer.train_chunk_rays() {
+                    renderer
+                        .render_jittered(nerf, &rays, &jitter, &self.device)
+                        .rgb
+                } else {
+                    let render = renderer.render_deferred(nerf, rays, jitter, &self.device);
+                    let rgb = render.rgb.clone();
+                    deferred = Some(render);
+                    rgb
+                };
+                let images = RenderOutput::images(rgb, cameras.len(), size as usize, size as usize);
                 (images, None)
             }
             SceneState::Gaussians(g) => {
@@ -477,12 +488,34 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         match (&mut self.scene, pending) {
             (
                 SceneState::Nerf {
-                    nerf, optimizer, ..
+                    nerf,
+                    optimizer,
+                    renderer,
                 },
                 _,
             ) => {
                 let rates = self.config.learning_rates_at(self.step);
-                let groups = nerf.param_groups(&mut grads, &rates);
+                let groups = match deferred {
+                    None => nerf.param_groups(&mut grads, &rates),
+                    Some(render) => {
+                        let rgb_grad = render
+                            .rgb
+                            .grad(&grads)
+                            .unwrap_or_else(|| render.rgb.clone().inner().zeros_like());
+                        let mut sum = None;
+                        renderer.backward_deferred(
+                            nerf,
+                            &render,
+                            rgb_grad,
+                            &self.device,
+                            |mut part| {
+                                let new = nerf.param_groups(&mut part, &rates);
+                                sum = Some(add_groups(nerf, sum.take(), new));
+                            },
+                        );
+                        sum.unwrap_or_default()
+                    }
+                };
                 *nerf = optimizer.step(nerf.clone(), groups);
             }
             (SceneState::Gaussians(g), Some(pending)) => {

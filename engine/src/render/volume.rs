@@ -2,23 +2,68 @@
 //! between the ray's entry into and exit from the bounding sphere, alpha compositing front to
 //! back, background behind. Differentiable end to end through burn's autodiff.
 
-use burn::config::Config;
 use burn::tensor::{Distribution, Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 use crate::scene::camera::{Camera, Rays};
 use crate::scene::nerf::{HashGridBackend, Nerf};
 
-/// Sampling settings.
-#[derive(Config, Debug, PartialEq)]
+/// Sampling settings. Fields missing from a saved config take their defaults (configs written
+/// before a field existed still load).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct VolumeRendererConfig {
     /// Samples per ray inside the bounding sphere.
-    #[config(default = 64)]
     pub num_samples_per_ray: usize,
     /// Rays per forward pass when rendering without gradients (memory bound).
-    #[config(default = 16384)]
     pub eval_chunk: usize,
+    /// Sample points per differentiable pass while training. A step with more renders its
+    /// views without gradients, takes the guidance's gradient with respect to the pixels, then
+    /// re-renders the rays in chunks of this many samples to carry it into the field: the same
+    /// gradient for one more forward pass, with the renderer's memory bounded by the chunk
+    /// (each sample point keeps 1-4 KB for the backward, by the size of the hash grid).
+    pub train_chunk_samples: usize,
+}
+
+impl Default for VolumeRendererConfig {
+    fn default() -> Self {
+        Self {
+            num_samples_per_ray: 64,
+            eval_chunk: 16384,
+            train_chunk_samples: 2_097_152,
+        }
+    }
+}
+
+impl VolumeRendererConfig {
+    /// The defaults: 64 samples per ray, 16,384 rays per evaluation pass, 2,097,152 sample
+    /// points per differentiable pass.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With `num_samples_per_ray`.
+    pub fn with_num_samples_per_ray(self, num_samples_per_ray: usize) -> Self {
+        Self {
+            num_samples_per_ray,
+            ..self
+        }
+    }
+
+    /// With `eval_chunk`.
+    pub fn with_eval_chunk(self, eval_chunk: usize) -> Self {
+        Self { eval_chunk, ..self }
+    }
+
+    /// With `train_chunk_samples`.
+    pub fn with_train_chunk_samples(self, train_chunk_samples: usize) -> Self {
+        Self {
+            train_chunk_samples,
+            ..self
+        }
+    }
 }
 
 /// What a batch of rays sees.
@@ -113,11 +158,36 @@ impl VolumeRenderer {
         seed: u64,
         device: &B::Device,
     ) -> RenderOutput<B> {
-        let shape = [rays.len(), self.config.num_samples_per_ray];
+        let jitter = self.jitter(rays.len(), seed);
+        self.render_jittered(nerf, rays, &jitter, device)
+    }
+
+    /// The jitter [`render_seeded`](Self::render_seeded) draws for `rays` rays from `seed`:
+    /// `rays * num_samples_per_ray` offsets in `[0, 1)`, ray-major.
+    pub fn jitter(&self, rays: usize, seed: u64) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let jitter: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random()).collect();
-        let offset = Tensor::from_data(TensorData::new(jitter, shape), device);
+        (0..rays * self.config.num_samples_per_ray)
+            .map(|_| rng.random())
+            .collect()
+    }
+
+    /// Renders rays with the given jitter (`rays * num_samples_per_ray` offsets, ray-major).
+    pub fn render_jittered<B: HashGridBackend>(
+        &self,
+        nerf: &Nerf<B>,
+        rays: &Rays,
+        jitter: &[f32],
+        device: &B::Device,
+    ) -> RenderOutput<B> {
+        let shape = [rays.len(), self.config.num_samples_per_ray];
+        assert_eq!(jitter.len(), shape[0] * shape[1], "one offset per sample");
+        let offset = Tensor::from_data(TensorData::new(jitter.to_vec(), shape), device);
         self.render_with_offsets(nerf, rays, offset, device)
+    }
+
+    /// Rays per differentiable pass: `train_chunk_samples / num_samples_per_ray`, at least 1.
+    pub fn train_chunk_rays(&self) -> usize {
+        (self.config.train_chunk_samples / self.config.num_samples_per_ray.max(1)).max(1)
     }
 
     /// `offset`: `[rays, samples]`, each sample's position inside its bin, in `[0, 1)`.
@@ -195,8 +265,7 @@ impl VolumeRenderer {
         let mut start = 0;
         while start < rays.len() {
             let end = (start + chunk).min(rays.len());
-            let part = rays.select(&(start..end).collect::<Vec<_>>());
-            parts.push(self.render(nerf, &part, false, device));
+            parts.push(self.render(nerf, &rays.range(start..end), false, device));
             start = end;
         }
         let cat =

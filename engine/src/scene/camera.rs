@@ -305,6 +305,14 @@ impl Rays {
         self.origins.is_empty()
     }
 
+    /// The consecutive rays `range`.
+    pub fn range(&self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            origins: self.origins[3 * range.start..3 * range.end].to_vec(),
+            directions: self.directions[3 * range.start..3 * range.end].to_vec(),
+        }
+    }
+
     /// The rays at the given indices (for random ray batches).
     pub fn select(&self, indices: &[usize]) -> Self {
         let mut out = Self::with_capacity(indices.len());
