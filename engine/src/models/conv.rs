@@ -241,10 +241,11 @@ fn lowered<B: Backend>(
         return per_sample_gemm(weight, cols, bias, [batch, c_out, h, w]);
     }
 
-    // The CPU backends build the patch matrix on the host in one pass (im2col_host.rs).
+    // The CPU backends build the patch matrix on the host in one pass (im2col_host.rs); with
+    // autodiff, inside one op that does not keep it for the backward (conv_host.rs).
     #[cfg(feature = "cpu")]
-    let x = if !host {
-        x
+    let (x, weight, bias) = if !host {
+        (x, weight, bias)
     } else {
         let geometry = super::im2col_host::Geometry {
             input: [batch, c_in, h, w],
@@ -252,9 +253,13 @@ fn lowered<B: Backend>(
             stride,
             padding,
         };
+        let (x, weight, bias) = match super::conv_host::try_conv2d((x, weight, bias), &geometry) {
+            Ok(out) => return out,
+            Err(operands) => operands,
+        };
         match super::im2col_host::try_im2col(x, &geometry) {
             Ok(cols) => return per_sample_gemm(weight, cols, bias, [batch, c_out, h_out, w_out]),
-            Err(x) => x,
+            Err(x) => (x, weight, bias),
         }
     };
     #[cfg(not(feature = "cpu"))]

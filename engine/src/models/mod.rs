@@ -12,6 +12,8 @@ pub mod clip;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod conv;
+#[cfg(feature = "cpu")]
+mod conv_host;
 pub mod embeddings;
 pub mod group_norm;
 #[cfg(feature = "cpu")]
