@@ -9,7 +9,6 @@
 mod common;
 
 use burn::backend::Wgpu;
-use burn::backend::wgpu::WgpuRuntime;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -43,17 +42,7 @@ fn cube_kernels_match_host_loops() {
     if !common::have_vulkan_device() {
         return;
     }
-    let native = rewardsds_engine::render::splat::cube::native_float_atomics::<WgpuRuntime>(
-        &Default::default(),
-    );
-    println!(
-        "backward accumulates with {}",
-        if native {
-            "native float atomics"
-        } else {
-            "compare-and-swap (no float atomics)"
-        }
-    );
+    common::print_atomics();
     // Resolutions 4..128 with a 4096-row table: 2 dense levels, then hashed ones where 50k
     // points hit far more vertices than rows. A second layout has 3 features and 3 levels.
     let configs = [

@@ -76,17 +76,7 @@ fn cube_kernels_match_host_kernels() {
     if !common::have_vulkan_device() {
         return;
     }
-    let native = rewardsds_engine::render::splat::cube::native_float_atomics::<
-        burn::backend::wgpu::WgpuRuntime,
-    >(&Default::default());
-    println!(
-        "backward accumulates with {}",
-        if native {
-            "native float atomics"
-        } else {
-            "compare-and-swap (no float atomics)"
-        }
-    );
+    common::print_atomics();
     // Not multiples of the tile size, several views, deep overlap, big Gaussians crossing
     // many tiles, culled and alpha-capped ones (random_packed).
     let scenes = [

@@ -70,3 +70,20 @@ pub fn have_vulkan_device() -> bool {
         }
     }
 }
+
+/// Prints how the wgpu device's kernels accumulate gradients.
+#[cfg(feature = "wgpu")]
+#[allow(dead_code)] // not every test file that includes this module runs on wgpu
+pub fn print_atomics() {
+    use burn::backend::wgpu::WgpuRuntime;
+    use rewardsds_engine::render::splat::cube::native_float_atomics;
+    let native = native_float_atomics::<WgpuRuntime>(&Default::default());
+    println!(
+        "backward accumulates with {}",
+        if native {
+            "native float atomics"
+        } else {
+            "compare-and-swap (no float atomics)"
+        }
+    );
+}
