@@ -7,13 +7,11 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use rewardsds_engine::guidance::{
-    CameraInput, DiffusionPrior, Guidance, GuidanceConfig, ViewAngles,
-};
+use rewardsds_engine::guidance::{CameraInput, DiffusionPrior, Guidance, GuidanceConfig};
 use rewardsds_engine::models::camera_utils::get_camera;
 
 mod pipeline_folders;
-use pipeline_folders::mvdream_folder;
+use pipeline_folders::{mvdream_folder, mvdream_views};
 
 type I = NdArray<f32>;
 type A = Autodiff<I>;
@@ -37,18 +35,6 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Two objects' 4 views each, 90 degrees apart as MVDream renders them.
-fn views() -> Vec<ViewAngles> {
-    (0..8)
-        .map(|i| {
-            ViewAngles::new(
-                30.0 + 90.0 * (i % 4) as f32,
-                if i < 4 { 15.0 } else { 25.0 },
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn a_multi_view_pipeline_folder_loads_as_a_camera_conditioned_prior() {
     let device = Default::default();
@@ -61,7 +47,7 @@ fn a_multi_view_pipeline_folder_loads_as_a_camera_conditioned_prior() {
     assert_eq!(prior.resolution(), 32);
 
     // The views' cameras are MVDream's own for those angles.
-    let labels = to_vec(prior.camera_labels(&views()[..4], &device).unwrap());
+    let labels = to_vec(prior.camera_labels(&mvdream_views()[..4], &device).unwrap());
     let reference = get_camera(4, 15.0, 30.0, 360.0, true).concat();
     assert!(max_abs(&labels, &reference) < 1e-6);
     std::fs::remove_dir_all(dir).ok();
@@ -80,7 +66,7 @@ fn views_attend_within_their_group_only() {
     let base = Tensor::<I, 4>::random([8, 3, 32, 32], Distribution::Default, &device);
     let grad = |images: Tensor<I, 4>| {
         let x = Tensor::<A, 4>::from_inner(images).require_grad();
-        let out = guidance.step(x.clone(), &views(), 3, 7).unwrap();
+        let out = guidance.step(x.clone(), &mvdream_views(), 3, 7).unwrap();
         let grads = out.loss.backward();
         to_vec(x.grad(&grads).unwrap())
     };
@@ -108,7 +94,7 @@ fn views_attend_within_their_group_only() {
     // Views that are not whole groups of 4 are refused, naming num_frames.
     let six = Tensor::<A, 4>::from_inner(base.narrow(0, 0, 6)).require_grad();
     let err = guidance
-        .step(six, &views()[..6], 3, 7)
+        .step(six, &mvdream_views()[..6], 3, 7)
         .unwrap_err()
         .to_string();
     assert!(err.contains("num_frames"), "{err}");

@@ -13,15 +13,13 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burn_store::{ModuleStore, PytorchStore, SafetensorsStore};
 use rand::SeedableRng;
-use rewardsds_engine::guidance::{
-    CameraInput, DiffusionPrior, Guidance, GuidanceConfig, ViewAngles,
-};
+use rewardsds_engine::guidance::{CameraInput, DiffusionPrior, Guidance, GuidanceConfig};
 use rewardsds_engine::models::clip_text::{LDM_CLIP_PREFIX, LDM_OPEN_CLIP_PREFIX, LdmTextEncoder};
 use rewardsds_engine::models::{CLIPTextConfig, CLIPTextModel, HiddenAct};
 use rewardsds_engine::weights::{load_safetensors_with, tensor_shapes};
 
 mod pipeline_folders;
-use pipeline_folders::{mvdream_folder, mvdream_single_file_folder, temp_dir};
+use pipeline_folders::{mvdream_folder, mvdream_single_file_folder, mvdream_views, temp_dir};
 
 type B = NdArray<f32>;
 type A = Autodiff<B>;
@@ -286,18 +284,6 @@ fn sd15s_clip_text_model_loads_under_its_prefix() {
     );
 }
 
-/// Two objects' 4 views each, 90 degrees apart.
-fn views() -> Vec<ViewAngles> {
-    (0..8)
-        .map(|i| {
-            ViewAngles::new(
-                30.0 + 90.0 * (i % 4) as f32,
-                if i < 4 { 15.0 } else { 25.0 },
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn a_single_file_folder_is_the_same_prior_as_the_diffusers_style_one() {
     let device = Default::default();
@@ -327,7 +313,7 @@ fn a_single_file_folder_is_the_same_prior_as_the_diffusers_style_one() {
     let mut io = store("io.safetensors");
     let x_t: Tensor<B, 4> = float(&mut io, "sample");
     let context: Tensor<B, 3> = float(&mut io, "context");
-    let labels = single.camera_labels(&views(), &device).unwrap();
+    let labels = single.camera_labels(&mvdream_views(), &device).unwrap();
     let a = single
         .predict_noise(x_t.clone(), 500, context.clone(), Some(labels.clone()))
         .unwrap();
@@ -389,7 +375,7 @@ fn a_single_file_prior_takes_a_guidance_step() {
     let guidance = Guidance::<A>::new(config, prior, "a red cube", None, 100).unwrap();
     let images = Tensor::<B, 4>::random([8, 3, 32, 32], Distribution::Default, &device);
     let x = Tensor::<A, 4>::from_inner(images).require_grad();
-    let out = guidance.step(x.clone(), &views(), 3, 7).unwrap();
+    let out = guidance.step(x.clone(), &mvdream_views(), 3, 7).unwrap();
     let grads = out.loss.backward();
     let grad = x.grad(&grads).unwrap();
     assert_eq!(grad.dims(), [8, 3, 32, 32]);
@@ -404,7 +390,7 @@ fn a_single_file_prior_takes_a_guidance_step() {
     assert_eq!(z.dims(), [4, 4, 16, 16]);
     let cond = prior.encode_prompt("a red cube").unwrap();
     let uncond = prior.encode_prompt("").unwrap();
-    let labels = prior.camera_labels(&views()[..4], &device);
+    let labels = prior.camera_labels(&mvdream_views()[..4], &device);
     let eps = prior
         .predict_noise_cfg(z, 700, cond, uncond, labels, 50.0)
         .unwrap();

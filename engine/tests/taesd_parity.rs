@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion as _, Tensor};
-use burn_store::{ModuleStore, SafetensorsStore};
 use rewardsds_engine::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use rewardsds_engine::models::num_params_lazy;
 use rewardsds_engine::weights::LoadError;
@@ -16,38 +15,14 @@ use rewardsds_engine::weights::LoadError;
 type B = NdArray<f32>;
 type A = Autodiff<B>;
 
+mod fixture_io;
+use fixture_io::{Io, max_abs_diff};
+
 /// f32 parity target.
 const TOLERANCE: f32 = 1e-4;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/taesd_tiny")
-}
-
-/// Reads named tensors of the fixture's `io.safetensors`.
-struct Io(SafetensorsStore);
-
-impl Io {
-    fn open() -> Self {
-        Self(SafetensorsStore::from_file(
-            fixture().join("io.safetensors"),
-        ))
-    }
-
-    fn get<Bk: Backend, const D: usize>(&mut self, name: &str) -> Tensor<Bk, D> {
-        let data = self
-            .0
-            .get_snapshot(name)
-            .unwrap()
-            .unwrap_or_else(|| panic!("fixture tensor {name} missing"))
-            .to_data()
-            .unwrap();
-        Tensor::from_data(data, &Default::default())
-    }
-}
-
-fn max_abs_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar().elem()
 }
 
 fn report(what: &str, err: f32) {
@@ -72,7 +47,7 @@ fn taesd_tiny_decode_and_encode_match_diffusers() {
         .unwrap();
     assert!(load_report.is_exact(), "{load_report:?}");
 
-    let mut io = Io::open();
+    let mut io = Io::open(fixture().join("io.safetensors"));
     let decoded = taesd.decode(io.get("latents"));
     report("decode", max_abs_diff(decoded, io.get("decoded")));
     let encoded = taesd.encode(io.get("image"));
@@ -86,7 +61,7 @@ fn taesd_tiny_decode_and_encode_match_diffusers() {
 #[test]
 fn taesd_tiny_decoder_gradient_matches_torch() {
     let (taesd, _) = load::<A>();
-    let mut io = Io::open();
+    let mut io = Io::open(fixture().join("io.safetensors"));
     let latents: Tensor<A, 4> = io.get::<A, 4>("latents").require_grad();
     let upstream: Tensor<A, 4> = io.get("upstream");
     let grads = (taesd.decode(latents.clone()) * upstream).sum().backward();

@@ -14,6 +14,9 @@ use rewardsds_engine::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 type B = NdArray<f32>;
 type A = Autodiff<B>;
 
+mod fixture_io;
+use fixture_io::{Io, max_abs_diff};
+
 /// f32 parity target of the issue.
 const TOLERANCE: f32 = 1e-4;
 
@@ -22,33 +25,6 @@ fn fixture(name: &str) -> PathBuf {
         .join("tests/fixtures")
         .join(name)
 }
-
-/// Reads named tensors of an `io.safetensors` fixture.
-struct Io(SafetensorsStore);
-
-impl Io {
-    fn open(file: PathBuf) -> Self {
-        Self(SafetensorsStore::from_file(file))
-    }
-
-    fn get<Bk: Backend, const D: usize>(&mut self, name: &str) -> Tensor<Bk, D> {
-        let data = self
-            .0
-            .get_snapshot(name)
-            .unwrap()
-            .unwrap_or_else(|| panic!("fixture tensor {name} missing"))
-            .to_data()
-            .unwrap();
-        Tensor::from_data(data, &Default::default())
-    }
-}
-
-fn max_abs_diff<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar().elem()
-}
-
-use burn::tensor::ElementConversion as _;
 
 fn tiny_vae<Bk: Backend>() -> AutoencoderKL<Bk> {
     let dir = fixture("vae_tiny");

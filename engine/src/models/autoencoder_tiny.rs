@@ -33,7 +33,7 @@ use crate::weights::{
 use super::activations::gelu_exact;
 use super::conv::{Conv2d, Conv2dConfig};
 use super::resnet::conv3x3;
-use super::unet_2d::{DiffusersConfigError, read_config_json};
+use super::unet_2d::{DiffusersConfigError, parse_validated, read_validated};
 
 const TAESD: &str = "AutoencoderTiny";
 
@@ -169,21 +169,12 @@ impl Default for AutoencoderTinyConfig {
 impl AutoencoderTinyConfig {
     /// Parses a config from JSON text and validates it.
     pub fn from_json(text: &str) -> Result<Self, DiffusersConfigError> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|source| DiffusersConfigError::Parse {
-                what: TAESD,
-                path: "<memory>".into(),
-                source,
-            })?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(TAESD, text, Self::validate)
     }
 
     /// Reads a `config.json` and validates it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DiffusersConfigError> {
-        let config: Self = read_config_json(TAESD, path.as_ref())?;
-        config.validate()?;
-        Ok(config)
+        read_validated(TAESD, path.as_ref(), Self::validate)
     }
 
     /// Checks that the config describes a model this port builds (and diffusers runs).

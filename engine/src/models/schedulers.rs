@@ -17,7 +17,7 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 
-use super::unet_2d::{DiffusersConfigError, read_config_json, reject_unsupported};
+use super::unet_2d::{DiffusersConfigError, parse_validated, read_validated, reject_unsupported};
 
 const DDIM: &str = "DDIMScheduler";
 
@@ -160,21 +160,12 @@ impl DDIMSchedulerConfig {
 
     /// Parses a config from JSON text and validates it.
     pub fn from_json(text: &str) -> Result<Self, DiffusersConfigError> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|source| DiffusersConfigError::Parse {
-                what: DDIM,
-                path: "<memory>".into(),
-                source,
-            })?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(DDIM, text, Self::validate)
     }
 
     /// Reads `scheduler/scheduler_config.json` and validates it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DiffusersConfigError> {
-        let config: Self = read_config_json(DDIM, path.as_ref())?;
-        config.validate()?;
-        Ok(config)
+        read_validated(DDIM, path.as_ref(), Self::validate)
     }
 
     /// Checks the values this port relies on.

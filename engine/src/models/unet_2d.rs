@@ -87,6 +87,33 @@ pub(crate) fn read_config_json<T: DeserializeOwned>(
     })
 }
 
+/// Parses a diffusers config from JSON text (`<memory>` in errors) and checks it with
+/// `validate`.
+pub(crate) fn parse_validated<T: DeserializeOwned>(
+    what: &'static str,
+    text: &str,
+    validate: impl FnOnce(&T) -> Result<(), DiffusersConfigError>,
+) -> Result<T, DiffusersConfigError> {
+    let config = serde_json::from_str(text).map_err(|source| DiffusersConfigError::Parse {
+        what,
+        path: "<memory>".into(),
+        source,
+    })?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Reads a diffusers `config.json` and checks it with `validate`.
+pub(crate) fn read_validated<T: DeserializeOwned>(
+    what: &'static str,
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), DiffusersConfigError>,
+) -> Result<T, DiffusersConfigError> {
+    let config = read_config_json(what, path)?;
+    validate(&config)?;
+    Ok(config)
+}
+
 /// Fails on keys of `other` whose value differs from what this port implements.
 pub(crate) fn reject_unsupported(
     what: &'static str,
@@ -352,21 +379,12 @@ impl UNet2DConditionModelConfig {
 
     /// Parses a config from JSON text and validates it.
     pub fn from_json(text: &str) -> Result<Self, DiffusersConfigError> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|source| DiffusersConfigError::Parse {
-                what: UNET,
-                path: "<memory>".into(),
-                source,
-            })?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(UNET, text, Self::validate)
     }
 
     /// Reads `unet/config.json` and validates it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DiffusersConfigError> {
-        let config: Self = read_config_json(UNET, path.as_ref())?;
-        config.validate()?;
-        Ok(config)
+        read_validated(UNET, path.as_ref(), Self::validate)
     }
 
     /// Heads per level (`num_attention_heads`, else `attention_head_dim`, as diffusers).

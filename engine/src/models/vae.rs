@@ -24,7 +24,7 @@ use crate::weights::{LoadError, LoadOptions, LoadReport, load_safetensors_with};
 use super::conv::Conv2d;
 use super::group_norm::group_norm_silu;
 use super::resnet::{conv1x1, conv3x3};
-use super::unet_2d::{DiffusersConfigError, read_config_json, reject_unsupported};
+use super::unet_2d::{DiffusersConfigError, parse_validated, read_validated, reject_unsupported};
 use super::unet_2d_blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, VaeBlockConfig};
 
 const VAE: &str = "AutoencoderKL";
@@ -156,21 +156,12 @@ impl AutoencoderKLConfig {
 
     /// Parses a config from JSON text and validates it.
     pub fn from_json(text: &str) -> Result<Self, DiffusersConfigError> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|source| DiffusersConfigError::Parse {
-                what: VAE,
-                path: "<memory>".into(),
-                source,
-            })?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(VAE, text, Self::validate)
     }
 
     /// Reads `vae/config.json` and validates it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DiffusersConfigError> {
-        let config: Self = read_config_json(VAE, path.as_ref())?;
-        config.validate()?;
-        Ok(config)
+        read_validated(VAE, path.as_ref(), Self::validate)
     }
 
     /// Checks that the config describes a model this port builds.

@@ -841,19 +841,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_tensor_that_does_not_split_evenly_is_named() {
+    /// The error of loading a fused projection of `rows` rows split in 3.
+    fn split_error(rows: usize) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let file = fused_file(dir.path(), 5);
+        let file = fused_file(dir.path(), rows);
         let device = Default::default();
-        let err = load_safetensors_with(
+        load_safetensors_with(
             projections::<B>(&device),
             &[file],
             &device,
             &split_options(),
         )
         .unwrap_err()
-        .to_string();
+        .to_string()
+    }
+
+    #[test]
+    fn a_tensor_that_does_not_split_evenly_is_named() {
+        let err = split_error(5);
         assert!(err.contains("attn.in_proj_"), "{err}");
         assert!(err.contains("3 equal parts"), "{err}");
         assert!(err.contains("k_proj."), "{err}");
@@ -862,17 +867,7 @@ mod tests {
     #[test]
     fn a_split_piece_of_the_wrong_shape_names_the_rows() {
         // 9 rows split in 3 give [3, 2] pieces where the module has [2, 2].
-        let dir = tempfile::tempdir().unwrap();
-        let file = fused_file(dir.path(), 9);
-        let device = Default::default();
-        let err = load_safetensors_with(
-            projections::<B>(&device),
-            &[file],
-            &device,
-            &split_options(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = split_error(9);
         assert!(err.contains("attn.in_proj_"), "{err}");
         assert!(err.contains("rows"), "{err}");
     }

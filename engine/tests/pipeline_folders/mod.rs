@@ -97,11 +97,13 @@ pub fn copy_into(dir: &Path, files: &[(&str, PathBuf)]) {
     }
 }
 
-/// A diffusers-style latent pipeline from the tiny fixtures whose widths agree: the 32-wide
-/// SD 2 text encoder, the 32-context UNet, the 2-level VAE and a DDIM scheduler.
-pub fn sd_folder(dir: &Path) {
-    let f = fixtures();
-    let files = [
+/// The tiny SD 2 text encoder and tokenizer, the given UNet files, the 2-level VAE and a DDIM
+/// scheduler, as `(subfolder, file)` pairs of a diffusers-style pipeline.
+fn latent_pipeline_files(
+    f: &Path,
+    unet: [(&'static str, PathBuf); 2],
+) -> Vec<(&'static str, PathBuf)> {
+    let mut files = vec![
         (
             "tokenizer",
             f.join("clip/sd2-text/tokenizer/tokenizer.json"),
@@ -118,19 +120,31 @@ pub fn sd_folder(dir: &Path) {
             "text_encoder",
             f.join("clip/sd2-text/text_encoder/model.safetensors"),
         ),
-        ("unet", f.join("unet_sd15_tiny/config.json")),
-        (
-            "unet",
-            f.join("unet_sd15_tiny/diffusion_pytorch_model.safetensors"),
-        ),
+    ];
+    files.extend(unet);
+    files.extend([
         ("vae", f.join("vae_tiny/config.json")),
         (
             "vae",
             f.join("vae_tiny/diffusion_pytorch_model.safetensors"),
         ),
         ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
+    ]);
+    files
+}
+
+/// A diffusers-style latent pipeline from the tiny fixtures whose widths agree: the 32-wide
+/// SD 2 text encoder, the 32-context UNet, the 2-level VAE and a DDIM scheduler.
+pub fn sd_folder(dir: &Path) {
+    let f = fixtures();
+    let unet = [
+        ("unet", f.join("unet_sd15_tiny/config.json")),
+        (
+            "unet",
+            f.join("unet_sd15_tiny/diffusion_pytorch_model.safetensors"),
+        ),
     ];
-    copy_into(dir, &files);
+    copy_into(dir, &latent_pipeline_files(&f, unet));
 }
 
 /// A real-model preset shrunk to CI size: 16 px renders of 16 samples per ray, a 4-level hash
@@ -152,35 +166,25 @@ pub fn ci_sized(config: &mut GenerateConfig) {
 /// A diffusers-style MVDream pipeline folder in `dir` around the tiny MVDream fixture (its
 /// original `.pt` as the UNet's weights): tokenizer/ and text_encoder/ (the tiny SD 2 text
 /// encoder, 32-wide as the UNet's context), unet/, vae/, scheduler/.
+/// Two objects' 4 views each, 90 degrees apart as MVDream renders them.
+pub fn mvdream_views() -> Vec<rewardsds_engine::guidance::ViewAngles> {
+    (0..8)
+        .map(|i| {
+            rewardsds_engine::guidance::ViewAngles::new(
+                30.0 + 90.0 * (i % 4) as f32,
+                if i < 4 { 15.0 } else { 25.0 },
+            )
+        })
+        .collect()
+}
+
 pub fn mvdream_folder(dir: &Path) {
     let f = fixtures();
-    let files = [
-        (
-            "tokenizer",
-            f.join("clip/sd2-text/tokenizer/tokenizer.json"),
-        ),
-        (
-            "tokenizer",
-            f.join("clip/sd2-text/tokenizer/tokenizer_config.json"),
-        ),
-        (
-            "text_encoder",
-            f.join("clip/sd2-text/text_encoder/config.json"),
-        ),
-        (
-            "text_encoder",
-            f.join("clip/sd2-text/text_encoder/model.safetensors"),
-        ),
+    let unet = [
         ("unet", f.join("mvdream_tiny/unet/config.json")),
         ("unet", f.join("mvdream_tiny/sd-v2.1-base-4view-tiny.pt")),
-        ("vae", f.join("vae_tiny/config.json")),
-        (
-            "vae",
-            f.join("vae_tiny/diffusion_pytorch_model.safetensors"),
-        ),
-        ("scheduler", f.join("scheduler_ddim/scheduler_config.json")),
     ];
-    copy_into(dir, &files);
+    copy_into(dir, &latent_pipeline_files(&f, unet));
 }
 
 /// A single-file MVDream folder in `dir` around the tiny MVDream fixture: its original `.pt`
