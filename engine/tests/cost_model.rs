@@ -7,7 +7,7 @@ use std::path::Path;
 use rewardsds_engine::cost::flops::{self, UNetInput};
 use rewardsds_engine::cost::memory::{check_fits, step_memory};
 use rewardsds_engine::cost::run::expected_ddim_passes;
-use rewardsds_engine::cost::{CostModels, run_cost};
+use rewardsds_engine::cost::{CostModels, run_cost, steps_cost};
 use rewardsds_engine::generate::GenerateConfig;
 use rewardsds_engine::models::autoencoder_tiny::AutoencoderTinyConfig;
 use rewardsds_engine::models::clip_vision::CLIPVisionConfig;
@@ -104,6 +104,44 @@ fn ddim_scoring_passes_follow_the_grid() {
     assert_eq!(expected_ddim_passes(20, 20), 1.0);
     let mean = expected_ddim_passes(20, 999);
     assert!(mean > 1.0 && mean < 14.0, "{mean}");
+}
+
+#[test]
+fn the_steps_of_a_run_add_up_to_the_run_and_follow_its_schedule() {
+    let models = CostModels::resolve("mvdream", Some("image-reward")).unwrap();
+    let config = GenerateConfig::preset("mvdream").unwrap();
+    let whole = run_cost(&config, &models);
+    // Three spans that tile the run: 64 px renders, rewarded; 256 px after the milestone,
+    // still rewarded; 256 px after reward_duration (0.7 of the steps).
+    let rewarded_until = (config.steps as f64 * 0.7) as usize;
+    let milestone = config.resolution_milestones[0].step;
+    assert!(milestone < rewarded_until, "{milestone} {rewarded_until}");
+    let spans = [
+        0..milestone,
+        milestone..rewarded_until,
+        rewarded_until..config.steps,
+    ];
+    let parts: Vec<_> = spans
+        .iter()
+        .map(|s| steps_cost(&config, &models, s.clone()))
+        .collect();
+    let sum: f64 = parts.iter().map(|p| p.seconds()).sum();
+    assert!(
+        (sum - whole.seconds()).abs() < 1e-6 * whole.seconds(),
+        "{sum} {}",
+        whole.seconds()
+    );
+    assert_eq!(parts.iter().map(|p| p.steps).sum::<usize>(), config.steps);
+    // At the same render size, the last rewarded step (N = 7 samples, DDIM-scored) costs
+    // more than twice the first unrewarded one (one sample, no scoring).
+    let one = |step: usize| steps_cost(&config, &models, step..step + 1).seconds();
+    let (scored, plain) = (one(rewarded_until - 1), one(rewarded_until));
+    assert!(scored > 2.0 * plain, "{scored} {plain}");
+    // Past the end is nothing.
+    assert_eq!(
+        steps_cost(&config, &models, config.steps..config.steps + 5).seconds(),
+        0.0
+    );
 }
 
 #[test]

@@ -13,4 +13,4 @@ pub mod models;
 pub mod run;
 
 pub use models::{CostError, CostModels, RewardArchitecture};
-pub use run::{Component, RunCost, run_cost};
+pub use run::{Component, RunCost, run_cost, steps_cost};

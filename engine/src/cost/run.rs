@@ -3,6 +3,8 @@
 //! N noise samples inside the reward window, DDIM scoring passes for the step's timestep
 //! range, UNet calls of at most `max_batch` samples per CFG pass).
 
+use std::ops::Range;
+
 use super::anchors::{self, Anchor};
 use super::flops::{self, UNetInput};
 use super::memory::{StepMemory, step_memory};
@@ -94,6 +96,14 @@ pub fn expected_ddim_passes(lo: usize, hi: usize) -> f64 {
 
 /// The cost of running `config` with `models`.
 pub fn run_cost(config: &GenerateConfig, models: &CostModels) -> RunCost {
+    steps_cost(config, models, 0..config.steps)
+}
+
+/// The cost of the steps `steps` of a run of `config` (each step's views, render size, noise
+/// samples and scoring are those of the whole run's schedule), e.g. the first steps a
+/// benchmark times.
+pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usize>) -> RunCost {
+    let steps = steps.start.min(config.steps)..steps.end.min(config.steps);
     let guidance = &config.guidance;
     let image = models.image_side();
     let latent = models.latent_side();
@@ -140,7 +150,7 @@ pub fn run_cost(config: &GenerateConfig, models: &CostModels) -> RunCost {
     let mut reward = Tally::default();
     let mut peak = StepMemory::default();
     let mut ddim_cache: Option<([usize; 2], f64)> = None;
-    for step in 0..config.steps {
+    for step in steps.clone() {
         let views = config.views_per_step_at(step);
         let side = config.render_size_at(step) as usize;
         let in_window = step < last_reward_step;
@@ -206,7 +216,7 @@ pub fn run_cost(config: &GenerateConfig, models: &CostModels) -> RunCost {
         seconds: t.seconds,
     };
     RunCost {
-        steps: config.steps,
+        steps: steps.len(),
         components: vec![
             component("render (NeRF fwd+bwd)", render),
             component("VAE encode fwd+bwd", encode),

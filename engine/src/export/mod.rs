@@ -10,11 +10,13 @@
 
 mod atomic;
 mod glb;
+mod inspect;
 mod ply;
 mod validator;
 
 pub use atomic::write_atomic;
 pub use glb::glb_bytes;
+pub use inspect::{GlbSummary, InspectError, inspect_glb};
 pub use ply::{splat_ply_bytes, write_splat_ply};
 pub use validator::{Validation, ValidatorError, khronos_validate};
 

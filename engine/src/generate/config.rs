@@ -677,6 +677,24 @@ impl GenerateConfig {
         }
     }
 
+    /// Shrinks the scene to a plumbing check of the models and the guidance: 16 px renders of
+    /// 16 samples per ray, a 4-level hash grid, 16-wide MLPs, a 32^3 mesh, no snapshots or
+    /// checkpoints. The guidance and the models stay as they are. For tests and `rewardsds
+    /// bench --small`, never for a result.
+    pub fn shrink_scene_for_checks(&mut self) {
+        self.render_size = 16;
+        self.renderer.num_samples_per_ray = 16;
+        self.nerf.encoding = HashGridConfig::new()
+            .with_n_levels(4)
+            .with_log2_hashmap_size(12)
+            .with_max_resolution(64);
+        self.nerf.hidden = 16;
+        self.snapshot_every = 0;
+        self.checkpoint_every = 0;
+        self.mesh.resolution = 32;
+        self.mesh.coarse_resolution = 16;
+    }
+
     /// Side of the views of the last steps: what a finished result is best looked at with.
     pub fn final_render_size(&self) -> u32 {
         self.render_size_at(self.steps.saturating_sub(1))

@@ -225,6 +225,9 @@ pub fn load_safetensors_with<B: Backend, M: Module<B>>(
     device: &B::Device,
     options: &LoadOptions,
 ) -> Result<(M, LoadReport), LoadError> {
+    if super::random_init() {
+        return Ok((module, LoadReport::default()));
+    }
     if files.is_empty() {
         return Err(LoadError::NoWeights {
             path: PathBuf::from("(no files given)"),

@@ -4,6 +4,7 @@
 //! - [`load`]: `*.safetensors` into a burn module, PyTorch layout converted, any float type.
 //! - [`save`]: a burn module to `*.safetensors` with the same key names (what we train).
 //! - [`LoadError`]: every failure, naming the file or tensor at fault.
+//! - [`set_random_init_for_benchmarks`]: models from their configs alone, for benchmarks.
 //!
 //! Key remaps live with each model family (e.g. [`crate::models::clip`]), not here.
 
@@ -11,6 +12,7 @@ mod error;
 #[cfg(feature = "hub")]
 mod hub;
 pub mod load;
+mod random_init;
 pub mod resolve;
 pub mod save;
 
@@ -19,6 +21,7 @@ pub use load::{
     KeyPolicy, KeyRemap, LoadOptions, LoadReport, is_torch_pickle, load_safetensors,
     load_safetensors_with, tensor_shapes,
 };
+pub use random_init::{random_init, set_random_init_for_benchmarks};
 pub use resolve::{
     Fetch, PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset,
     read_json, resolve_model, resolve_model_in, weight_files,

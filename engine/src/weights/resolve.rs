@@ -340,11 +340,17 @@ fn resolve_repo(
 ///
 /// Several pickles and no safetensors is [`LoadError::NoWeights`] naming them (which one is
 /// meant cannot be guessed).
+///
+/// Under [`set_random_init_for_benchmarks`](super::set_random_init_for_benchmarks) it lists no
+/// files: the models keep their random initial weights.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::MissingFolder {
             path: dir.to_path_buf(),
         });
+    }
+    if super::random_init() {
+        return Ok(Vec::new());
     }
     let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
         path: dir.to_path_buf(),

@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicBool;
 
 use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
 use rewardsds_engine::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
-use rewardsds_engine::scene::nerf::HashGridConfig;
 use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
 use rewardsds_engine::weights::weight_files;
 
@@ -147,20 +146,10 @@ pub fn sd_folder(dir: &Path) {
     copy_into(dir, &latent_pipeline_files(&f, unet));
 }
 
-/// A real-model preset shrunk to CI size: 16 px renders of 16 samples per ray, a 4-level hash
-/// grid, 16-wide MLPs, a 32^3 mesh, no snapshots or checkpoints; its guidance is untouched.
+/// A real-model preset shrunk to CI size (`GenerateConfig::shrink_scene_for_checks`); its
+/// guidance is untouched.
 pub fn ci_sized(config: &mut GenerateConfig) {
-    config.render_size = 16;
-    config.renderer.num_samples_per_ray = 16;
-    config.nerf.encoding = HashGridConfig::new()
-        .with_n_levels(4)
-        .with_log2_hashmap_size(12)
-        .with_max_resolution(64);
-    config.nerf.hidden = 16;
-    config.snapshot_every = 0;
-    config.checkpoint_every = 0;
-    config.mesh.resolution = 32;
-    config.mesh.coarse_resolution = 16;
+    config.shrink_scene_for_checks();
 }
 
 /// A diffusers-style MVDream pipeline folder in `dir` around the tiny MVDream fixture (its
