@@ -1,4 +1,4 @@
-//! The examples' logger (included with `#[path = "common/logging.rs"] mod logging;`).
+//! The logger of the examples and the `rewardsds` binary (included with `#[path = ...] mod logging;`).
 
 /// Sends the engine's `log` records to stderr: warnings and errors by default (a truncated
 /// prompt, an ignored setting), more with `RUST_LOG` (e.g. `RUST_LOG=info`).

@@ -34,7 +34,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 W=${REHEARSAL_DIR:-/tmp/rehearsal}
 RUNS=$W/runs
 LOG=$W/log.md
-BIN=${GENERATE_BIN:-$REPO/target/release/examples/generate}
+BIN=${GENERATE_BIN:-$REPO/target/release/rewardsds}
 PROMPT=${PROMPT:-"a blue cone on top of an orange cylinder"}
 SETUP_TIMEOUT=${SETUP_TIMEOUT:-3600}
 PY=python3
@@ -51,8 +51,8 @@ if ! $PY -c 'import tomllib' 2>/dev/null; then
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "== cargo build --release --example generate"
-    if ! cargo build --release --example generate; then
+    echo "== cargo build --release --bin rewardsds"
+    if ! cargo build --release --bin rewardsds; then
         echo "build failed" >&2
         exit 1
     fi
@@ -70,7 +70,7 @@ if [ ! -f "$LOG" ]; then
         echo "# Full-size CPU rehearsal (random weights, real layouts)"
         echo
         echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB RAM; $(uname -sr)."
-        echo "Binary: target/release/examples/generate, git $(git rev-parse --short HEAD)$(git diff --quiet || echo ' + uncommitted changes')."
+        echo "Binary: target/release/rewardsds (generate), git $(git rev-parse --short HEAD)$(git diff --quiet || echo ' + uncommitted changes')."
         echo "Weights: $W (tools/rehearsal/make_random_weights.py). Timer: $TIMER."
         echo
         echo "| setup | command | load s | s per step | peak RSS GB | .glb |"
@@ -141,7 +141,7 @@ PYEOF
 dump_preset() {
     local dir=$RUNS/$1.preset
     rm -rf "$dir"
-    "$BIN" --preset "$2" --prompt "$PROMPT" --prior "$RUNS/no-such-prior" \
+    "$BIN" generate --preset "$2" --prompt "$PROMPT" --prior "$RUNS/no-such-prior" \
         --backend cpu --out "$dir" >"$dir.log" 2>&1
     if [ -f "$dir/config.toml" ]; then
         echo "$dir/config.toml"
@@ -181,7 +181,7 @@ run_setup() {
     fi
     local out=$RUNS/$name
     rm -rf "$out"
-    local cmd=(timeout "$SETUP_TIMEOUT" "$BIN" --config "$config" --backend cpu --out "$out")
+    local cmd=(timeout "$SETUP_TIMEOUT" "$BIN" generate --config "$config" --backend cpu --out "$out")
     echo "== setup $name: $label"
     echo "   preset $preset; overrides: $*"
     echo "   ${cmd[*]}"

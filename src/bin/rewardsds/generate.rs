@@ -1,24 +1,25 @@
-//! Prompt -> 3D asset (.glb), headless: the project's main command.
+//! `rewardsds generate`: prompt -> 3D asset (.glb), headless.
 //!
-//! `cargo run --release --example generate -- --prompt "a blue cone on top of an orange cylinder"`
-//! runs on the CPU with the built-in Tiny World prior; `--preset quality --backend cuda
-//! --prior sd21-base --reward clip-vit-l-14` for real models on a GPU. Checkpoints (NeRF or
-//! Gaussians) go to `<out>/checkpoint` every `--checkpoint-every` steps; `--resume
-//! <out>/checkpoint` continues an interrupted run exactly; `--resume <dir> --export-only`
-//! writes what a checkpoint holds (mesh, turntable, the judge's reading) without further steps.
+//! Runs on the CPU with the built-in Tiny World prior by default; `--preset mvdream --backend
+//! cuda` for the paper's setup on a GPU. Checkpoints (NeRF or Gaussians) go to
+//! `<out>/checkpoint` every `--checkpoint-every` steps; `--resume <out>/checkpoint` continues an
+//! interrupted run exactly; `--resume <dir> --export-only` writes what a checkpoint holds
+//! (mesh, turntable, the judge's reading) without further steps. `--json` prints one JSON
+//! event per line on stdout (loaded, progress, checkpoint, wrote, done) for other tools; the
+//! human-readable lines then go to stderr.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::burn::tensor::Tensor;
 use rewardsds::engine::export::write_splat_ply;
 use rewardsds::engine::generate::{
-    GenerateConfig, GenerateEvent, Generator, Progress, SceneKind, checkpoint_config, slug,
+    GenerateConfig, GenerateError, GenerateEvent, Generator, Progress, SceneKind,
+    checkpoint_config, slug,
 };
 use rewardsds::engine::guidance::RewardFeedbackConfig;
 use rewardsds::engine::rgb_image::RgbImage;
@@ -26,14 +27,16 @@ use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::shape_check::check_shapes;
 use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
+use serde_json::json;
+
+use crate::Failure;
 
 /// The prompt when neither `--prompt` nor a config gives one.
 const DEFAULT_PROMPT: &str = "a blue cone on top of an orange cylinder";
 
-/// Command-line options; each overrides the preset or config file.
-#[derive(Parser, Debug, Clone)]
-#[command(about = "Generate a 3D asset (.glb) from a text prompt with SDS / RewardSDS")]
-struct Args {
+/// `rewardsds generate` options; each overrides the preset or config file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
     /// What to make [default: the config's prompt, else "a blue cone on top of an orange cylinder"].
     #[arg(long)]
     prompt: Option<String>,
@@ -103,6 +106,10 @@ struct Args {
     /// run had come at an earlier checkpoint.
     #[arg(long, requires = "resume")]
     export_only: bool,
+    /// One JSON event per line on stdout (`{"event": "progress", ...}`) instead of the progress
+    /// bar; the human-readable lines go to stderr.
+    #[arg(long)]
+    json: bool,
 }
 
 struct Generate {
@@ -110,6 +117,31 @@ struct Generate {
     out: PathBuf,
     resume: Option<PathBuf>,
     export_only: bool,
+    report: Report,
+}
+
+/// Where the run's words go: stdout for a person, or stderr beside JSON events on stdout.
+#[derive(Clone, Copy)]
+struct Report {
+    json: bool,
+}
+
+impl Report {
+    /// A line for a person.
+    fn say(&self, line: impl std::fmt::Display) {
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+
+    /// One JSON event (only with `--json`).
+    fn event(&self, event: serde_json::Value) {
+        if self.json {
+            println!("{event}");
+        }
+    }
 }
 
 impl BackendTask for Generate {
@@ -121,6 +153,7 @@ impl BackendTask for Generate {
             out,
             resume,
             export_only,
+            report,
         } = self;
         let start = Instant::now();
         let mut generator = match &resume {
@@ -133,7 +166,14 @@ impl BackendTask for Generate {
                 g
             }
         };
-        println!(
+        report.event(json!({
+            "event": "loaded",
+            "prior": config.prior,
+            "seconds": start.elapsed().as_secs_f64(),
+            "steps_done": generator.steps_done(),
+            "steps": config.steps,
+        }));
+        report.say(format!(
             "loaded {} in {:.1}s{}",
             config.prior,
             start.elapsed().as_secs_f64(),
@@ -145,8 +185,13 @@ impl BackendTask for Generate {
                 ),
                 None => String::new(),
             }
-        );
-        let bar = ProgressBar::new(config.steps as u64);
+        ));
+        // No bar beside JSON events (indicatif also hides it when stderr is not a terminal).
+        let bar = if report.json {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(config.steps as u64)
+        };
         bar.set_position(generator.steps_done() as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -156,11 +201,11 @@ impl BackendTask for Generate {
         // Raised from the start, the run stops before its first step.
         let cancel = AtomicBool::new(export_only);
         if export_only {
-            println!(
+            report.say(format!(
                 "exporting the state at step {} of {} (--export-only)",
                 generator.steps_done(),
                 config.steps
-            );
+            ));
         }
         let mut snapshot_error = None;
         let optimise_start = Instant::now();
@@ -172,6 +217,11 @@ impl BackendTask for Generate {
                     .unwrap_or_default();
                 bar.set_message(format!("loss {:.4} t {:>3}{reward}", p.loss, p.t));
                 bar.inc(1);
+                if report.json {
+                    let mut event = serde_json::to_value(&p).unwrap_or_default();
+                    event["event"] = "progress".into();
+                    report.event(event);
+                }
                 log.push(p);
             }
             GenerateEvent::Snapshot { preview, .. } => {
@@ -180,6 +230,7 @@ impl BackendTask for Generate {
                 }
             }
             GenerateEvent::Checkpoint { step, path } => {
+                report.event(json!({"event": "checkpoint", "step": step, "path": path}));
                 bar.println(format!("step {step}: checkpoint {}", path.display()));
             }
         })?;
@@ -192,7 +243,13 @@ impl BackendTask for Generate {
 
         let glb = out.join(format!("{}.glb", slug(&config.prompt)));
         let (export, mesh) = generator.export_glb(&glb).context("exporting the mesh")?;
-        println!(
+        report.event(json!({
+            "event": "wrote",
+            "path": glb,
+            "bytes": export.bytes,
+            "triangles": export.triangles,
+        }));
+        report.say(format!(
             "wrote {} ({} triangles, {} KiB; iso-level {:.2}, extraction {:.1}s)",
             glb.display(),
             export.triangles,
@@ -202,11 +259,16 @@ impl BackendTask for Generate {
                 let t = &mesh.report.timings;
                 (t.sample + t.extract + t.cleanup + t.simplify + t.color).as_secs_f64()
             }
-        );
+        ));
         if let Some(gaussians) = generator.gaussians() {
             let ply = out.join(format!("{}.ply", slug(&config.prompt)));
             write_splat_ply(&gaussians.to_cloud(), &ply).context("writing the splat cloud")?;
-            println!("wrote {} ({} Gaussians)", ply.display(), gaussians.len());
+            report.event(json!({"event": "wrote", "path": ply, "gaussians": gaussians.len()}));
+            report.say(format!(
+                "wrote {} ({} Gaussians)",
+                ply.display(),
+                gaussians.len()
+            ));
         }
         // The size the last steps trained at: the result's resolution.
         let views = generator.turntable(8, config.final_render_size())?;
@@ -225,7 +287,7 @@ impl BackendTask for Generate {
             Some(std::path::Path::new(&config.prior).join("judge")).filter(|dir| dir.is_dir())
         };
         if let Some(dir) = judge_dir {
-            judge_views::<B::InnerBackend>(&config.prompt, &views, &dir, &device)?;
+            judge_views::<B::InnerBackend>(report, &config.prompt, &views, &dir, &device)?;
         }
         if let Some(target) = Composition::parse(&config.prompt) {
             // Whether the shipped prior ever saw this composition (a retrained copy may split
@@ -236,12 +298,12 @@ impl BackendTask for Generate {
                 } else {
                     "seen in the prior's training captions"
                 };
-                println!("composition: {seen}");
+                report.say(format!("composition: {seen}"));
             }
             // Geometry, read without a CLIP: which shape each colour of the prompt took.
             match check_shapes(&mesh.mesh, &target) {
-                Ok(check) => println!("shapes (no CLIP): {check}"),
-                Err(e) => println!("shapes (no CLIP): skipped, {e}"),
+                Ok(check) => report.say(format!("shapes (no CLIP): {check}")),
+                Err(e) => report.say(format!("shapes (no CLIP): skipped, {e}")),
             }
         }
         // Per step this call ran: a resumed run's own, none for an export.
@@ -249,20 +311,30 @@ impl BackendTask for Generate {
             0 => String::new(),
             n => format!(" ({:.2}s per step)", optimise / n as f64),
         };
-        println!("done in {:.1}s{per_step}", start.elapsed().as_secs_f64());
+        report.event(json!({
+            "event": "done",
+            "glb": glb,
+            "seconds": start.elapsed().as_secs_f64(),
+            "steps_run": log.len(),
+        }));
+        report.say(format!(
+            "done in {:.1}s{per_step}",
+            start.elapsed().as_secs_f64()
+        ));
         Ok(())
     }
 }
 
 /// The Tiny World judge's view of the result: which caption each of the 8 renders matches.
 fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
+    report: Report,
     prompt: &str,
     views: &[RgbImage],
     judge_dir: &std::path::Path,
     device: &B::Device,
 ) -> Result<()> {
     let Some(target) = Composition::parse(prompt) else {
-        println!("judge: the prompt is not a Tiny World caption; skipped");
+        report.say("judge: the prompt is not a Tiny World caption; skipped");
         return Ok(());
     };
     let judge = Judge::<B>::from_folder(judge_dir, device)
@@ -270,60 +342,77 @@ fn judge_views<B: rewardsds::engine::burn::tensor::backend::Backend>(
     let images: Tensor<B, 4> = RgbImage::to_tensor(views, device);
     let targets = vec![target; views.len()];
     let r = judge.retrieval(images.clone(), &targets);
-    println!(
+    report.event(json!({
+        "event": "judge",
+        "views": r.images,
+        "top1": r.top1,
+        "top5": r.top5,
+        "clip_score": r.clip_score,
+    }));
+    report.say(format!(
         "judge: {:.0}% of {} views retrieve the prompt among all captions (top-5 {:.0}%), judge CLIP score {:.1}",
         100.0 * r.top1,
         r.images,
         100.0 * r.top5,
         r.clip_score
-    );
+    ));
     let readings: Vec<String> = judge
         .readings(images)
         .iter()
         .map(Composition::caption)
         .collect();
-    println!("judge reads, view by view: {}", readings.join("; "));
+    report.say(format!(
+        "judge reads, view by view: {}",
+        readings.join("; ")
+    ));
     Ok(())
 }
 
-#[path = "common/logging.rs"]
-mod logging;
-
-fn main() -> Result<()> {
-    logging::init();
-    let args = Args::parse();
+/// Runs `rewardsds generate`; the exit code on success is 0.
+pub fn run(args: Args) -> Result<u8, Failure> {
+    let report = Report { json: args.json };
     // An explicit flag wins over the config's `backend`; neither: the CPU, which always works.
     let flag: Option<BackendKind> = args
         .backend
         .as_deref()
         .map(str::parse)
         .transpose()
-        .context("--backend")?;
+        .context("--backend")
+        .map_err(Failure::bad_input)?;
     let backend_for = |config: &GenerateConfig| flag.or(config.backend).unwrap_or_default();
     if let Some(dir) = &args.resume {
-        let config = checkpoint_config(dir)?;
+        let config = checkpoint_config(dir)
+            .with_context(|| format!("--resume {}", dir.display()))
+            .map_err(Failure::bad_input)?;
         let kind = backend_for(&config);
         let out = args
             .out
             .unwrap_or_else(|| PathBuf::from("out/generate").join(slug(&config.prompt)));
-        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        create_out(&out)?;
         let resume = Some(dir.clone());
-        return run_on(
+        run_on(
             kind,
             Generate {
                 config,
                 out,
                 resume,
                 export_only: args.export_only,
+                report,
             },
-        )?;
+        )
+        .map_err(Failure::bad_input)?
+        .map_err(classify)?;
+        return Ok(0);
     }
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let mut c: GenerateConfig =
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+                .with_context(|| format!("reading {}", path.display()))
+                .map_err(Failure::bad_input)?;
+            // Validated below, once the command line's options are in (a prompt among them).
+            let mut c: GenerateConfig = toml::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))
+                .map_err(Failure::bad_input)?;
             if c.prompt.is_empty() {
                 c.prompt = DEFAULT_PROMPT.into();
             }
@@ -331,7 +420,7 @@ fn main() -> Result<()> {
         }
         None => GenerateConfig {
             prompt: DEFAULT_PROMPT.into(),
-            ..GenerateConfig::preset(&args.preset)?
+            ..GenerateConfig::preset(&args.preset).map_err(Failure::bad_input)?
         },
     };
     // An explicit `--prompt` wins over a config's, as every other option does.
@@ -390,19 +479,46 @@ fn main() -> Result<()> {
     let kind = backend_for(&config);
     // config.toml records the backend that ran, so it reruns the same way.
     config.backend = Some(kind);
-    config.validate()?;
+    config.validate().map_err(Failure::bad_input)?;
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from("out/generate").join(slug(&config.prompt)));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("config.toml"), config.to_toml())?;
-    run_on(
+    create_out(&out)?;
+    let toml = out.join("config.toml");
+    std::fs::write(&toml, config.to_toml())
+        .with_context(|| format!("writing {}", toml.display()))
+        .map_err(Failure::bad_input)?;
+    let result = run_on(
         kind,
         Generate {
             config,
             out,
             resume: None,
             export_only: false,
+            report,
         },
-    )?
+    )
+    .map_err(Failure::bad_input)?;
+    result.map_err(classify)?;
+    Ok(0)
+}
+
+/// A config the generator refused before running (e.g. one that would not fit in memory) is
+/// bad input; anything else failed while running.
+fn classify(error: anyhow::Error) -> Failure {
+    let refused = error
+        .chain()
+        .any(|e| matches!(e.downcast_ref(), Some(GenerateError::Config(_))));
+    if refused {
+        Failure::bad_input(error)
+    } else {
+        error.into()
+    }
+}
+
+/// The output folder, created; one that cannot be is bad input (nothing has run).
+fn create_out(out: &std::path::Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating the output folder {}", out.display()))
+        .map_err(Failure::bad_input)
 }
