@@ -2,6 +2,13 @@
 //! hand-written backward, for the backends whose rasteriser runs on the host too. Backends
 //! that answer `None` (the CubeCL ones) project with tensor ops instead.
 
+// The host path serves the CPU backends and the fused GPU backends; a GPU build without
+// `fusion` (cuda or wgpu alone, e.g. tools/gpu/build.sh) compiles it unused.
+#![cfg_attr(
+    not(any(feature = "cpu", feature = "flex", feature = "fusion")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
+
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
