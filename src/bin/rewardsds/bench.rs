@@ -94,11 +94,14 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     if args.random_weights {
         set_random_init_for_benchmarks(true);
     }
-    // Each row is printed as its preset finishes: a run cut short by a timeout keeps them.
+    // Each row is printed as its preset finishes: a run cut short by a timeout keeps them. A
+    // preset that fails gets its row with the error and the others still run (an unattended
+    // GPU session must not lose them all to one).
     print_header(&args);
+    let mut failed = 0;
     for (name, config) in configs {
         eprintln!("== {name}: prior {}", config.prior);
-        let row = run_on(
+        let result = run_on(
             args.backend,
             Bench {
                 name: name.clone(),
@@ -106,9 +109,15 @@ pub fn run(args: Args) -> Result<u8, Failure> {
                 args: args.clone(),
             },
         )
-        .map_err(Failure::bad_input)?
-        .with_context(|| format!("running preset `{name}`"))?;
-        print_row(&row);
+        .map_err(Failure::bad_input)?;
+        match result {
+            Ok(row) => print_row(&row),
+            Err(e) => {
+                failed += 1;
+                let why = format!("{e:#}").replace('|', "/").replace('\n', " ");
+                println!("| `{name}` | failed: {why} ||||||||| no |");
+            }
+        }
     }
     println!(
         "\nPredicted: the cost model (engine/src/cost) for the same steps of the same config; \
@@ -116,6 +125,9 @@ pub fn run(args: Args) -> Result<u8, Failure> {
          rewarded step may differ from it either way. \"Asset at the measured pace\": the \
          predicted asset time scaled by measured / predicted."
     );
+    if failed > 0 {
+        return Err(anyhow::anyhow!("{failed} of the presets failed (their rows say why)").into());
+    }
     Ok(0)
 }
 
