@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use burn::tensor::Tensor;
-use burn_store::{ModuleStore, PytorchStore, SafetensorsStore};
+use burn_store::{ModuleStore, PytorchStore};
 use rewardsds_engine::models::UNet2DConditionModel;
 use rewardsds_engine::models::camera_utils::{get_camera, mvdream_cameras, normalize_camera};
 use rewardsds_engine::models::mv_unet::{LDM_UNET_PREFIX, MultiViewUNetModelConfig, load_mv_unet};
 use rewardsds_engine::scene::Camera;
 use rewardsds_engine::weights::LoadError;
+
+mod fixture_io;
+use fixture_io::{Io, max_abs_diff};
 
 type B = NdArray<f32>;
 
@@ -25,23 +28,8 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mvdream_tiny")
 }
 
-fn tensor<const D: usize>(store: &mut SafetensorsStore, name: &str) -> Tensor<B, D> {
-    let data = store
-        .get_snapshot(name)
-        .unwrap()
-        .unwrap_or_else(|| panic!("fixture tensor {name} missing"))
-        .to_data()
-        .unwrap();
-    Tensor::from_data(data, &Default::default())
-}
-
-fn io() -> SafetensorsStore {
-    SafetensorsStore::from_file(fixture().join("io.safetensors"))
-}
-
-fn max_abs_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar()
+fn io() -> Io {
+    Io::open(fixture().join("io.safetensors"))
 }
 
 fn config() -> MultiViewUNetModelConfig {
@@ -70,22 +58,22 @@ fn load(files: &[PathBuf]) -> Result<UNet2DConditionModel<B>, LoadError> {
 /// The UNet's output for the fixture's 8 views, with `num_frames` views per sample.
 fn check_outputs(unet: &UNet2DConditionModel<B>, what: &str) {
     let mut io = io();
-    let forward = |unet: &UNet2DConditionModel<B>, io: &mut SafetensorsStore| {
+    let forward = |unet: &UNet2DConditionModel<B>, io: &mut Io| {
         unet.forward_with_class_labels(
-            tensor(io, "sample"),
-            tensor(io, "timesteps"),
-            tensor(io, "context"),
-            Some(tensor(io, "camera")),
+            io.get("sample"),
+            io.get("timesteps"),
+            io.get("context"),
+            Some(io.get("camera")),
         )
     };
     assert_eq!(unet.num_frames(), 4);
-    let err = max_abs_diff(forward(unet, &mut io), tensor(&mut io, "out"));
+    let err = max_abs_diff(forward(unet, &mut io), io.get("out"));
     println!("MVDream UNet ({what}), 2 samples x 4 views: max abs error {err:.2e}");
     assert!(err < TOLERANCE, "{what}: max abs error {err}");
 
     // Views attending one by one is what `num_frames = 1` gives in the reference too.
     let single = forward(&unet.clone().with_num_frames(1), &mut io);
-    let err = max_abs_diff(single, tensor(&mut io, "out_frames1"));
+    let err = max_abs_diff(single, io.get("out_frames1"));
     println!("MVDream UNet ({what}), num_frames 1: max abs error {err:.2e}");
     assert!(err < TOLERANCE, "{what}, num_frames 1: max abs error {err}");
 }
@@ -100,8 +88,8 @@ fn original_checkpoint_matches_the_reference() {
         .class_embedding
         .as_ref()
         .expect("the camera MLP")
-        .forward(tensor(&mut io, "camera"));
-    let err = max_abs_diff(embedding, tensor(&mut io, "camera_embedding"));
+        .forward(io.get("camera"));
+    let err = max_abs_diff(embedding, io.get("camera_embedding"));
     println!("MVDream camera embedding: max abs error {err:.2e}");
     assert!(err < TOLERANCE, "camera embedding: max abs error {err}");
 }
@@ -145,7 +133,7 @@ fn diffusers_style_conversion_matches_the_reference() {
 
 #[test]
 fn camera_utils_match_the_reference() {
-    let mut cameras = SafetensorsStore::from_file(fixture().join("cameras.safetensors"));
+    let mut cameras = Io::open(fixture().join("cameras.safetensors"));
     let device = Default::default();
     let as_tensor = |rows: Vec<[f32; 16]>| {
         let n = rows.len();
@@ -163,12 +151,12 @@ fn camera_utils_match_the_reference() {
         ),
         ("cam_e0_a90_n1", get_camera(1, 0.0, 90.0, 360.0, true)),
     ] {
-        let err = max_abs_diff(as_tensor(ours), tensor(&mut cameras, name));
+        let err = max_abs_diff(as_tensor(ours), cameras.get(name));
         assert!(err < 1e-6, "{name}: max abs error {err}");
     }
 
     // normalize_camera on matrices whose translation is 2.5 long.
-    let input: Tensor<B, 2> = tensor(&mut cameras, "normalize_in");
+    let input: Tensor<B, 2> = cameras.get("normalize_in");
     let values = input.into_data().to_vec::<f32>().unwrap();
     let ours: Vec<[f32; 16]> = values
         .chunks(16)
@@ -178,7 +166,7 @@ fn camera_utils_match_the_reference() {
             rewardsds_engine::models::camera_utils::flatten(normalize_camera(m))
         })
         .collect();
-    let err = max_abs_diff(as_tensor(ours), tensor(&mut cameras, "normalize_out"));
+    let err = max_abs_diff(as_tensor(ours), cameras.get("normalize_out"));
     assert!(err < 1e-6, "normalize_camera: max abs error {err}");
 
     // Our orbit cameras, at any distance, give the reference's input for the same angles.
@@ -187,7 +175,7 @@ fn camera_utils_match_the_reference() {
         .collect();
     let err = max_abs_diff(
         mvdream_cameras::<B>(&orbit, &device),
-        tensor(&mut cameras, "cam_e30_a45_n4"),
+        cameras.get("cam_e30_a45_n4"),
     );
     assert!(err < 1e-5, "orbit cameras: max abs error {err}");
 }
@@ -283,12 +271,12 @@ fn the_original_checkpoints_vae_matches_the_reference() {
     assert!(report.is_exact(), "{report:?}");
 
     let mut io = io();
-    let decoded = vae.decode(tensor(&mut io, "vae_latent"));
-    let err = max_abs_diff(decoded, tensor(&mut io, "vae_decoded"));
+    let decoded = vae.decode(io.get("vae_latent"));
+    let err = max_abs_diff(decoded, io.get("vae_decoded"));
     println!("MVDream .pt VAE decode: max abs error {err:.2e}");
     assert!(err < TOLERANCE, "decode: max abs error {err}");
-    let mean = vae.encode(tensor(&mut io, "vae_image")).mean;
-    let err = max_abs_diff(mean, tensor(&mut io, "vae_mean"));
+    let mean = vae.encode(io.get("vae_image")).mean;
+    let err = max_abs_diff(mean, io.get("vae_mean"));
     println!("MVDream .pt VAE encode (posterior mean): max abs error {err:.2e}");
     assert!(err < TOLERANCE, "encode: max abs error {err}");
 }
