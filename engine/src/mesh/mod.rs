@@ -20,6 +20,7 @@ mod error;
 mod extract;
 mod field;
 mod nerf_field;
+mod raster;
 mod simplify;
 mod trimesh;
 
@@ -30,6 +31,7 @@ pub use error::MeshError;
 pub use extract::extract_surface;
 pub use field::{Aabb, AlbedoField, DensityField, DensityGrid, Pointwise};
 pub use nerf_field::{DEFAULT_NERF_CHUNK, NerfField};
+pub use raster::{Fragments, NEAR_DEPTH, rasterize, render_mesh};
 pub use simplify::{Simplified, SimplifyConfig, lod_chain, simplify};
 pub use trimesh::{EdgeReport, TriMesh};
 
