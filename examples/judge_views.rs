@@ -1,5 +1,6 @@
 //! Judges saved turntables again, with any judge: the rows of views in a PNG (the sheets of
-//! `benchmark --images`, `generate`'s `turntable.png`), each row against its prompt.
+//! `benchmark --images`, `generate`'s `views.png` or `turntable.png`), each row against its
+//! prompt.
 //!
 //! `cargo run --release --example judge_views -- --png docs/benchmark/v5_nerf_views.png
 //! --prompt "a red cube and a blue sphere" --prompt "a red cube and a blue cone"
@@ -26,7 +27,7 @@ use prompts::tiny_world_prompts;
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Judge saved turntable rows (benchmark sheets, turntable.png) against prompts")]
+#[command(about = "Judge saved turntable rows (benchmark sheets, views.png) against prompts")]
 struct Args {
     /// The PNG: rows of `--views` square views side by side.
     #[arg(long)]

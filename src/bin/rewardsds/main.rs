@@ -2,14 +2,18 @@
 //! wgpu or CUDA. `rewardsds <command> --help` shows each command's options and an example.
 //!
 //! Exit codes: 0 success; 1 a run failed (a model would not load, a step or the export
-//! failed); 2 bad input (command line, config, prompt), nothing run; 3 `validate` found the
-//! file invalid.
+//! failed; for `batch`, any entry); 2 bad input (command line, config, prompt, manifest),
+//! nothing run; 3 `validate` found the file invalid, or `batch --verify` the library
+//! incomplete.
 
+mod asset;
+mod batch;
 mod bench;
 mod generate;
 #[path = "../../../examples/common/logging.rs"]
 mod logging;
 mod models;
+mod overrides;
 mod validate;
 
 use std::process::ExitCode;
@@ -29,7 +33,7 @@ const EXIT_INVALID: u8 = 3;
     version,
     about = "Generate 3D game assets (.glb) from text prompts with RewardSDS",
     after_help = "Exit codes: 0 success, 1 a run failed, 2 bad input (nothing run), 3 `validate` \
-                  found the file invalid.\n\nStart with:\n  rewardsds generate --prompt \"a blue \
+                  found the file invalid (or `batch --verify` the library incomplete).\n\nStart with:\n  rewardsds generate --prompt \"a blue \
                   cone on top of an orange cylinder\""
 )]
 struct Cli {
@@ -45,6 +49,14 @@ enum Command {
                             sphere\" --steps 200 --out out/cube"
     )]
     Generate(generate::Args),
+    /// Make many assets from a manifest into a library folder; resumable, shardable.
+    #[command(
+        after_help = "Examples:\n  rewardsds batch props.txt --out out/library --steps 300\n  \
+                            rewardsds batch props.toml --out /shared/library --shard 0/4 \
+                            --backend cuda\n  rewardsds batch props.toml --out \
+                            /shared/library --verify"
+    )]
+    Batch(batch::Args),
     /// List the model presets, what is cached locally, and what each needs.
     #[command(after_help = "Examples:\n  rewardsds models\n  rewardsds models --show mvdream")]
     Models(models::Args),
@@ -91,6 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Batch(args) => batch::run(args),
         Command::Models(args) => models::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Bench(args) => bench::run(args),
