@@ -128,6 +128,32 @@ fn bad_input_is_refused_with_exit_code_2_naming_the_fault() {
 }
 
 #[test]
+fn words_the_prior_does_not_know_are_named() {
+    let dir = temp_dir("unknown-words");
+    let out = rewardsds(&[
+        "generate",
+        "--prompt",
+        "a wooden barrel with iron bands",
+        "--steps",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "does not know the words \"wooden\", \"barrel\", \"with\", \"iron\", \"bands\""
+        ) && stderr.contains("shapes cube")
+            && stderr.contains("--preset sd21"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn models_lists_the_bundled_prior_and_help_shows_examples() {
     let out = rewardsds(&["models"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

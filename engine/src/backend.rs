@@ -169,13 +169,10 @@ pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, B
 /// One tiny round trip to the device: a missing driver or adapter panics inside burn, which
 /// we turn into an error naming the backend instead of a crash mid-generation.
 fn probe<B: Backend>(kind: BackendKind, device: &B::Device) -> Result<(), BackendError> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    let result = catch_unwind_quietly(|| {
         let x = Tensor::<B, 1>::from_floats([1.0, 2.0], device);
         x.sum().into_scalar().elem::<f32>()
-    }));
-    std::panic::set_hook(previous);
+    });
     match result {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
         Ok(v) => Err(BackendError::NoDevice {
@@ -195,6 +192,34 @@ fn probe<B: Backend>(kind: BackendKind, device: &B::Device) -> Result<(), Backen
 
 use burn::tensor::ElementConversion as _;
 
+thread_local! {
+    /// Set while this thread runs [`catch_unwind_quietly`].
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind` without the panic message on stderr, for this thread only: the process-wide
+/// hook is wrapped once (chaining the one before it) and then never swapped again, so a job
+/// on another thread that panics meanwhile still reports it.
+fn catch_unwind_quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static WRAP: std::sync::Once = std::sync::Once::new();
+    WRAP.call_once(wrap_panic_hook);
+    let was = QUIET.with(|q| q.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result
+}
+
+/// Puts a hook in front of the current one that passes on every panic except those of a
+/// thread inside [`catch_unwind_quietly`].
+fn wrap_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !QUIET.with(std::cell::Cell::get) {
+            previous(info);
+        }
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +233,36 @@ mod tests {
                 .into_scalar()
                 .elem()
         }
+    }
+
+    #[test]
+    fn a_quiet_probe_silences_only_its_own_thread() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static ELSEWHERE: AtomicUsize = AtomicUsize::new(0);
+        static HERE: AtomicUsize = AtomicUsize::new(0);
+        // A hook that counts (an app's, say; it passes every panic on), then the quiet
+        // wrapper in front of it, as the first probe puts it.
+        let inner = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            match info.payload().downcast_ref::<&str>() {
+                Some(&"elsewhere") => ELSEWHERE.fetch_add(1, Ordering::SeqCst),
+                Some(&"here") => HERE.fetch_add(1, Ordering::SeqCst),
+                _ => 0,
+            };
+            inner(info);
+        }));
+        wrap_panic_hook();
+        let result = catch_unwind_quietly(|| {
+            let other = std::thread::spawn(|| panic!("elsewhere"));
+            assert!(other.join().is_err());
+            panic!("here")
+        });
+        assert!(result.is_err());
+        // The other thread's panic was reported; this thread's, inside, was not.
+        assert_eq!(ELSEWHERE.load(Ordering::SeqCst), 1);
+        assert_eq!(HERE.load(Ordering::SeqCst), 0);
+        // Outside, this thread reports again.
+        assert!(!QUIET.with(std::cell::Cell::get));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use rewardsds_engine::generate::{
     CheckpointError, CheckpointState, GenerateConfig, GenerateError, GenerateEvent, Generator,
-    ResolutionMilestone, StopReason, latest_checkpoint,
+    ResolutionMilestone, StopReason, latest_checkpoint, lod_path,
 };
 use rewardsds_engine::guidance::RewardFeedbackConfig;
 
@@ -43,6 +43,7 @@ fn short_generation_writes_a_valid_glb() {
     // Views grow from 16 to 20 px from step 5 (0-based) on: the training renders and the
     // snapshot after them follow.
     let mut config = small(10);
+    config.mesh.simplify.lod_triangles = vec![400];
     config.resolution_milestones = vec![ResolutionMilestone {
         step: 5,
         size: 20,
@@ -91,6 +92,14 @@ fn short_generation_writes_a_valid_glb() {
         bounds.min
     );
     assert!(primitive.get(&gltf::Semantic::Normals).is_some());
+    // The level of detail asked for, beside it.
+    let lod = lod_path(&path, 1);
+    assert_eq!(lod, dir.join("a-red-cube-and-a-blue-sphere_LOD1.glb"));
+    let summary = rewardsds_engine::export::inspect_glb(&lod).unwrap();
+    assert!(
+        summary.triangles > 0 && summary.triangles <= 400,
+        "{summary:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

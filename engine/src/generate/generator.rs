@@ -22,6 +22,7 @@ use crate::guidance::{
 use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, NerfField, extract_mesh};
 use crate::models::AnyReward;
 use crate::models::autoencoder_tiny::AutoencoderTiny;
+use crate::models::tokenizer::CLIPTokenizer;
 use crate::optim::{GroupedOptimizer, add_groups};
 use crate::render::{RenderOutput, VolumeRenderer};
 use crate::rgb_image::RgbImage;
@@ -303,6 +304,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     /// A generator for `config` with its prior and reward loaded from their specs.
     pub fn load(config: GenerateConfig, device: &B::Device) -> Result<Self, GenerateError> {
         let guidance = load_guidance::<B>(&config, device)?;
+        warn_unknown_words(&config, guidance.prior().tokenizer());
         Self::new(config, guidance, device)
     }
 
@@ -635,8 +637,46 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             ..ExportConfig::default()
         };
         let report = write_glb(&extracted.mesh, extracted.texture.as_ref(), path, &config)?;
+        // `mesh.simplify.lod_triangles`: each level of detail beside the asset, as
+        // `<name>_LOD1.glb`, `<name>_LOD2.glb`, ... (the suffixes engines' importers group).
+        for (level, lod) in extracted.lods.iter().enumerate() {
+            let textured = !lod.uvs.is_empty() && lod.uvs.len() == lod.positions.len();
+            let texture = extracted.texture.as_ref().filter(|_| textured);
+            write_glb(lod, texture, &lod_path(path, level + 1), &config)?;
+        }
         Ok((report, extracted))
     }
+}
+
+/// Where [`Generator::export_glb`] writes level of detail `level` (1 = the first below the
+/// asset) of the asset at `path`: `<stem>_LOD<level>.glb` beside it.
+pub fn lod_path(path: &Path, level: usize) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!("{stem}_LOD{level}.glb"))
+}
+
+/// Says which words of the prompt the prior's vocabulary lacks (a word-level vocabulary such
+/// as Tiny World's): they read as one unknown token, so the run cannot follow them.
+fn warn_unknown_words(config: &GenerateConfig, tokenizer: &CLIPTokenizer) {
+    let words = match tokenizer.unknown_words(&config.prompt) {
+        Ok(words) if !words.is_empty() => words,
+        _ => return,
+    };
+    let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+    let hint = if config.prior == "tiny-world" {
+        format!(
+            ". Tiny World knows captions of its small world only: {}. Other prompts need a \
+             real model (--preset sd21 or mvdream; docs/presets.md)",
+            crate::tiny_world::vocab::caption_words()
+        )
+    } else {
+        String::new()
+    };
+    log::warn!(
+        "the prior `{}` does not know the words {}: they cannot shape the result{hint}",
+        config.prior,
+        quoted.join(", ")
+    );
 }
 
 /// A file-name-safe slug of a prompt: lowercase ASCII letters and digits joined by `-`, at most

@@ -16,7 +16,7 @@ pub use config::{GenerateConfig, PRESETS, ResolutionMilestone, SceneKind};
 pub use gaussian_scene::{GaussianScene, GaussianSceneConfig};
 pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
-    load_reward, slug,
+    load_reward, lod_path, slug,
 };
 pub use image2d::{Image2dConfig, Image2dGenerator, ImageProgress};
 pub use job::{GenerationJob, JobEvent, JobReport, JobRequest};

@@ -16,7 +16,8 @@ pub struct SimplifyConfig {
     /// budget) where reaching the budget would distort the shape more than this.
     pub max_error: f32,
     /// Optional further levels of detail, as triangle budgets (each simplified from the one
-    /// before), e.g. `[5000, 1250]`. Empty: no LOD chain.
+    /// before), e.g. `[5000, 1250]`; `Generator::export_glb` writes them beside the asset as
+    /// `<name>_LOD1.glb`, `<name>_LOD2.glb`, ... Empty: no LOD chain.
     pub lod_triangles: Vec<usize>,
 }
 

@@ -48,6 +48,9 @@ pub struct CLIPTokenizer {
     bos_token_id: u32,
     eos_token_id: u32,
     pad_token_id: u32,
+    /// The id unknown words map to, where the vocabulary has one of its own (a word-level
+    /// vocabulary such as Tiny World's); `None` for CLIP's BPE, which spells any word.
+    unk_token_id: Option<u32>,
     max_length: usize,
     source: PathBuf,
 }
@@ -110,6 +113,10 @@ impl CLIPTokenizer {
                 })
         };
         let (bos_token_id, eos_token_id, pad_token_id) = (id(&s.bos)?, id(&s.eos)?, id(&s.pad)?);
+        // CLIP names `<|endoftext|>` its unknown token, yet never emits it for a word.
+        let unk_token_id = tokenizer
+            .token_to_id(&s.unk)
+            .filter(|&unk| unk != eos_token_id && unk != pad_token_id);
         if s.max_length < 2 {
             return Err(LoadError::BadConfig {
                 path: source.join("tokenizer_config.json"),
@@ -124,6 +131,7 @@ impl CLIPTokenizer {
             bos_token_id,
             eos_token_id,
             pad_token_id,
+            unk_token_id,
             max_length: s.max_length,
             source: source.to_path_buf(),
         })
@@ -189,6 +197,30 @@ impl CLIPTokenizer {
             num_tokens,
             truncated,
         })
+    }
+
+    /// The words of `prompt` the vocabulary does not have (each once, in order): they all read
+    /// as one unknown token, so they cannot shape the result. Always empty for a BPE
+    /// vocabulary, which spells any word from pieces.
+    pub fn unknown_words(&self, prompt: &str) -> Result<Vec<String>, LoadError> {
+        let Some(unk) = self.unk_token_id else {
+            return Ok(Vec::new());
+        };
+        let encoding = self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| LoadError::Tokenizer {
+                path: self.source.clone(),
+                reason: format!("encoding {prompt:?}: {e}"),
+            })?;
+        let mut words: Vec<String> = Vec::new();
+        for (&id, &(start, end)) in encoding.get_ids().iter().zip(encoding.get_offsets()) {
+            let word = prompt.get(start..end).unwrap_or_default().to_string();
+            if id == unk && !word.is_empty() && !words.contains(&word) {
+                words.push(word);
+            }
+        }
+        Ok(words)
     }
 
     /// [`encode`](Self::encode) each prompt.

@@ -34,6 +34,18 @@ pub fn vocabulary() -> Vec<String> {
     words
 }
 
+/// The words a caption can use, for messages: `a|an <colour> <shape>`, joined with `and` or
+/// `on top of`.
+pub fn caption_words() -> String {
+    let colours: Vec<&str> = Color::ALL.iter().map(|c| c.name()).collect();
+    let shapes: Vec<&str> = Shape::ALL.iter().map(|s| s.name()).collect();
+    format!(
+        "\"a|an <colour> <shape>\", joined by \"and\" or \"on top of\"; colours {}; shapes {}",
+        colours.join(", "),
+        shapes.join(", ")
+    )
+}
+
 /// Write `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` into `dir`.
 pub fn write_tokenizer(dir: &Path) -> Result<(), LoadError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -121,9 +133,21 @@ mod tests {
             plain.input_ids[1..5],
             [id("a"), id("orange"), id("cube"), id("and")]
         );
-        // Unknown words map to the unknown token instead of failing.
+        // Unknown words map to the unknown token instead of failing, and are named.
         let t = tokenizer.encode("a penguin").unwrap();
         assert_eq!(t.input_ids[2], id(UNK));
+        assert_eq!(
+            tokenizer
+                .unknown_words("A wooden barrel, a red cube and a wooden CRATE")
+                .unwrap(),
+            ["wooden", "barrel", "CRATE"]
+        );
+        assert!(
+            tokenizer
+                .unknown_words("An orange cube on top of a blue torus, back view")
+                .unwrap()
+                .is_empty()
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }
