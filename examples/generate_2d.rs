@@ -3,6 +3,10 @@
 //! `cargo run --release --example generate_2d -- --prompt "a red cube and a blue sphere"
 //! --mode reward_sds --steps 200 --out out/2d/red-cube.png` runs on the CPU with the built-in
 //! Tiny World prior (32x32 images) and prints the reward of the image as it forms.
+//!
+//! Editing: `--edit red-cube.png --source-prompt "a red cube" --prompt "a blue cube"` starts
+//! from the image and follows DDS (`--mode sds`) or RewardDDS (`--mode reward_sds`) from the
+//! source prompt to the prompt.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -11,22 +15,30 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
-use rewardsds::engine::generate::{Image2dConfig, Image2dGenerator, slug};
+use rewardsds::engine::generate::{Image2dConfig, Image2dEdit, Image2dGenerator, slug};
 
 /// Command-line options; each overrides the default config.
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Generate an image from a text prompt with SDS / RewardSDS (2D mode)")]
 struct Args {
-    /// What to draw.
+    /// What to draw (with `--edit`: what the edited image should show).
     #[arg(long, default_value = "a red cube and a blue sphere")]
     prompt: String,
+    /// Edit this image (PNG) with DDS / RewardDDS instead of drawing from a grey canvas; needs
+    /// `--source-prompt`. Resized to the prior's resolution if needed.
+    #[arg(long, value_name = "IMAGE")]
+    edit: Option<PathBuf>,
+    /// What the `--edit` image shows (must differ from `--prompt`).
+    #[arg(long)]
+    source_prompt: Option<String>,
     /// Optimisation steps.
     #[arg(long, default_value_t = 200)]
     steps: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// `sds` or `reward_sds` (N noises ranked by the reward, `min_max` weights).
+    /// `sds` or `reward_sds` (N noises ranked by the reward, `min_max` weights); with `--edit`,
+    /// DDS or RewardDDS.
     #[arg(long, default_value = "reward_sds")]
     mode: String,
     /// RewardSDS noise samples N.
@@ -44,7 +56,8 @@ struct Args {
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// The PNG to write (default `out/generate_2d/<slug>-<mode>-<seed>.png`).
+    /// The PNG to write (default `out/generate_2d/<slug>-<mode>-<seed>.png`, `<slug>-edit-...`
+    /// when editing).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -60,8 +73,21 @@ impl BackendTask for Generate2d {
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<()> {
         let Generate2d { config, out } = self;
         let start = Instant::now();
-        let mut generator = Image2dGenerator::<B>::load(config.clone(), &device)
-            .context("loading the prior and reward")?;
+        if let Some(edit) = &config.edit {
+            println!(
+                "editing {} from `{}` to `{}`",
+                edit.source_image.display(),
+                edit.source_prompt,
+                config.prompt
+            );
+        }
+        let mut generator = Image2dGenerator::<B>::load(config.clone(), &device).context(
+            if config.edit.is_some() {
+                "loading the prior, the reward and the image to edit"
+            } else {
+                "loading the prior and reward"
+            },
+        )?;
         let every = (config.steps / 20).max(1);
         generator.run(&AtomicBool::new(false), &mut |p| {
             let step = p.progress.step;
@@ -112,6 +138,15 @@ fn main() -> Result<()> {
         steps: args.steps,
         ..Image2dConfig::default()
     };
+    config.edit = match (args.edit, args.source_prompt) {
+        (Some(source_image), Some(source_prompt)) => Some(Image2dEdit {
+            source_image,
+            source_prompt,
+        }),
+        (None, None) => None,
+        (Some(_), None) => bail!("--edit needs --source-prompt: what the image shows"),
+        (None, Some(_)) => bail!("--source-prompt applies to --edit only"),
+    };
     match args.mode.as_str() {
         "reward_sds" => {}
         "sds" => config = config.sds(),
@@ -135,8 +170,9 @@ fn main() -> Result<()> {
     config.validate()?;
     let kind: BackendKind = args.backend.parse().context("--backend")?;
     let out = args.out.unwrap_or_else(|| {
+        let edit = if config.edit.is_some() { "-edit" } else { "" };
         PathBuf::from("out/generate_2d").join(format!(
-            "{}-{}-{}.png",
+            "{}{edit}-{}-{}.png",
             slug(&config.prompt),
             args.mode,
             config.seed

@@ -9,7 +9,12 @@
 //!
 //! The reward model also scores the image itself every step ([`ImageProgress::image_reward`]):
 //! that is what RewardSDS should raise, while the per-step rewards score noisy samples.
+//!
+//! Editing ([`Image2dEdit`]): the image starts as a source image and each step follows DDS
+//! (RewardDDS when `guidance.reward` is set) from the source prompt to `prompt`
+//! ([`crate::guidance::dds`]).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -25,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use super::generator::{GenerateError, Progress, StopReason, load_prior, load_reward};
 use crate::backend::EngineAutodiffBackend;
 use crate::guidance::{
-    BoxedFeedbackReward, BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceConfig,
-    RewardSdsConfig, ScoringMode, ViewAngles, WeightStrategy, standard_normal,
+    BoxedFeedbackReward, BoxedReward, ConfigError, Dds, DiffusionPrior, Guidance, GuidanceConfig,
+    GuidanceOutput, RewardSdsConfig, ScoringMode, ViewAngles, WeightStrategy, dds, standard_normal,
 };
 use crate::models::AnyReward;
 use crate::models::reward::RewardModel;
@@ -56,8 +61,119 @@ pub struct Image2dConfig {
     pub optimizer: OptimizerConfig,
     /// Side of the image in pixels (0: the prior's resolution).
     pub size: usize,
-    /// Standard deviation of the initial image around mid-grey.
+    /// Standard deviation of the initial image around mid-grey (unused when editing).
     pub init_std: f32,
+    /// Edit an image towards `prompt` with DDS (RewardDDS when `guidance.reward` is set)
+    /// instead of drawing one from a grey canvas; `None` (the default): SDS / RewardSDS.
+    pub edit: Option<Image2dEdit>,
+}
+
+/// What 2D editing starts from: the source image and the prompt describing it. The edit's
+/// target is [`Image2dConfig::prompt`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image2dEdit {
+    /// The image to edit (PNG). Resized to the canvas, with a logged warning, when its size
+    /// differs; greyscale becomes RGB and transparency is laid over white.
+    pub source_image: PathBuf,
+    /// What the source image shows; must differ from `prompt`.
+    pub source_prompt: String,
+}
+
+impl Image2dEdit {
+    /// Checks the fields against the edit's target `prompt`; errors name `edit.<field>`.
+    pub fn validate(&self, prompt: &str) -> Result<(), ConfigError> {
+        if self.source_image.as_os_str().is_empty() {
+            return Err(ConfigError::new("edit.source_image", "is empty"));
+        }
+        if self.source_prompt.trim().is_empty() {
+            return Err(ConfigError::new("edit.source_prompt", "is empty"));
+        }
+        // Compared as the text encoders read them: case and spacing do not make a new prompt.
+        let words = |p: &str| {
+            p.to_lowercase()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if words(&self.source_prompt) == words(prompt) {
+            return Err(ConfigError::new(
+                "edit.source_prompt",
+                format!(
+                    "`{}` is the target `prompt` too: DDS would cancel itself (both branches \
+                     alike); describe the source image and give the edit in `prompt`",
+                    self.source_prompt
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the image to edit as a `size` x `size` RGB image: greyscale becomes RGB, transparent
+/// pixels are laid over white (dropping alpha would keep whatever colour they hide), and
+/// another size is resized (a logged warning: a non-square image is stretched). Errors name
+/// `edit.source_image` and the file.
+pub fn load_edit_image(path: &Path, size: usize) -> Result<RgbImage, ConfigError> {
+    let fail = |reason: String| {
+        ConfigError::new("edit.source_image", format!("{}: {reason}", path.display()))
+    };
+    if !path.is_file() {
+        return Err(fail("no such file".into()));
+    }
+    let image = image::open(path).map_err(|e| fail(format!("cannot read it as an image: {e}")))?;
+    let (width, height) = (image.width(), image.height());
+    let data = image
+        .to_rgba32f()
+        .pixels()
+        .flat_map(|p| {
+            let [r, g, b, a] = p.0.map(|v| v.clamp(0.0, 1.0));
+            [r, g, b].map(|c| c * a + (1.0 - a))
+        })
+        .collect();
+    let image = RgbImage {
+        width,
+        height,
+        data,
+    };
+    fit_to_canvas(image, size, &path.display().to_string()).map_err(fail)
+}
+
+/// `image` at `size` x `size`: as is, or resized (triangle filter, which averages when
+/// shrinking) with a logged warning naming `name`. Refuses an empty or inconsistent image.
+fn fit_to_canvas(image: RgbImage, size: usize, name: &str) -> Result<RgbImage, String> {
+    let RgbImage {
+        width,
+        height,
+        data,
+    } = image;
+    if width == 0 || height == 0 {
+        return Err(format!("is {width}x{height} pixels: empty"));
+    }
+    let values = 3 * width as usize * height as usize;
+    if data.len() != values {
+        return Err(format!(
+            "holds {} values for {width}x{height} RGB pixels, which need {values}",
+            data.len()
+        ));
+    }
+    let buffer = image::Rgb32FImage::from_raw(width, height, data)
+        .ok_or_else(|| format!("cannot hold {width}x{height} pixels"))?;
+    let side = size as u32;
+    let buffer = if (width, height) == (side, side) {
+        buffer
+    } else {
+        log::warn!(
+            "{name}: {width}x{height} pixels, resized to the canvas' {size}x{size}{}",
+            if width == height { "" } else { " (stretched)" }
+        );
+        image::imageops::resize(&buffer, side, side, image::imageops::FilterType::Triangle)
+    };
+    Ok(RgbImage {
+        width: side,
+        height: side,
+        data: buffer.into_raw(),
+    })
 }
 
 impl Default for Image2dConfig {
@@ -87,6 +203,7 @@ impl Default for Image2dConfig {
             optimizer: OptimizerConfig::default(),
             size: 0,
             init_std: 0.1,
+            edit: None,
         }
     }
 }
@@ -142,6 +259,10 @@ impl Image2dConfig {
                 format!("{} is not a finite number >= 0", self.init_std),
             ));
         }
+        if let Some(edit) = &self.edit {
+            edit.validate(&self.prompt)?;
+            dds::check_config(&self.guidance).map_err(|e| e.within("guidance"))?;
+        }
         Ok(())
     }
 
@@ -180,10 +301,22 @@ pub struct ImageProgress {
 pub type SharedReward<B> =
     Arc<dyn RewardModel<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend> + Send + Sync>;
 
-/// Optimises one image with SDS or RewardSDS.
+/// What drives the image: drawing from the prompt, or editing a source image. Both guidances
+/// are boxed: each holds a whole prior inline.
+enum Distillation<B: EngineAutodiffBackend> {
+    /// SDS / RewardSDS.
+    Sds(Box<Guidance<B>>),
+    /// DDS / RewardDDS from `source` (`[1, 3, size, size]`, in `[0, 1]`).
+    Dds {
+        dds: Box<Dds<B>>,
+        source: Tensor<B::InnerBackend, 4>,
+    },
+}
+
+/// Optimises one image with SDS or RewardSDS, or edits one with DDS or RewardDDS.
 pub struct Image2dGenerator<B: EngineAutodiffBackend> {
     config: Image2dConfig,
-    guidance: Guidance<B>,
+    distillation: Distillation<B>,
     scorer: Option<SharedReward<B>>,
     canvas: Canvas<B>,
     optimizer: GroupedOptimizer<Canvas<B>, B>,
@@ -204,7 +337,8 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B>
 where
     AnyReward<B::InnerBackend>: Send + Sync,
 {
-    /// A generator for `config` with its prior and reward model loaded from their specs.
+    /// A generator for `config` with its prior and reward model loaded from their specs (and,
+    /// when editing, the source image read from `edit.source_image`).
     pub fn load(config: Image2dConfig, device: &B::Device) -> Result<Self, GenerateError> {
         config.validate()?;
         let prior = load_prior::<B::InnerBackend>(&config.prior, device)?;
@@ -225,12 +359,42 @@ where
 
 impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
     /// A generator from a loaded prior, (optional) reward model and, when
-    /// `guidance.reward_feedback` is set, the differentiable model it needs.
+    /// `guidance.reward_feedback` is set, the differentiable model it needs. When editing, the
+    /// source image is read from `edit.source_image` ([`load_edit_image`]).
     pub fn new(
         config: Image2dConfig,
         prior: DiffusionPrior<B::InnerBackend>,
         scorer: Option<SharedReward<B>>,
         feedback: Option<BoxedFeedbackReward<B>>,
+        device: &B::Device,
+    ) -> Result<Self, GenerateError> {
+        Self::build(config, prior, scorer, feedback, None, device)
+    }
+
+    /// An editing generator whose source image is given as pixels (any size: resized to the
+    /// canvas as [`load_edit_image`] does); `config.edit` gives the source prompt, its
+    /// `source_image` is not read.
+    pub fn new_edit(
+        config: Image2dConfig,
+        prior: DiffusionPrior<B::InnerBackend>,
+        scorer: Option<SharedReward<B>>,
+        source: RgbImage,
+        device: &B::Device,
+    ) -> Result<Self, GenerateError> {
+        if config.edit.is_none() {
+            return Err(
+                ConfigError::new("edit", "is not set: an edit needs its source prompt").into(),
+            );
+        }
+        Self::build(config, prior, scorer, None, Some(source), device)
+    }
+
+    fn build(
+        config: Image2dConfig,
+        prior: DiffusionPrior<B::InnerBackend>,
+        scorer: Option<SharedReward<B>>,
+        feedback: Option<BoxedFeedbackReward<B>>,
+        source: Option<RgbImage>,
         device: &B::Device,
     ) -> Result<Self, GenerateError> {
         config.validate()?;
@@ -254,27 +418,60 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
             (Some(s), true) => Some(Box::new(s.clone())),
             _ => None,
         };
-        let mut guidance = Guidance::new(
-            config.guidance.clone(),
-            prior,
-            &config.prompt,
-            reward,
-            config.steps,
-        )?;
-        if let Some(f) = feedback {
-            guidance.set_reward_feedback(f);
-        }
-        // Mid-grey plus a little seeded noise: the host draws it, so runs are reproducible.
-        let noise = standard_normal(&mut StdRng::seed_from_u64(config.seed), 3 * size * size);
-        let pixels: Vec<f32> = noise
-            .iter()
-            .map(|n| (0.5 + config.init_std * n).clamp(0.0, 1.0))
-            .collect();
-        let pixels = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, size, size]), device);
+        let (distillation, pixels) = match &config.edit {
+            None => {
+                let mut guidance = Guidance::new(
+                    config.guidance.clone(),
+                    prior,
+                    &config.prompt,
+                    reward,
+                    config.steps,
+                )?;
+                if let Some(f) = feedback {
+                    guidance.set_reward_feedback(f);
+                }
+                // Mid-grey plus a little seeded noise: the host draws it, so runs are
+                // reproducible.
+                let noise =
+                    standard_normal(&mut StdRng::seed_from_u64(config.seed), 3 * size * size);
+                let pixels: Vec<f32> = noise
+                    .iter()
+                    .map(|n| (0.5 + config.init_std * n).clamp(0.0, 1.0))
+                    .collect();
+                let pixels =
+                    Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, size, size]), device);
+                (Distillation::Sds(Box::new(guidance)), pixels)
+            }
+            Some(edit) => {
+                let source = match source {
+                    Some(image) => {
+                        fit_to_canvas(image, size, "the source image").map_err(|reason| {
+                            ConfigError::new("edit", format!("the given source image {reason}"))
+                        })?
+                    }
+                    None => load_edit_image(&edit.source_image, size)?,
+                };
+                let source = RgbImage::to_tensor::<B>(&[source], device);
+                let dds = Dds::new(
+                    config.guidance.clone(),
+                    prior,
+                    &edit.source_prompt,
+                    &config.prompt,
+                    reward,
+                    config.steps,
+                )?;
+                // The image starts as the source: DDS moves it only where the prompts differ.
+                let distillation = Distillation::Dds {
+                    dds: Box::new(dds),
+                    source: source.clone().inner(),
+                };
+                (distillation, source)
+            }
+        };
         Ok(Self {
             optimizer: config.optimizer.init::<B, Canvas<B>>(),
             config,
-            guidance,
+            distillation,
             scorer,
             canvas: Canvas {
                 pixels: Param::from_tensor(pixels),
@@ -330,7 +527,12 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
         // front camera, 15 degrees up); a plain prior ignores the camera.
         let pixels = self.canvas.pixels.val();
         let front = vec![ViewAngles::new(0.0, 15.0); pixels.dims()[0]];
-        let guided = self.guidance.step(pixels, &front, self.step, seed)?;
+        let guided: GuidanceOutput<B> = match &self.distillation {
+            Distillation::Sds(guidance) => guidance.step(pixels, &front, self.step, seed)?,
+            Distillation::Dds { dds, source } => {
+                dds.step(pixels, source.clone(), &front, self.step, seed)?
+            }
+        };
         let loss: f32 = guided.loss.clone().into_scalar().elem();
         if !loss.is_finite() {
             return Err(GenerateError::NonFinite {

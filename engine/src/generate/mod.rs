@@ -18,6 +18,6 @@ pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
     load_reward, lod_path, slug,
 };
-pub use image2d::{Image2dConfig, Image2dGenerator, ImageProgress};
+pub use image2d::{Image2dConfig, Image2dEdit, Image2dGenerator, ImageProgress, load_edit_image};
 pub use job::{GenerationJob, JobEvent, JobReport, JobRequest};
 pub use preview::{Preview, PreviewShape, place_splats_on_ground, preview_mesh};

@@ -1,4 +1,5 @@
-//! Score distillation guidance: SDS and RewardSDS over a diffusion prior.
+//! Score distillation guidance: SDS and RewardSDS over a diffusion prior, and their editing
+//! variants DDS and RewardDDS.
 //!
 //! A renderer makes `B` views of the scene; [`Guidance::step`] turns them into a surrogate loss
 //! whose gradient with respect to the images is the (Reward)SDS gradient, so one
@@ -14,6 +15,8 @@
 //!   official 15-point grid, `one_step`).
 //! - [`config`]: [`GuidanceConfig`] and [`RewardSdsConfig`], validated field by field.
 //! - [`sds`]: [`Guidance`], the per-step SDS / RewardSDS loss.
+//! - [`dds`]: [`Dds`], the per-step DDS / RewardDDS loss of an edit (source image and prompt,
+//!   target prompt).
 //! - [`recon`]: MVDream's x0-reconstruction loss with CFG std rescale ([`ReconLossConfig`]).
 //! - [`reward_feedback`]: the reward's own gradient as an extra loss term (DreamReward,
 //!   Dream Fields), off by default.
@@ -24,6 +27,7 @@
 //! `StdRng` on the host, so CPU runs are reproducible bit for bit.
 
 pub mod config;
+pub mod dds;
 pub mod ism;
 pub mod prior;
 pub mod prompts;
@@ -35,6 +39,7 @@ pub mod weighting;
 
 pub use crate::models::resize::resize_bilinear;
 pub use config::{AnnealedFraction, GuidanceConfig, RewardSdsConfig, TimeWeighting};
+pub use dds::{Dds, DdsBranch, DdsCfg, DdsTerms, dds};
 pub use ism::{IsmConfig, IsmTarget, ddim_move, interval_target};
 pub use prior::{CameraInput, DiffusionPrior, ImageEncoder, PriorParts};
 pub use prompts::{

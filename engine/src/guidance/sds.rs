@@ -14,7 +14,7 @@
 //! RewardSDS, and `uniform` weighting with `N = 1` reproduces SDS bit for bit. The VAE posterior
 //! sample uses a second stream, `seed ^ `[`POSTERIOR_STREAM`].
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -296,6 +296,130 @@ impl<B: AutodiffBackend> Guidance<B> {
         }
     }
 
+    /// Checks a batch of images of `dims` (`[B, 3, H, W]`) and its view angles; returns `B`.
+    pub(crate) fn check_images(
+        &self,
+        dims: [usize; 4],
+        views: &[ViewAngles],
+    ) -> Result<usize, GuidanceError> {
+        let [batch, c, h, w] = dims;
+        if batch == 0 || c != 3 || h == 0 || w == 0 {
+            return Err(GuidanceError::BadInput(format!(
+                "images must be [B, 3, H, W] with B, H, W > 0, got {dims:?}"
+            )));
+        }
+        let frames = self.prior.num_frames();
+        if batch % frames != 0 {
+            return Err(GuidanceError::BadInput(format!(
+                "{batch} views per step, but the prior denoises views in groups of {frames} \
+                 (num_frames): use a multiple of {frames}"
+            )));
+        }
+        if views.len() != batch && (self.config.view_dependent_prompting || !views.is_empty()) {
+            return Err(GuidanceError::BadInput(format!(
+                "{batch} images but {} view angles",
+                views.len()
+            )));
+        }
+        Ok(batch)
+    }
+
+    /// The cameras of `batch` views for a camera-conditioned prior, `[batch, width]`; `None`
+    /// for a prior without camera input.
+    pub(crate) fn class_labels(
+        &self,
+        views: &[ViewAngles],
+        batch: usize,
+    ) -> Result<Option<Tensor<B::InnerBackend, 2>>, GuidanceError> {
+        match self.prior.camera_input() {
+            None => Ok(None),
+            Some(_) if views.len() == batch => {
+                Ok(self.prior.camera_labels(views, &self.prior.device()))
+            }
+            Some(_) => Err(GuidanceError::BadInput(format!(
+                "the prior is camera-conditioned: {batch} images need as many view angles, got {}",
+                views.len()
+            ))),
+        }
+    }
+
+    /// The conditional embedding of each of `batch` views under `prompts`, `[batch, seq,
+    /// hidden]`: its direction's prompt with view-dependent prompting, else the plain prompt.
+    pub(crate) fn cond(
+        &self,
+        prompts: &PromptEmbeddings<B::InnerBackend>,
+        views: &[ViewAngles],
+        batch: usize,
+    ) -> Tensor<B::InnerBackend, 3> {
+        if self.config.view_dependent_prompting {
+            prompts.cond(views, true)
+        } else {
+            prompts.plain().repeat_dim(0, batch)
+        }
+    }
+
+    /// RewardSDS's steps 2-4 once the guidance pass is done: scores the samples (when the
+    /// strategy ranks them), weighs them and returns `(g, rewards, weights)` with
+    /// `g = time_weight * sum_i w_i diff_i`. `diff` holds each sample's unweighted gradient,
+    /// sample-major like `samples.x_t` (`[n * batch, C, h, w]`).
+    pub(crate) fn weigh_samples(
+        &self,
+        r: &RewardSdsConfig,
+        samples: NoisySamples<B::InnerBackend>,
+        diff: Tensor<B::InnerBackend, 4>,
+        time_weight: f32,
+        batch: usize,
+    ) -> Result<(Tensor<B::InnerBackend, 4>, Vec<f32>, Vec<f32>), GuidanceError> {
+        let n = diff.dims()[0] / batch;
+        let rewards = if r.strategy.uses_rewards() {
+            let model = self.reward.as_deref().expect("checked in Guidance::new");
+            let scoring_scale = r.scoring_guidance_scale.unwrap_or(samples.guidance_scale);
+            let scorer = Scorer {
+                prior: &self.prior,
+                reward: model,
+                prompt: self.prompts.prompt(),
+                mode: r.scoring,
+                guidance_scale: scoring_scale,
+                max_batch: self.config.max_batch,
+                decoder: self.score_decoder.as_ref(),
+            };
+            // The guidance pass already is the first denoising pass when the scales agree.
+            let eps_at_t = (scoring_scale == samples.guidance_scale).then_some(samples.eps_cfg);
+            let x0 = scorer.denoise(
+                samples.x_t,
+                samples.t,
+                samples.cond,
+                self.prompts.uncond(),
+                samples.class_labels,
+                eps_at_t,
+            )?;
+            scorer.rewards(x0, n)?
+        } else {
+            Vec::new()
+        };
+        let weights = if rewards.is_empty() {
+            r.strategy.weights(&vec![0.0; n])
+        } else {
+            r.strategy.weights(&rewards)
+        };
+        let mut sum: Option<Tensor<B::InnerBackend, 4>> = None;
+        for (i, &wi) in weights.iter().enumerate() {
+            if wi == 0.0 {
+                continue;
+            }
+            let term = diff.clone().narrow(0, i * batch, batch) * wi;
+            sum = Some(match sum {
+                Some(s) => s + term,
+                None => term,
+            });
+        }
+        let g = match sum {
+            Some(s) => s * time_weight,
+            None => diff.narrow(0, 0, batch).zeros_like(),
+        };
+        Ok((g, rewards, weights))
+    }
+
     /// One SDS / RewardSDS step.
     ///
     /// `images` are the rendered views (autodiff, in `[0, 1]`, any size: they are resized to
@@ -312,27 +436,8 @@ impl<B: AutodiffBackend> Guidance<B> {
         step: usize,
         seed: u64,
     ) -> Result<GuidanceOutput<B>, GuidanceError> {
-        let [batch, c, h, w] = images.dims();
-        if batch == 0 || c != 3 || h == 0 || w == 0 {
-            return Err(GuidanceError::BadInput(format!(
-                "images must be [B, 3, H, W] with B, H, W > 0, got {:?}",
-                [batch, c, h, w]
-            )));
-        }
-        let frames = self.prior.num_frames();
-        if batch % frames != 0 {
-            return Err(GuidanceError::BadInput(format!(
-                "{batch} views per step, but the prior denoises views in groups of {frames} \
-                 (num_frames): use a multiple of {frames}"
-            )));
-        }
+        let batch = self.check_images(images.dims(), views)?;
         let view_dependent = self.config.view_dependent_prompting;
-        if views.len() != batch && (view_dependent || !views.is_empty()) {
-            return Err(GuidanceError::BadInput(format!(
-                "{batch} images but {} view angles",
-                views.len()
-            )));
-        }
 
         // 0. reward feedback on the views as rendered (the gradient the prior cannot give)
         let feedback = match (&self.config.reward_feedback, &self.feedback) {
@@ -371,20 +476,9 @@ impl<B: AutodiffBackend> Guidance<B> {
             (&device, z_inner.dtype()),
         );
         // A camera-conditioned prior sees each view's camera (sample-major, as x_t).
-        let class_labels = match self.prior.camera_input() {
-            None => None,
-            Some(_) if views.len() == batch => self
-                .prior
-                .camera_labels(views, &device)
-                .map(|labels| labels.repeat_dim(0, n)),
-            Some(_) => {
-                return Err(GuidanceError::BadInput(format!(
-                    "the prior is camera-conditioned: {batch} images need as many view \
-                     angles, got {}",
-                    views.len()
-                )));
-            }
-        };
+        let class_labels = self
+            .class_labels(views, batch)?
+            .map(|labels| labels.repeat_dim(0, n));
         // SDS: a random x_t, compared with its own noise; ISM: x_t by DDIM inversion, compared
         // with the prior's prediction at x_s.
         let (x_t, target_noise) = match &self.config.ism {
@@ -417,12 +511,7 @@ impl<B: AutodiffBackend> Guidance<B> {
         } else {
             Vec::new()
         };
-        let cond = if view_dependent {
-            self.prompts.cond(views, true)
-        } else {
-            self.prompts.plain().repeat_dim(0, batch)
-        }
-        .repeat_dim(0, n);
+        let cond = self.cond(&self.prompts, views, batch).repeat_dim(0, n);
         let uncond = self.prompts.uncond();
         let scale = self.guidance_scale_at(step);
         let generative_weight = self.generative_weight_at(step);
@@ -478,54 +567,20 @@ impl<B: AutodiffBackend> Guidance<B> {
         let (g, rewards, weights) = match reward {
             None => (diff * time_weight, Vec::new(), vec![1.0]),
             Some(r) => {
-                let rewards = if r.strategy.uses_rewards() {
-                    let model = self.reward.as_deref().expect("checked in Guidance::new");
-                    let scoring_scale = r.scoring_guidance_scale.unwrap_or(scale);
-                    let scorer = Scorer {
-                        prior: &self.prior,
-                        reward: model,
-                        prompt: self.prompts.prompt(),
-                        mode: r.scoring,
-                        guidance_scale: scoring_scale,
-                        max_batch: self.config.max_batch,
-                        decoder: self.score_decoder.as_ref(),
-                    };
-                    // The SDS pass already is the first denoising pass when the scales agree.
-                    let eps_at_t = (scoring_scale == scale).then(|| eps_cfg.clone());
-                    let x0 = scorer.denoise(x_t, t, cond, uncond, class_labels, eps_at_t)?;
-                    scorer.rewards(x0, n)?
-                } else {
-                    Vec::new()
+                let samples = NoisySamples {
+                    x_t,
+                    t,
+                    cond,
+                    class_labels,
+                    eps_cfg,
+                    guidance_scale: scale,
                 };
-                let weights = if rewards.is_empty() {
-                    r.strategy.weights(&vec![0.0; n])
-                } else {
-                    r.strategy.weights(&rewards)
-                };
-                let mut sum: Option<Tensor<B::InnerBackend, 4>> = None;
-                for (i, &wi) in weights.iter().enumerate() {
-                    if wi == 0.0 {
-                        continue;
-                    }
-                    let term = diff.clone().narrow(0, i * batch, batch) * wi;
-                    sum = Some(match sum {
-                        Some(s) => s + term,
-                        None => term,
-                    });
-                }
-                let g = match sum {
-                    Some(s) => s * time_weight,
-                    None => z_inner.zeros_like(),
-                };
-                (g, rewards, weights)
+                self.weigh_samples(r, samples, diff, time_weight, batch)?
             }
         };
-        // threestudio's nan_to_num: one bad pixel must not poison the scene.
-        let g = g.clone().mask_fill(g.is_nan(), 0.0);
 
-        // 5. surrogate loss on the autodiff backend: d loss / d z = (z - target) / B = g / B
-        let target = z.clone().detach() - Tensor::<B, 4>::from_inner(g);
-        let loss = (z - target).powi_scalar(2).sum() * (0.5 / batch as f32);
+        // 5. surrogate loss on the autodiff backend
+        let loss = surrogate_loss(z, g, batch);
         let (loss, feedback_reward) = match feedback {
             Some((term, reward)) => (loss + term, Some(reward)),
             None => (loss, None),
@@ -546,6 +601,36 @@ impl<B: AutodiffBackend> Guidance<B> {
         };
         Ok(GuidanceOutput { loss, stats })
     }
+}
+
+/// A step's noisy samples as RewardSDS scores them, sample-major (sample `i`, view `b` at row
+/// `i * B + b`).
+pub(crate) struct NoisySamples<B: Backend> {
+    /// The noisy samples, `[n * B, C, h, w]`.
+    pub x_t: Tensor<B, 4>,
+    /// Their timestep.
+    pub t: usize,
+    /// The prompt embedding of each row, `[n * B, seq, hidden]`.
+    pub cond: Tensor<B, 3>,
+    /// The camera of each row (a camera-conditioned prior), `[n * B, width]`.
+    pub class_labels: Option<Tensor<B, 2>>,
+    /// The guidance pass's CFG noise prediction at `x_t`, `[n * B, C, h, w]`.
+    pub eps_cfg: Tensor<B, 4>,
+    /// The CFG scale `eps_cfg` was computed with.
+    pub guidance_scale: f32,
+}
+
+/// The surrogate loss `0.5 ||z - stopgrad(z - g)||^2 / B`, whose gradient with respect to
+/// `z` (`[B, C, h, w]`) is `g / B`; NaNs in `g` become 0 first (threestudio's `nan_to_num`:
+/// one bad pixel must not poison the scene).
+pub(crate) fn surrogate_loss<B: AutodiffBackend>(
+    z: Tensor<B, 4>,
+    g: Tensor<B::InnerBackend, 4>,
+    batch: usize,
+) -> Tensor<B, 1> {
+    let g = g.clone().mask_fill(g.is_nan(), 0.0);
+    let target = z.clone().detach() - Tensor::<B, 4>::from_inner(g);
+    (z - target).powi_scalar(2).sum() * (0.5 / batch as f32)
 }
 
 #[cfg(test)]
