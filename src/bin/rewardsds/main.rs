@@ -51,7 +51,10 @@ enum Command {
     Generate(generate::Args),
     /// Make many assets from a manifest into a library folder; resumable, shardable.
     #[command(
-        after_help = "Examples:\n  rewardsds batch props.txt --out out/library --steps 300\n  \
+        after_help = "The options that change the config (--steps, --scene, ...) apply to every \
+                      entry; the manifest's own values win over them. docs/batch.md: manifest \
+                      formats, the library, Slurm and Kubernetes.\n\nExamples:\n  rewardsds \
+                      batch props.txt --out out/library --steps 300\n  \
                             rewardsds batch props.toml --out /shared/library --shard 0/4 \
                             --backend cuda\n  rewardsds batch props.toml --out \
                             /shared/library --verify"

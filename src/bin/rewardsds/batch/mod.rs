@@ -44,7 +44,7 @@ pub struct Args {
     /// Preset of the entries that name none (the manifest's `preset` wins).
     #[arg(long, default_value = "fast")]
     preset: String,
-    /// The options below apply to every entry; the manifest's own values win over them.
+    /// Applied to every entry; the manifest's own values win over them.
     #[command(flatten)]
     overrides: Overrides,
     /// Backend: cpu, wgpu or cuda [default: cpu].
