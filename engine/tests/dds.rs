@@ -34,6 +34,20 @@ fn views() -> Vec<ViewAngles> {
     vec![ViewAngles::new(0.0, 15.0)]
 }
 
+/// DDS (RewardDDS with `reward`) from the source prompt to the target, over 10 steps, with no
+/// reward model (the tests' strategies rank nothing).
+fn edit_dds(reward: Option<RewardSdsConfig>) -> Dds<A> {
+    Dds::<A>::new(
+        guidance_config(reward),
+        prior(),
+        SOURCE_PROMPT,
+        TARGET_PROMPT,
+        None,
+        10,
+    )
+    .unwrap()
+}
+
 fn guidance_config(reward: Option<RewardSdsConfig>) -> GuidanceConfig {
     GuidanceConfig {
         guidance_scale: 20.0,
@@ -105,15 +119,7 @@ fn dds_is_the_difference_of_two_sds_gradients() {
     //     = w(t) (eps_cfg(z_t, y_tgt) - eps_cfg(zsrc_t, y_src)) = DDS:
     // the sampled noise cancels. Guidance::step and Dds::step draw the same t and eps for
     // the same (step, seed), so their image gradients must satisfy it.
-    let dds = Dds::<A>::new(
-        guidance_config(None),
-        prior(),
-        SOURCE_PROMPT,
-        TARGET_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
+    let dds = edit_dds(None);
     let target_sds =
         Guidance::<A>::new(guidance_config(None), prior(), TARGET_PROMPT, None, 10).unwrap();
     let source_sds =
@@ -161,15 +167,7 @@ fn reward_dds_with_uniform_weights_is_dds_averaged_over_its_noises() {
         ..RewardSdsConfig::default()
     };
     // Uniform weights rank nothing: no reward model needed.
-    let reward_dds = Dds::<A>::new(
-        guidance_config(Some(uniform)),
-        prior(),
-        SOURCE_PROMPT,
-        TARGET_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
+    let reward_dds = edit_dds(Some(uniform));
     let image = edited();
     let out = reward_dds
         .step(image.clone(), source(), &views(), step, seed)
@@ -258,24 +256,8 @@ fn reward_dds_turns_into_plain_dds_after_reward_duration() {
         reward_duration: 0.5,
         ..RewardSdsConfig::default()
     };
-    let reward_dds = Dds::<A>::new(
-        guidance_config(Some(uniform)),
-        prior(),
-        SOURCE_PROMPT,
-        TARGET_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
-    let plain = Dds::<A>::new(
-        guidance_config(None),
-        prior(),
-        SOURCE_PROMPT,
-        TARGET_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
+    let reward_dds = edit_dds(Some(uniform));
+    let plain = edit_dds(None);
     let image = edited();
     let rewarded = reward_dds
         .step(image.clone(), source(), &views(), 4, 9)

@@ -176,13 +176,7 @@ impl CLIPTokenizer {
     /// is allowed (classifier-free guidance's unconditional branch): `[BOS, EOS, pad...]`.
     /// A prompt that does not fit is truncated (BOS and EOS kept) with a logged warning.
     pub fn encode(&self, prompt: &str) -> Result<TokenizedPrompt, LoadError> {
-        let encoding = self
-            .tokenizer
-            .encode(prompt, false)
-            .map_err(|e| LoadError::Tokenizer {
-                path: self.source.clone(),
-                reason: format!("encoding {prompt:?}: {e}"),
-            })?;
+        let encoding = self.raw_encoding(prompt)?;
         let framed = frame_tokens(
             encoding.get_ids(),
             [self.bos_token_id, self.eos_token_id, self.pad_token_id],
@@ -199,6 +193,16 @@ impl CLIPTokenizer {
         })
     }
 
+    /// The vocabulary's tokens of `prompt`, unframed.
+    fn raw_encoding(&self, prompt: &str) -> Result<tokenizers::Encoding, LoadError> {
+        self.tokenizer
+            .encode(prompt, false)
+            .map_err(|e| LoadError::Tokenizer {
+                path: self.source.clone(),
+                reason: format!("encoding {prompt:?}: {e}"),
+            })
+    }
+
     /// The words of `prompt` the vocabulary does not have (each once, in order): they all read
     /// as one unknown token, so they cannot shape the result. Always empty for a BPE
     /// vocabulary, which spells any word from pieces.
@@ -206,13 +210,7 @@ impl CLIPTokenizer {
         let Some(unk) = self.unk_token_id else {
             return Ok(Vec::new());
         };
-        let encoding = self
-            .tokenizer
-            .encode(prompt, false)
-            .map_err(|e| LoadError::Tokenizer {
-                path: self.source.clone(),
-                reason: format!("encoding {prompt:?}: {e}"),
-            })?;
+        let encoding = self.raw_encoding(prompt)?;
         let mut words: Vec<String> = Vec::new();
         for (&id, &(start, end)) in encoding.get_ids().iter().zip(encoding.get_offsets()) {
             let word = prompt.get(start..end).unwrap_or_default().to_string();
