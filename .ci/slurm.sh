@@ -110,8 +110,15 @@ for _ in $(seq 300); do
   sleep 0.5
 done
 scontrol requeue "${job}_0"
-# A requeued job waits a while before it may start again; now, here.
-scontrol update JobId="${job}_0" StartTime=now
+# A requeued job is held about two minutes before it may start again: once it is pending,
+# let it start now (until it does: the requeue may set its begin time after our update).
+for _ in $(seq 120); do
+  grep -q "restart 1" "$work"/requeue-*.log 2>/dev/null && break
+  if [ "$(squeue -h -j "$job" -o %T 2>/dev/null)" = PENDING ]; then
+    scontrol update JobId="${job}_0" StartTime=now 2>/dev/null || true
+  fi
+  sleep 1
+done
 for _ in $(seq 600); do
   [ -z "$(squeue -h -j "$job" 2>/dev/null)" ] && break
   sleep 1
