@@ -37,9 +37,14 @@ fn views() -> Vec<ViewAngles> {
 /// DDS (RewardDDS with `reward`) from the source prompt to the target, over 10 steps, with no
 /// reward model (the tests' strategies rank nothing).
 fn edit_dds(reward: Option<RewardSdsConfig>) -> Dds<A> {
+    edit_dds_from(prior(), reward)
+}
+
+/// [`edit_dds`] over a prior already loaded (taken back from another edit).
+fn edit_dds_from(prior: DiffusionPrior<I>, reward: Option<RewardSdsConfig>) -> Dds<A> {
     Dds::<A>::new(
         guidance_config(reward),
-        prior(),
+        prior,
         SOURCE_PROMPT,
         TARGET_PROMPT,
         None,
@@ -231,15 +236,7 @@ fn reward_dds_with_uniform_weights_is_dds_averaged_over_its_noises() {
     // The first noise of a step is plain DDS's (the draw is a prefix), so the average differs
     // from it: the other noises count.
     let (prior, _) = reward_dds.into_parts();
-    let plain = Dds::<A>::new(
-        guidance_config(None),
-        prior,
-        SOURCE_PROMPT,
-        TARGET_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
+    let plain = edit_dds_from(prior, None);
     let out = plain
         .step(image.clone(), source(), &views(), step, seed)
         .unwrap();
@@ -301,15 +298,7 @@ fn editing_towards_the_source_prompt_gives_no_gradient() {
     }
     // The same image under another target prompt does move.
     let (prior, _) = dds.into_parts();
-    let dds = Dds::<A>::new(
-        guidance_config(None),
-        prior,
-        SOURCE_PROMPT,
-        TARGET_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
+    let dds = edit_dds_from(prior, None);
     let out = dds.step(image.clone(), source(), &views(), 0, 1).unwrap();
     assert!(max_abs(&grad_of(&out, &image)) > 1e-4);
 }
