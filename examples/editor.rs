@@ -63,8 +63,10 @@ struct Form {
     seed: u64,
     /// The request being generated on the workbench.
     active: Option<Entity>,
-    /// A finished asset waiting for a click on the ground.
+    /// A finished asset waiting for a click on the ground (or for an edit).
     placing: Option<String>,
+    /// What the selected asset should become ("Edit selected").
+    edit_prompt: String,
     /// `.glb` files found in the output folder.
     library: Vec<String>,
     last_error: Option<String>,
@@ -111,6 +113,7 @@ fn main() {
             seed: defaults.seed,
             active: None,
             placing: None,
+            edit_prompt: String::new(),
             library: Vec::new(),
             last_error: None,
             next_screenshot: 0.0,
@@ -196,6 +199,7 @@ fn panel(
     mut contexts: EguiContexts,
     mut commands: Commands,
     mut form: ResMut<Form>,
+    settings: Res<RewardSdsSettings>,
     progress: Query<&GenerationProgress>,
 ) -> Result {
     let ctx = contexts.ctx_mut()?;
@@ -284,6 +288,40 @@ fn panel(
                         }
                     }
                 });
+            // Editing the selected asset: its kept checkpoint is the edit's source.
+            let name = form.placing.as_deref().map(|p| {
+                let file = p.rsplit('/').next().unwrap_or(p);
+                file.trim_end_matches(".glb").to_string()
+            });
+            let editable = name
+                .as_deref()
+                .is_some_and(|n| settings.checkpoint_dir(n).join("latest").is_file());
+            ui.horizontal(|ui| {
+                ui.label("edit into");
+                ui.text_edit_singleline(&mut form.edit_prompt)
+                    .on_hover_text("e.g. the same prop in another colour");
+            });
+            if ui
+                .add_enabled(
+                    editable && !running && !form.edit_prompt.trim().is_empty(),
+                    egui::Button::new("Edit selected"),
+                )
+                .on_disabled_hover_text(
+                    "select a generated asset made with its checkpoint kept, and say what it \
+                     should become",
+                )
+                .clicked()
+                && let Some(name) = name
+            {
+                if let Some(old) = form.active.take() {
+                    commands.entity(old).despawn();
+                }
+                form.last_error = None;
+                form.placing = None;
+                let request =
+                    GenerateAsset::edit(name, form.edit_prompt.trim()).with_steps(form.steps);
+                form.active = Some(commands.spawn(request).id());
+            }
         });
     Ok(())
 }

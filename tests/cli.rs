@@ -1,6 +1,6 @@
 //! The `rewardsds` binary run as a user runs it: a generation on the built-in Tiny World prior
-//! to a valid .glb with JSON progress events, the other commands, and bad input refused with
-//! exit code 2 naming what is at fault.
+//! to a valid .glb with JSON progress events, an edit of it into a new asset beside it, the
+//! other commands, and bad input refused with exit code 2 naming what is at fault.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -88,6 +88,70 @@ fn generate_writes_a_valid_glb_and_reports_json_events() {
         text(&check.stdout)
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn edit_writes_a_new_asset_beside_the_source() {
+    let root = temp_dir("edit");
+    let source = root.join("a-red-cube");
+    let source = source.to_str().unwrap();
+    let made = rewardsds(&[
+        "generate",
+        "--prompt",
+        "a red cube",
+        "--steps",
+        "2",
+        "--out",
+        source,
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+
+    let edited = rewardsds(&["edit", source, "--prompt", "a blue cube", "--steps", "2"]);
+    assert!(edited.status.success(), "{}", text(&edited.stderr));
+    let out = root.join("a-blue-cube");
+    assert!(
+        out.join("a-blue-cube.glb").is_file(),
+        "{}",
+        text(&edited.stderr)
+    );
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        config.contains("[edit]") && config.contains("source_prompt = \"a red cube\""),
+        "{config}"
+    );
+    // The edit is a run like any other: it resumes from its own checkpoint folder.
+    let resumed = rewardsds(&[
+        "generate",
+        "--resume",
+        out.join("checkpoint").to_str().unwrap(),
+        "--export-only",
+    ]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+
+    // `generate --edit` is the same command; the asset's own prompt and a missing asset are
+    // refused before anything runs.
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["generate", "--edit", source, "--prompt", "A red cube"],
+            "own prompt",
+        ),
+        (
+            &["edit", "/no/such/asset", "--prompt", "a blue cube"],
+            "/no/such/asset",
+        ),
+        (
+            &[
+                "generate", "--edit", source, "--preset", "quality", "--prompt", "x",
+            ],
+            "--preset",
+        ),
+    ];
+    for (args, named) in cases {
+        let (code, stderr) = failing(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]

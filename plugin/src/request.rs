@@ -1,7 +1,9 @@
 //! `GenerateAsset`: the component that asks for a prop.
 
+use std::path::PathBuf;
+
 use bevy::prelude::*;
-use rewardsds_engine::generate::{GenerateConfig, SceneKind, slug};
+use rewardsds_engine::generate::{GenerateConfig, SceneKind, edit_config, slug};
 
 use crate::settings::RewardSdsSettings;
 
@@ -30,6 +32,12 @@ pub struct GenerateAsset {
     /// File name of the result without `.glb` (`None`: the prompt's slug). Regenerating the
     /// same name replaces the file, and every instance of it reloads.
     pub name: Option<String>,
+    /// Edit this earlier result towards `prompt` instead of starting from scratch (DDS /
+    /// RewardDDS): the result's name (its checkpoint is `<name>.checkpoint` in the output
+    /// folder, kept by [`RewardSdsSettings::keep_checkpoints`]) or a path to a checkpoint
+    /// folder. The edit runs with the source's own config; `steps`, `seed`, `prior` and
+    /// `reward` set here override it, `preset`, `config` and `scene` do not apply.
+    pub edit: Option<String>,
 }
 
 impl GenerateAsset {
@@ -45,6 +53,17 @@ impl GenerateAsset {
             reward: None,
             scene: None,
             name: None,
+            edit: None,
+        }
+    }
+
+    /// Edit the earlier result `source` (its name, or its checkpoint folder) into `prompt`:
+    /// "the same barrel, but mossy". The new asset is named after `prompt` unless
+    /// [`named`](Self::named).
+    pub fn edit(source: impl Into<String>, prompt: impl Into<String>) -> Self {
+        Self {
+            edit: Some(source.into()),
+            ..Self::new(prompt)
         }
     }
 
@@ -103,6 +122,9 @@ impl GenerateAsset {
 
     /// The full config this request runs with; the error names what is wrong.
     pub fn resolve(&self, settings: &RewardSdsSettings) -> Result<GenerateConfig, String> {
+        if let Some(source) = &self.edit {
+            return self.resolve_edit(source, settings);
+        }
         let mut config = match &self.config {
             Some(config) => config.clone(),
             None => {
@@ -124,6 +146,35 @@ impl GenerateAsset {
             config.prior = prior.clone();
         }
         if let Some(reward) = self.reward.as_ref().or(settings.reward.as_ref()) {
+            config.reward = Some(reward.clone());
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// The config of an edit of `source`: the source's own, with this request's overrides.
+    fn resolve_edit(
+        &self,
+        source: &str,
+        settings: &RewardSdsSettings,
+    ) -> Result<GenerateConfig, String> {
+        let path = PathBuf::from(source);
+        let dir = if path.is_dir() {
+            path
+        } else {
+            settings.checkpoint_dir(&slug(source))
+        };
+        let mut config = edit_config(&dir, &self.prompt).map_err(|e| e.to_string())?;
+        if let Some(steps) = self.steps {
+            config.steps = steps;
+        }
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        if let Some(prior) = &self.prior {
+            config.prior = prior.clone();
+        }
+        if let Some(reward) = &self.reward {
             config.reward = Some(reward.clone());
         }
         config.validate().map_err(|e| e.to_string())?;

@@ -28,6 +28,10 @@ pub struct RewardSdsSettings {
     pub preview_every: usize,
     /// Grid samples along the preview's longest side.
     pub preview_resolution: u32,
+    /// Keep each result's final scene beside its `.glb`, in `<name>.checkpoint/`, so that
+    /// [`GenerateAsset::edit`](crate::GenerateAsset::edit) can edit it later (a few MB on Tiny
+    /// World; the NeRF or Gaussians of a real-model run and their optimiser state).
+    pub keep_checkpoints: bool,
 }
 
 impl Default for RewardSdsSettings {
@@ -42,6 +46,7 @@ impl Default for RewardSdsSettings {
             max_concurrent: 1,
             preview_every: 10,
             preview_resolution: 40,
+            keep_checkpoints: true,
         }
     }
 }
@@ -59,6 +64,12 @@ impl RewardSdsSettings {
     /// names one (a request that brings its whole config means it), else the plugin's.
     pub fn backend_for(&self, config: &GenerateConfig) -> BackendKind {
         config.backend.unwrap_or(self.backend)
+    }
+
+    /// The checkpoint folder of the result named `name` (see
+    /// [`keep_checkpoints`](Self::keep_checkpoints)).
+    pub fn checkpoint_dir(&self, name: &str) -> PathBuf {
+        self.output_dir().join(format!("{name}.checkpoint"))
     }
 
     /// The AssetServer path of the result named `name`.

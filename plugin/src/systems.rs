@@ -131,6 +131,9 @@ pub(crate) fn start_jobs(
             job.preview_every = settings.preview_every;
             job.preview_resolution = settings.preview_resolution;
             job.preview_splats = preview_splats;
+            if settings.keep_checkpoints {
+                job.checkpoint = Some(settings.checkpoint_dir(&name));
+            }
             GenerationJob::spawn(job)
                 .map(|job| (job, total))
                 .map_err(|e| e.to_string())

@@ -300,3 +300,62 @@ fn bad_model_path_fails_with_a_reason_and_the_app_goes_on() {
     assert!(!root.join("generated").join("a-red-cube.glb").exists());
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[test]
+fn a_finished_prop_is_edited_into_a_new_one() {
+    let root = asset_root("edit");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    let source = app
+        .world_mut()
+        .spawn(
+            GenerateAsset::new("a red cube")
+                .with_config(small_config(2))
+                .named("crate"),
+        )
+        .id();
+    run_until(&mut app, Duration::from_secs(300), |app| {
+        !app.world().resource::<Seen>().finished.is_empty()
+    });
+    assert_eq!(app.world().resource::<Seen>().finished[0].entity, source);
+    assert!(root.join("generated/crate.checkpoint/latest").is_file());
+
+    // The edit names the earlier result; it runs with that result's config.
+    let edit = app
+        .world_mut()
+        .spawn(GenerateAsset::edit("crate", "a blue cube").with_steps(2))
+        .id();
+    run_until(&mut app, Duration::from_secs(300), |app| {
+        let seen = app.world().resource::<Seen>();
+        seen.finished.len() == 2 || !seen.failed.is_empty()
+    });
+    let seen = app.world().resource::<Seen>();
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    assert_eq!(seen.finished[1].entity, edit);
+    assert!(root.join("generated/a-blue-cube.glb").is_file());
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("generated/a-blue-cube.json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["config"]["edit"]["source_prompt"], "a red cube");
+    assert_eq!(
+        sidecar["config"]["render_size"], 16,
+        "the source's own config"
+    );
+
+    // An edit of a result that does not exist fails naming it; the app goes on.
+    let missing = app
+        .world_mut()
+        .spawn(GenerateAsset::edit("barrel", "a mossy barrel"))
+        .id();
+    for _ in 0..5 {
+        app.update();
+    }
+    let failed = app.world().resource::<Seen>().failed.clone();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].entity, missing);
+    assert!(
+        failed[0].reason.contains("barrel.checkpoint"),
+        "{}",
+        failed[0].reason
+    );
+    std::fs::remove_dir_all(&root).ok();
+}

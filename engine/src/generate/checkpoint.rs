@@ -389,6 +389,46 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     }
 }
 
+/// The scene a checkpoint holds, without its optimiser state.
+pub(super) enum SavedScene<B: EngineAutodiffBackend> {
+    /// The NeRF's parameters.
+    Nerf(Nerf<B>),
+    /// The Gaussians.
+    Gaussians(Gaussians<B::InnerBackend>),
+}
+
+/// The scene of the checkpoint `folder`, whose config is `config` (an edit's source).
+pub(super) fn read_scene<B: EngineAutodiffBackend>(
+    folder: &Path,
+    config: &GenerateConfig,
+    device: &B::Device,
+) -> Result<SavedScene<B>, GenerateError> {
+    let read = |file: &str| {
+        let path = folder.join(file);
+        std::fs::read(&path).map_err(io("read", &path))
+    };
+    match config.scene {
+        SceneKind::Nerf => {
+            let path = folder.join(NERF_FILE);
+            let record: <Nerf<B> as Module<B>>::Record = recorder()
+                .load(read(NERF_FILE)?, device)
+                .map_err(|e| invalid(&path, e))?;
+            // Lazy parameters: the fresh NeRF's random values are never drawn.
+            let nerf = config.nerf.init::<B>(device).load_record(record);
+            Ok(SavedScene::Nerf(nerf))
+        }
+        SceneKind::Gaussians => {
+            let path = folder.join(GAUSSIANS_FILE);
+            let bytes = read(GAUSSIANS_FILE)?;
+            let file = SafeTensors::deserialize(&bytes).map_err(|e| invalid(&path, e))?;
+            let with_rest = file.tensor("sh_rest").is_ok();
+            let gaussians = read_gaussians::<B::InnerBackend>(&file, "", with_rest, device)
+                .map_err(|e| invalid(&path, e))?;
+            Ok(SavedScene::Gaussians(gaussians))
+        }
+    }
+}
+
 /// One named tensor on its way into `gaussians.safetensors`: dtype, shape, little-endian bytes.
 type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::edit::EditConfig;
 use super::gaussian_scene::GaussianSceneConfig;
 use crate::backend::BackendKind;
 use crate::guidance::{
@@ -143,6 +144,10 @@ pub struct GenerateConfig {
     pub mesh: MeshConfig,
     /// Length in metres of the exported asset's longest side.
     pub asset_size: f32,
+    /// Edit a finished asset instead of generating from scratch (DDS / RewardDDS): the scene
+    /// starts as the asset and `prompt` is what it should become (`edit.source`,
+    /// `edit.source_prompt`: [`EditConfig`]). Unset: a new asset.
+    pub edit: Option<EditConfig>,
 }
 
 impl Default for GenerateConfig {
@@ -301,6 +306,7 @@ impl GenerateConfig {
                 ..MeshConfig::default()
             },
             asset_size: 1.0,
+            edit: None,
         }
     }
 
@@ -605,6 +611,9 @@ impl GenerateConfig {
                 "asset_size",
                 format!("{} must be a positive length in metres", self.asset_size),
             ));
+        }
+        if let Some(edit) = &self.edit {
+            edit.validate(self)?;
         }
         Ok(())
     }

@@ -119,6 +119,21 @@ impl<B: EngineAutodiffBackend> GaussianScene<B> {
         })
     }
 
+    /// Starts from `params` (an edited asset's Gaussians) with a fresh optimiser.
+    pub fn from_gaussians(
+        config: &GaussianSceneConfig,
+        params: Gaussians<B::InnerBackend>,
+    ) -> Result<Self, GenerateError> {
+        config.validate()?;
+        Ok(Self {
+            adam: GaussianAdam::new(config.learning_rates.clone(), &params),
+            stats: DensifyStats::new(params.len()),
+            params,
+            config: config.clone(),
+            last_densify: None,
+        })
+    }
+
     /// The Gaussians now.
     pub fn gaussians(&self) -> &Gaussians<B::InnerBackend> {
         &self.params

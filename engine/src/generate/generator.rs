@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::CheckpointError;
 use super::config::GenerateConfig;
 use super::config::SceneKind;
+use super::edit::{EditSource, StartScene};
 use super::gaussian_scene::GaussianScene;
 use crate::backend::EngineAutodiffBackend;
 use crate::export::{ExportConfig, ExportError, ExportReport, write_glb};
@@ -70,6 +71,14 @@ pub enum GenerateError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The asset to edit (`edit.source`) could not be read.
+    #[error("cannot edit the asset in {} (`edit.source`): {reason}", .folder.display())]
+    Edit {
+        /// Its checkpoint folder.
+        folder: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The loss became NaN or infinite; the scene is the last good one (the step was not
     /// applied), and so is the last checkpoint, if any was written.
     #[error(
@@ -201,6 +210,8 @@ pub struct Generator<B: EngineAutodiffBackend> {
     pub(super) checkpoint_dir: Option<PathBuf>,
     /// The newest checkpoint written or resumed from.
     pub(super) last_checkpoint: Option<PathBuf>,
+    /// An edit's frozen source (`config.edit`): the step is DDS against it.
+    edit: Option<EditSource<B>>,
 }
 
 impl<B: EngineAutodiffBackend> std::fmt::Debug for Generator<B> {
@@ -326,10 +337,22 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 ),
             )));
         }
+        let (edit, start) = match EditSource::load(&config, &guidance, device)? {
+            Some((edit, start)) => (Some(edit), Some(start)),
+            None => (None, None),
+        };
         // The backend's generator is process-wide: seed and draw under one lock, so generators
         // started together stay deterministic (random draws elsewhere can still interleave).
-        let scene = match config.scene {
-            SceneKind::Nerf => {
+        let scene = match (config.scene, start) {
+            (_, Some(StartScene::Nerf(nerf))) => SceneState::Nerf {
+                nerf,
+                optimizer: config.optimizer.init::<B, Nerf<B>>(),
+                renderer: VolumeRenderer::new(config.renderer.clone()),
+            },
+            (_, Some(StartScene::Gaussians(params))) => {
+                SceneState::Gaussians(GaussianScene::from_gaussians(&config.gaussians, params)?)
+            }
+            (SceneKind::Nerf, None) => {
                 let nerf = {
                     let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
                     B::seed(device, config.seed);
@@ -345,7 +368,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 }
             }
             // Seeded on the host: no process-wide generator involved.
-            SceneKind::Gaussians => {
+            (SceneKind::Gaussians, None) => {
                 SceneState::Gaussians(GaussianScene::new(&config.gaussians, config.seed, device)?)
             }
         };
@@ -358,6 +381,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             device: device.clone(),
             checkpoint_dir: None,
             last_checkpoint: None,
+            edit,
         })
     }
 
@@ -455,10 +479,15 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
         // A NeRF render above the renderer's chunk is deferred: its backward runs in chunks.
         let mut deferred = None;
+        // An edit's source renders with the same jitter: an unchanged scene renders the same.
+        let mut source_jitter = None;
         let (images, pending) = match &self.scene {
             SceneState::Nerf { nerf, renderer, .. } => {
                 let rays = crate::scene::camera::Rays::of_cameras(&cameras);
                 let jitter = renderer.jitter(rays.len(), seed ^ JITTER_STREAM);
+                if self.edit.is_some() {
+                    source_jitter = Some(jitter.clone());
+                }
                 let rgb = if rays.len() <= renderer.train_chunk_rays() {
                     renderer
                         .render_jittered(nerf, &rays, &jitter, &self.device)
@@ -477,7 +506,14 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 (images, Some(pending))
             }
         };
-        let guided = self.guidance.step(images, &views, self.step, seed)?;
+        let guided = match &self.edit {
+            None => self.guidance.step(images, &views, self.step, seed)?,
+            Some(edit) => {
+                let source = edit.render(&cameras, source_jitter.as_deref(), &self.device)?;
+                self.guidance
+                    .dds_step(&edit.prompt, images, source, &views, self.step, seed)?
+            }
+        };
         let loss: f32 = guided.loss.clone().into_scalar().elem();
         if !loss.is_finite() {
             return Err(GenerateError::NonFinite {
@@ -629,6 +665,9 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         extras.insert("steps".into(), self.step.into());
         extras.insert("prior".into(), self.config.prior.clone().into());
         extras.insert("scene".into(), self.config.scene.name().into());
+        if let Some(edit) = &self.config.edit {
+            extras.insert("edited_from".into(), edit.source_prompt.clone().into());
+        }
         let config = ExportConfig {
             target_size: Some(self.config.asset_size),
             name: slug(&self.config.prompt),

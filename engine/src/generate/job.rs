@@ -37,6 +37,9 @@ pub struct JobRequest {
     /// Gaussian scenes send their Gaussians ([`PreviewShape::Splats`](super::preview::PreviewShape::Splats)) rather than a coarse
     /// mesh: for hosts that draw splats.
     pub preview_splats: bool,
+    /// A checkpoint folder for the finished scene (what an edit of the asset starts from,
+    /// [`EditConfig::source`](super::EditConfig::source)); `None`: none is written.
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl JobRequest {
@@ -49,6 +52,7 @@ impl JobRequest {
             preview_every: 10,
             preview_resolution: 40,
             preview_splats: false,
+            checkpoint: None,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct JobReport {
     pub bytes: usize,
     /// The asset's extent in metres.
     pub size: [f32; 3],
+    /// The finished scene's checkpoint folder, when the request asked for one.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// What a running job reports, in order: `Started`, then `Progress`/`Preview`, then exactly
@@ -294,6 +300,13 @@ impl BackendTask for Job {
                 source,
             })?;
         }
+        let checkpoint = match &request.checkpoint {
+            Some(dir) => {
+                generator.save_checkpoint(dir)?;
+                Some(dir.clone())
+            }
+            None => None,
+        };
         let (export, mesh) = generator.export_glb(&request.output)?;
         let export_seconds = start.elapsed().as_secs_f64();
         let report = JobReport {
@@ -308,6 +321,7 @@ impl BackendTask for Job {
             vertices: export.vertices,
             bytes: export.bytes,
             size: export.size,
+            checkpoint,
         };
         // The sidecar records the backend that ran, whoever chose it.
         let config = GenerateConfig {

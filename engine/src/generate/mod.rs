@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod edit;
 pub mod gaussian_scene;
 pub mod generator;
 pub mod image2d;
@@ -13,6 +14,7 @@ pub mod preview;
 
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
 pub use config::{GenerateConfig, PRESETS, ResolutionMilestone, SceneKind};
+pub use edit::{EditConfig, edit_config, find_checkpoint_dir};
 pub use gaussian_scene::{GaussianScene, GaussianSceneConfig};
 pub use generator::{
     GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,

@@ -259,12 +259,7 @@ impl<B: AutodiffBackend> Dds<B> {
         self.target.into_parts()
     }
 
-    /// One DDS / RewardDDS step.
-    ///
-    /// `images` are the edited images (autodiff, in `[0, 1]`), `source` the source images they
-    /// started from, one per edited image (any size: both are resized to the prior's
-    /// resolution); `views` as for [`Guidance::step`]. The loss's gradient with respect to the
-    /// encoded images `z` is `g / B`.
+    /// One DDS / RewardDDS step ([`Guidance::dds_step`] with the source prompt).
     ///
     /// # Shapes
     /// - images: `[B, 3, H, W]`
@@ -277,7 +272,34 @@ impl<B: AutodiffBackend> Dds<B> {
         step: usize,
         seed: u64,
     ) -> Result<GuidanceOutput<B>, GuidanceError> {
-        let guidance = &self.target;
+        self.target
+            .dds_step(&self.source, images, source, views, step, seed)
+    }
+}
+
+impl<B: AutodiffBackend> Guidance<B> {
+    /// One DDS / RewardDDS step of this guidance's prompt (the target) against
+    /// `source_prompt`, the embeddings of the prompt the source images show (check the
+    /// settings with [`check_config`] first: DDS has no meaning for some of them).
+    ///
+    /// `images` are the edited images (autodiff, in `[0, 1]`), `source` the source images they
+    /// started from, one per edited image (any size: both are resized to the prior's
+    /// resolution); `views` as for [`Guidance::step`]. The loss's gradient with respect to the
+    /// encoded images `z` is `g / B`.
+    ///
+    /// # Shapes
+    /// - images: `[B, 3, H, W]`
+    /// - source: `[B, 3, H', W']`
+    pub fn dds_step(
+        &self,
+        source_prompt: &PromptEmbeddings<B::InnerBackend>,
+        images: Tensor<B, 4>,
+        source: Tensor<B::InnerBackend, 4>,
+        views: &[ViewAngles],
+        step: usize,
+        seed: u64,
+    ) -> Result<GuidanceOutput<B>, GuidanceError> {
+        let guidance = self;
         let batch = guidance.check_images(images.dims(), views)?;
         let [source_batch, c, h, w] = source.dims();
         if source_batch != batch || c != 3 || h == 0 || w == 0 {
@@ -310,7 +332,7 @@ impl<B: AutodiffBackend> Dds<B> {
         // 3. both branches' CFG predictions
         let class_labels = guidance.class_labels(views, batch)?;
         let target_cond = guidance.cond(guidance.prompts(), views, batch);
-        let source_cond = guidance.cond(&self.source, views, batch);
+        let source_cond = guidance.cond(source_prompt, views, batch);
         let scale = guidance.guidance_scale_at(step);
         let terms = dds(
             guidance.prior(),

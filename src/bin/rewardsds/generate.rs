@@ -9,12 +9,18 @@
 //! its training resolution, what the judge reads), `config.toml` and `progress.json`.
 //! `--json` prints one JSON event per line on stdout (loaded, progress, checkpoint, wrote,
 //! done) for other tools; the human-readable lines then go to stderr.
+//!
+//! `--edit <asset> --prompt "..."` (or `rewardsds edit <asset> --prompt "..."`) edits a
+//! finished asset towards the new prompt with DDS (RewardDDS when its config rewards), from
+//! its own config and checkpoint, into a new folder beside it.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use rewardsds::engine::backend::{BackendKind, run_on};
-use rewardsds::engine::generate::{GenerateConfig, GenerateError, checkpoint_config, slug};
+use rewardsds::engine::generate::{
+    GenerateConfig, GenerateError, checkpoint_config, edit_config, slug,
+};
 
 use crate::Failure;
 use crate::asset::{Generate, Report};
@@ -48,6 +54,12 @@ pub struct Args {
     /// above that change the config are not allowed with it).
     #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "score_decoder", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "generative_weight", "csd_fraction", "learning_rate_end_factor"])]
     resume: Option<PathBuf>,
+    /// Edit the asset generated in this folder (its output folder or its checkpoint folder)
+    /// towards `--prompt` with DDS, RewardDDS when its config rewards: its own config
+    /// (prior, reward, scene, steps, seed) with the options above on top; the result goes to a
+    /// new folder beside it (`<parent>/<slug of the new prompt>`).
+    #[arg(long, requires = "prompt", conflicts_with_all = ["preset", "config", "resume"])]
+    edit: Option<PathBuf>,
     /// With `--resume`: export the checkpoint's state as it stands (.glb, turntable, the
     /// judge's reading) and run none of the steps left: a stopped run's result, or how far a
     /// run had come at an earlier checkpoint.
@@ -98,8 +110,14 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         .map_err(classify)?;
         return Ok(0);
     }
-    let mut config = match &args.config {
-        Some(path) => {
+    let mut config = match (&args.edit, &args.config) {
+        (Some(source), _) => {
+            let prompt = args.prompt.clone().unwrap_or_default();
+            edit_config(source, &prompt)
+                .with_context(|| format!("--edit {}", source.display()))
+                .map_err(Failure::bad_input)?
+        }
+        (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))
                 .map_err(Failure::bad_input)?;
@@ -112,7 +130,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             }
             c
         }
-        None => GenerateConfig {
+        (None, None) => GenerateConfig {
             prompt: DEFAULT_PROMPT.into(),
             ..GenerateConfig::preset(&args.preset).map_err(Failure::bad_input)?
         },
@@ -126,9 +144,10 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     // config.toml records the backend that ran, so it reruns the same way.
     config.backend = Some(kind);
     config.validate().map_err(Failure::bad_input)?;
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from("out/generate").join(slug(&config.prompt)));
+    let out = args.out.unwrap_or_else(|| match &args.edit {
+        Some(source) => beside(source).join(slug(&config.prompt)),
+        None => PathBuf::from("out/generate").join(slug(&config.prompt)),
+    });
     create_out(&out)?;
     let toml = out.join("config.toml");
     std::fs::write(&toml, config.to_toml())
@@ -147,6 +166,58 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     .map_err(Failure::bad_input)?;
     result.map_err(classify)?;
     Ok(0)
+}
+
+/// `rewardsds edit` options: `generate --edit` with the source first.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EditArgs {
+    /// The asset to edit: the folder `generate` wrote it to, or its checkpoint folder.
+    source: PathBuf,
+    /// What the asset should become (its own prompt is the source prompt).
+    #[arg(long)]
+    prompt: String,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Backend: cpu, wgpu or cuda (when unset: the source's `backend`, else cpu).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Output folder (default: beside the source, named after the new prompt).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// One JSON event per line on stdout instead of the progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<EditArgs> for Args {
+    fn from(edit: EditArgs) -> Self {
+        Self {
+            prompt: Some(edit.prompt),
+            preset: "fast".into(),
+            config: None,
+            overrides: edit.overrides,
+            backend: edit.backend,
+            out: edit.out,
+            resume: None,
+            export_only: false,
+            edit: Some(edit.source),
+            json: edit.json,
+        }
+    }
+}
+
+/// The folder that holds the asset folder `source` (given as that folder or as its
+/// `checkpoint/` folder): where an edit of it goes by default.
+fn beside(source: &std::path::Path) -> PathBuf {
+    let asset = if source.file_name().is_some_and(|n| n == "checkpoint") {
+        source.parent().unwrap_or(source)
+    } else {
+        source
+    };
+    asset
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// A config the generator refused before running (e.g. one that would not fit in memory) is

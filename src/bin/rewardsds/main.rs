@@ -49,6 +49,13 @@ enum Command {
                             sphere\" --steps 200 --out out/cube"
     )]
     Generate(generate::Args),
+    /// Edit a generated asset towards a new prompt (DDS / RewardDDS), into a new folder.
+    #[command(
+        after_help = "Example:\n  rewardsds edit out/generate/a-red-cube --prompt \"a blue cube\"\n\n\
+                      The source's own config (prior, reward, scene, steps, seed) is used, with \
+                      the options given on top; `generate --edit <asset>` is the same."
+    )]
+    Edit(generate::EditArgs),
     /// Make many assets from a manifest into a library folder; resumable, shardable.
     #[command(
         after_help = "The options that change the config (--steps, --scene, ...) apply to every \
@@ -106,6 +113,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Edit(args) => generate::run(args.into()),
         Command::Batch(args) => batch::run(args),
         Command::Models(args) => models::run(args),
         Command::Validate(args) => validate::run(args),
