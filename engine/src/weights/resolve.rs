@@ -278,7 +278,13 @@ pub fn resolve_model_in(spec: &str, cache: &Path, fetch: Fetch) -> Result<PathBu
                 Err(LoadError::MissingFolder { path: dir })
             };
         }
-        return resolve_repo(cache, preset.repo_id, preset.subfolders, fetch);
+        return resolve_repo(
+            cache,
+            preset.repo_id,
+            preset.subfolders,
+            preset.files,
+            fetch,
+        );
     }
     let path_like = path.is_absolute()
         || spec.starts_with('.')
@@ -292,7 +298,7 @@ pub fn resolve_model_in(spec: &str, cache: &Path, fetch: Fetch) -> Result<PathBu
         });
     }
     if spec.contains('/') {
-        return resolve_repo(cache, spec, &[], fetch);
+        return resolve_repo(cache, spec, &[], &[], fetch);
     }
     Err(preset(spec).unwrap_err())
 }
@@ -315,16 +321,17 @@ fn resolve_repo(
     cache: &Path,
     repo_id: &str,
     subfolders: &[&str],
+    files: &[&str],
     fetch: Fetch,
 ) -> Result<PathBuf, LoadError> {
     match cached_repo(cache, repo_id, "main") {
         Ok(dir) => Ok(dir),
         #[cfg(feature = "hub")]
         Err(_) if fetch == Fetch::Download => {
-            super::hub::download(cache, repo_id, subfolders, None)
+            super::hub::download(cache, repo_id, subfolders, files, None)
         }
         Err(e) => {
-            let _ = (subfolders, fetch);
+            let _ = (subfolders, files, fetch);
             Err(e)
         }
     }
