@@ -328,7 +328,8 @@ fn panel(
 
 fn show_progress(ui: &mut egui::Ui, p: &GenerationProgress) {
     let status = match &p.state {
-        GenerationState::Queued => "queued".to_string(),
+        GenerationState::Queued { position: 0 } => "queued: next".to_string(),
+        GenerationState::Queued { position } => format!("queued: {position} ahead"),
         GenerationState::Loading => "loading models".to_string(),
         GenerationState::Running => {
             format!("step {}/{}, ETA {:.0} s", p.step, p.total, p.eta_seconds)
@@ -464,7 +465,7 @@ fn refresh_library(
     mut first: Local<bool>,
 ) {
     for f in failed.read() {
-        form.last_error = Some(f.reason.clone());
+        form.last_error = Some(f.error.to_string());
     }
     if finished.read().count() == 0 && *first {
         return;

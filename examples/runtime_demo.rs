@@ -198,7 +198,9 @@ fn show_status(
     let mut lines = Vec::new();
     for (request, progress) in &requests {
         let line = match progress.map(|p| (&p.state, p)) {
-            None | Some((GenerationState::Queued, _)) => format!("{}: queued", request.prompt),
+            None | Some((GenerationState::Queued { .. }, _)) => {
+                format!("{}: queued", request.prompt)
+            }
             Some((GenerationState::Loading, _)) => format!("{}: loading", request.prompt),
             Some((GenerationState::Running, p)) => {
                 let reward = p

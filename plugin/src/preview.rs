@@ -7,8 +7,10 @@ use bevy::mesh::{Indices, PrimitiveTopology};
 use bevy::prelude::*;
 use rewardsds_engine::mesh::TriMesh;
 
-/// Marks the preview child of a generating entity.
-#[derive(Component, Debug, Clone, Copy)]
+/// Marks the preview child of a generating entity (absent before the first preview and after
+/// the result replaces it).
+#[derive(Component, Reflect, Debug, Clone, Copy)]
+#[reflect(Component, Debug, Clone)]
 pub struct GenerationPreview {
     /// Steps done when the snapshot was taken.
     pub step: usize,

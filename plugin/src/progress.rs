@@ -3,14 +3,20 @@
 use std::path::PathBuf;
 
 use bevy::prelude::*;
+use bevy::world_serialization::WorldAsset;
 use rewardsds_engine::generate::{JobReport, Progress};
 
+use crate::error::GenerationError;
+
 /// Where a request is.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Reflect)]
+#[reflect(Default, Debug, PartialEq, Clone)]
 pub enum GenerationState {
-    /// Waiting for a free slot; `position` requests are ahead.
-    #[default]
-    Queued,
+    /// Waiting for a free slot (the default).
+    Queued {
+        /// Requests ahead of this one (0: it starts next), updated as the queue moves.
+        position: usize,
+    },
     /// Loading the models.
     Loading,
     /// Optimising.
@@ -20,11 +26,20 @@ pub enum GenerationState {
     /// Done; the result is on the entity.
     Finished,
     /// Stopped on an error.
-    Failed(String),
+    Failed(GenerationError),
 }
 
-/// Live progress of a generation, updated every frame from the engine's events.
-#[derive(Component, Debug, Clone, Default)]
+impl Default for GenerationState {
+    fn default() -> Self {
+        Self::Queued { position: 0 }
+    }
+}
+
+/// Live progress of a generation, updated every frame from the engine's events. Required by
+/// [`GenerateAsset`](crate::GenerateAsset), so it is there from the moment the request is;
+/// reset to its default (queued) when the request restarts, removed when it is cancelled.
+#[derive(Component, Reflect, Debug, Clone, Default)]
+#[reflect(Component, Default, Debug, Clone)]
 pub struct GenerationProgress {
     /// Where the request is.
     pub state: GenerationState,
@@ -83,13 +98,18 @@ impl GenerationProgress {
     }
 }
 
-/// A finished generation's result, on the entity that asked for it.
-#[derive(Component, Debug, Clone)]
+/// A finished generation's result, on the entity that asked for it (absent until then).
+#[derive(Component, Reflect, Debug, Clone)]
+#[reflect(Component, Debug, Clone)]
 pub struct GeneratedAsset {
     /// The file on disk.
     pub file: PathBuf,
     /// The path the AssetServer knows it by.
     pub asset_path: String,
-    /// Sizes and timings.
+    /// The file's glTF scene, as shown under the entity (`WorldAssetRoot(scene.clone())`
+    /// spawns another copy).
+    pub scene: Handle<WorldAsset>,
+    /// Sizes and timings (an engine type: not reflected).
+    #[reflect(ignore)]
     pub report: JobReport,
 }

@@ -3,14 +3,23 @@
 use std::path::PathBuf;
 
 use bevy::prelude::*;
-use rewardsds_engine::generate::{GenerateConfig, SceneKind, edit_config, slug};
+use rewardsds_engine::generate::{GenerateConfig, GenerateError, SceneKind, edit_config, slug};
 
+use crate::error::GenerationError;
+use crate::progress::GenerationProgress;
 use crate::settings::RewardSdsSettings;
 
 /// Generate a prop from `prompt` where this entity stands. Adding it queues the work;
-/// changing it restarts it; removing it (or despawning) cancels it.
-#[derive(Component, Debug, Clone, PartialEq)]
-#[require(Transform, Visibility)]
+/// changing its value restarts it (a `&mut` access that leaves it equal does not); removing
+/// it (or despawning) cancels it. Requires `Transform`, `Visibility` and
+/// [`GenerationProgress`].
+///
+/// Reflected, except `config` and `scene`: they are engine types (the engine does not depend
+/// on Bevy), so inspectors and scene files do not see them and reflection fills them with
+/// `None`.
+#[derive(Component, Reflect, Debug, Clone, PartialEq)]
+#[reflect(Component, Debug, PartialEq, Clone)]
+#[require(Transform, Visibility, GenerationProgress)]
 pub struct GenerateAsset {
     /// What to make.
     pub prompt: String,
@@ -18,6 +27,7 @@ pub struct GenerateAsset {
     pub preset: Option<String>,
     /// A whole config, instead of a preset (its prompt is replaced by `prompt`; a `backend`
     /// it names wins over the plugin's).
+    #[reflect(ignore)]
     pub config: Option<GenerateConfig>,
     /// Optimisation steps (`None`: the preset's).
     pub steps: Option<usize>,
@@ -28,6 +38,7 @@ pub struct GenerateAsset {
     /// Reward model (`None`: the plugin's, then the preset's).
     pub reward: Option<String>,
     /// Scene representation (`None`: the preset's, a NeRF): Gaussians are the faster path.
+    #[reflect(ignore)]
     pub scene: Option<SceneKind>,
     /// File name of the result without `.glb` (`None`: the prompt's slug). Regenerating the
     /// same name replaces the file, and every instance of it reloads.
@@ -121,7 +132,7 @@ impl GenerateAsset {
     }
 
     /// The full config this request runs with; the error names what is wrong.
-    pub fn resolve(&self, settings: &RewardSdsSettings) -> Result<GenerateConfig, String> {
+    pub fn resolve(&self, settings: &RewardSdsSettings) -> Result<GenerateConfig, GenerationError> {
         if let Some(source) = &self.edit {
             return self.resolve_edit(source, settings);
         }
@@ -129,7 +140,7 @@ impl GenerateAsset {
             Some(config) => config.clone(),
             None => {
                 let preset = self.preset.as_deref().unwrap_or(&settings.preset);
-                GenerateConfig::preset(preset).map_err(|e| e.to_string())?
+                GenerateConfig::preset(preset)?
             }
         };
         config.prompt = self.prompt.clone();
@@ -148,7 +159,7 @@ impl GenerateAsset {
         if let Some(reward) = self.reward.as_ref().or(settings.reward.as_ref()) {
             config.reward = Some(reward.clone());
         }
-        config.validate().map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -157,14 +168,21 @@ impl GenerateAsset {
         &self,
         source: &str,
         settings: &RewardSdsSettings,
-    ) -> Result<GenerateConfig, String> {
+    ) -> Result<GenerateConfig, GenerationError> {
         let path = PathBuf::from(source);
         let dir = if path.is_dir() {
             path
         } else {
             settings.checkpoint_dir(&slug(source))
         };
-        let mut config = edit_config(&dir, &self.prompt).map_err(|e| e.to_string())?;
+        let mut config = edit_config(&dir, &self.prompt).map_err(|e| match e {
+            // A bad target prompt is the request's fault; anything else is the source's.
+            GenerateError::Config(e) => GenerationError::from(e),
+            e => GenerationError::Edit {
+                reason: GenerationError::from(&e).to_string(),
+                folder: dir.clone(),
+            },
+        })?;
         if let Some(steps) = self.steps {
             config.steps = steps;
         }
@@ -177,7 +195,7 @@ impl GenerateAsset {
         if let Some(reward) = &self.reward {
             config.reward = Some(reward.clone());
         }
-        config.validate().map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 }

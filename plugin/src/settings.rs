@@ -6,11 +6,17 @@ use bevy::prelude::*;
 use rewardsds_engine::backend::BackendKind;
 use rewardsds_engine::generate::GenerateConfig;
 
-/// Plugin-wide settings (a resource; changes apply to jobs started afterwards).
-#[derive(Resource, Debug, Clone, PartialEq)]
+/// Plugin-wide settings (a resource; changes apply to jobs started afterwards). One the app
+/// inserts before adding the plugin is kept: it wins over the plugin's own.
+///
+/// Reflected, except `backend`: an engine type (the engine does not depend on Bevy), so
+/// inspectors do not see it; set it in code.
+#[derive(Resource, Reflect, Debug, Clone, PartialEq)]
+#[reflect(Resource, Default, Debug, PartialEq, Clone)]
 pub struct RewardSdsSettings {
     /// Where the compute runs (`cpu` works everywhere; `cuda` or `wgpu` on a GPU), for
     /// requests whose config names no `backend` ([`backend_for`](Self::backend_for)).
+    #[reflect(ignore)]
     pub backend: BackendKind,
     /// The preset of requests that name none: `fast`, `quality`, `fast-sds`, `quality-sds`.
     pub preset: String,

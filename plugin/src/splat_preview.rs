@@ -112,7 +112,8 @@ impl Plugin for SplatPreviewPlugin {
 }
 
 /// The centres of a splat preview's Gaussians, and the eye its quads were last sorted for.
-#[derive(Component, Debug, Clone)]
+#[derive(Component, Reflect, Debug, Clone)]
+#[reflect(Component, Debug, Clone)]
 pub struct SplatDepthOrder {
     centres: Vec<Vec3>,
     sorted_for: Option<(Vec3, Vec3)>,

@@ -3,15 +3,20 @@
 //! blocks: jobs run on their own threads and are polled without waiting.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use bevy::ecs::event::EntityEvent;
 use bevy::ecs::system::SystemParam;
 use bevy::gltf::GltfAssetLabel;
 use bevy::pbr::MeshMaterial3d;
 use bevy::platform::cell::SyncCell;
 use bevy::prelude::*;
 use bevy::world_serialization::{WorldAsset, WorldAssetRoot};
-use rewardsds_engine::generate::{GenerationJob, JobEvent, JobReport, JobRequest, PreviewShape};
+use rewardsds_engine::generate::{
+    GenerationJob, JobEvent, JobReport, JobRequest, ModelCache, PreviewShape,
+};
 
+use crate::error::GenerationError;
 use crate::messages::{
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationStarted,
 };
@@ -22,14 +27,65 @@ use crate::settings::RewardSdsSettings;
 use crate::splat_preview::{SplatPreviewMaterial, splat_bundle, splats_to_bevy_mesh};
 
 /// Marks the child that holds a finished generation's glTF scene.
-#[derive(Component, Debug, Clone, Copy)]
+#[derive(Component, Reflect, Debug, Clone, Copy, Default)]
+#[reflect(Component, Default, Debug, Clone)]
 pub struct GeneratedScene;
 
-/// Requests waiting for a slot, and the jobs running.
-#[derive(Resource, Default)]
-pub(crate) struct Jobs {
+/// The models the plugin's jobs share (a resource): each prior and reward model is loaded by
+/// the first job that needs it and kept for the next ones, so a multi-gigabyte prior is read
+/// once, not once per prop. `clear()` frees them (jobs running keep theirs); `loads()` counts
+/// loads from disk.
+///
+/// Reflected as an opaque handle: the cache is an engine type (the engine does not depend on
+/// Bevy), so its field is ignored.
+#[derive(Resource, Reflect, Clone, Debug, Default)]
+#[reflect(Resource, Default, Debug, Clone)]
+pub struct RewardSdsModels(#[reflect(ignore)] pub Arc<ModelCache>);
+
+impl std::ops::Deref for RewardSdsModels {
+    type Target = ModelCache;
+
+    fn deref(&self) -> &ModelCache {
+        &self.0
+    }
+}
+
+/// The plugin's jobs (a resource, read-only for apps): requests waiting for a slot, jobs
+/// running, and jobs cancelled or over whose thread has not ended yet. Those still stopping
+/// keep their slot: a new job never shares the device with a cancelled one finishing its step.
+///
+/// Reflected without its fields: they hold threads and channels.
+#[derive(Resource, Reflect, Default)]
+#[reflect(Resource, Default)]
+pub struct GenerationJobs {
+    #[reflect(ignore)]
     queue: VecDeque<Entity>,
+    #[reflect(ignore)]
     running: HashMap<Entity, Running>,
+    #[reflect(ignore)]
+    stopping: Vec<SyncCell<GenerationJob>>,
+    /// What each entity's latest job (queued, running or over) was started from: a request
+    /// marked changed restarts only when it differs.
+    #[reflect(ignore)]
+    requested: HashMap<Entity, GenerateAsset>,
+}
+
+impl GenerationJobs {
+    /// Requests waiting for a slot, next first.
+    pub fn queued(&self) -> impl Iterator<Item = Entity> + '_ {
+        self.queue.iter().copied()
+    }
+
+    /// Entities whose job is running (loading, optimising or exporting).
+    pub fn running(&self) -> impl Iterator<Item = Entity> + '_ {
+        self.running.keys().copied()
+    }
+
+    /// Jobs cancelled or over whose thread is still finishing its step; they count against
+    /// [`RewardSdsSettings::max_concurrent`].
+    pub fn stopping(&self) -> usize {
+        self.stopping.len()
+    }
 }
 
 struct Running {
@@ -48,9 +104,20 @@ pub(crate) struct Outbox<'w> {
     failed: MessageWriter<'w, GenerationFailed>,
 }
 
-impl Jobs {
-    /// Stops `entity`'s job (dropping it cancels the thread's work) and its queue place;
-    /// returns whether there was one. Its preview child is despawned.
+/// Triggers `event` for observers, then writes it for readers.
+fn announce<E>(commands: &mut Commands, messages: &mut MessageWriter<E>, event: E)
+where
+    E: Message + EntityEvent + Clone,
+    for<'a> E::Trigger<'a>: Default,
+{
+    commands.trigger(event.clone());
+    messages.write(event);
+}
+
+impl GenerationJobs {
+    /// Stops `entity`'s job and drops its queue place; returns whether there was one. The
+    /// job is cancelled (its thread finishes the current step and exits without writing) and
+    /// kept in `stopping` until its thread has ended. Its preview child is despawned.
     fn stop(&mut self, entity: Entity, commands: &mut Commands) -> bool {
         let queued = self.queue.len();
         self.queue.retain(|e| *e != entity);
@@ -58,6 +125,7 @@ impl Jobs {
         match self.running.remove(&entity) {
             Some(mut running) => {
                 running.job.get().cancel();
+                self.stopping.push(running.job);
                 if let Some(preview) = running.preview
                     && let Ok(mut preview) = commands.get_entity(preview)
                 {
@@ -73,7 +141,7 @@ impl Jobs {
 pub(crate) fn cancel_removed(
     mut removed: RemovedComponents<GenerateAsset>,
     still_requested: Query<(), With<GenerateAsset>>,
-    mut jobs: ResMut<Jobs>,
+    mut jobs: ResMut<GenerationJobs>,
     mut commands: Commands,
     mut cancelled: MessageWriter<GenerationCancelled>,
 ) {
@@ -81,8 +149,13 @@ pub(crate) fn cancel_removed(
         if still_requested.contains(entity) {
             continue; // removed and added again: `enqueue_requests` restarts it
         }
+        jobs.requested.remove(&entity);
         if jobs.stop(entity, &mut commands) {
-            cancelled.write(GenerationCancelled { entity });
+            announce(
+                &mut commands,
+                &mut cancelled,
+                GenerationCancelled { entity },
+            );
             if let Ok(mut e) = commands.get_entity(entity) {
                 e.remove::<GenerationProgress>();
             }
@@ -91,13 +164,20 @@ pub(crate) fn cancel_removed(
 }
 
 pub(crate) fn enqueue_requests(
-    requests: Query<Entity, Changed<GenerateAsset>>,
-    mut jobs: ResMut<Jobs>,
+    requests: Query<(Entity, Ref<GenerateAsset>), Changed<GenerateAsset>>,
+    mut jobs: ResMut<GenerationJobs>,
     mut commands: Commands,
 ) {
-    for entity in &requests {
-        // A changed request restarts: whatever ran for the old one is dropped.
+    for (entity, request) in &requests {
+        // Any `&mut GenerateAsset` marks it changed: only a new value (or a request inserted
+        // anew) restarts the work.
+        if !request.is_added() && jobs.requested.get(&entity) == Some(&*request) {
+            continue;
+        }
+        // A changed request restarts: whatever ran for the old one is cancelled.
         jobs.stop(entity, &mut commands);
+        jobs.requested
+            .insert(entity, GenerateAsset::clone(&request));
         jobs.queue.push_back(entity);
         commands
             .entity(entity)
@@ -105,17 +185,27 @@ pub(crate) fn enqueue_requests(
     }
 }
 
+/// Starts queued requests while fewer than `max_concurrent` jobs run or are still stopping,
+/// then tells the others their queue position.
+///
+/// Each job runs on a thread of its own, not on Bevy's task pools (futures-lite): a
+/// generation is minutes of blocking compute, which would starve the pools' few threads and
+/// with them asset loading and the game's own tasks.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_jobs(
     settings: Res<RewardSdsSettings>,
-    mut jobs: ResMut<Jobs>,
+    models: Res<RewardSdsModels>,
+    mut jobs: ResMut<GenerationJobs>,
     requests: Query<&GenerateAsset>,
     mut progress: Query<&mut GenerationProgress>,
     mut failed: MessageWriter<GenerationFailed>,
+    mut commands: Commands,
     splat_materials: Option<Res<Assets<SplatPreviewMaterial>>>,
 ) {
     // Gaussians are previewed as splats where something can draw them.
     let preview_splats = splat_materials.is_some();
-    while jobs.running.len() < settings.max_concurrent.max(1) {
+    jobs.stopping.retain_mut(|job| !job.get().is_finished());
+    while jobs.running.len() + jobs.stopping.len() < settings.max_concurrent.max(1) {
         let Some(entity) = jobs.queue.pop_front() else {
             break;
         };
@@ -131,12 +221,13 @@ pub(crate) fn start_jobs(
             job.preview_every = settings.preview_every;
             job.preview_resolution = settings.preview_resolution;
             job.preview_splats = preview_splats;
+            job.models = Some(models.0.clone());
             if settings.keep_checkpoints {
                 job.checkpoint = Some(settings.checkpoint_dir(&name));
             }
             GenerationJob::spawn(job)
                 .map(|job| (job, total))
-                .map_err(|e| e.to_string())
+                .map_err(|e| GenerationError::from(&e))
         });
         match started {
             Ok((job, total)) => {
@@ -154,7 +245,23 @@ pub(crate) fn start_jobs(
                     },
                 );
             }
-            Err(reason) => fail(entity, &request.prompt, reason, &mut progress, &mut failed),
+            Err(error) => fail(
+                entity,
+                &request.prompt,
+                error,
+                &mut progress,
+                &mut commands,
+                &mut failed,
+            ),
+        }
+    }
+    for (position, &entity) in jobs.queue.iter().enumerate() {
+        if let Ok(mut p) = progress.get_mut(entity) {
+            // Written only when it moves: change detection stays meaningful.
+            let state = GenerationState::Queued { position };
+            if p.state != state {
+                p.state = state;
+            }
         }
     }
 }
@@ -162,7 +269,7 @@ pub(crate) fn start_jobs(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_job_events(
     mut commands: Commands,
-    mut jobs: ResMut<Jobs>,
+    mut jobs: ResMut<GenerationJobs>,
     settings: Res<RewardSdsSettings>,
     asset_server: Res<AssetServer>,
     mut meshes: Option<ResMut<Assets<Mesh>>>,
@@ -183,10 +290,11 @@ pub(crate) fn apply_job_events(
                     if let Ok(mut p) = progress.get_mut(entity) {
                         p.state = GenerationState::Running;
                     }
-                    outbox.started.write(GenerationStarted {
+                    let started = GenerationStarted {
                         entity,
                         prompt: running.prompt.clone(),
-                    });
+                    };
+                    announce(&mut commands, &mut outbox.started, started);
                 }
                 JobEvent::Progress(step) => {
                     if let Ok(mut p) = progress.get_mut(entity) {
@@ -210,12 +318,13 @@ pub(crate) fn apply_job_events(
                     over.push(entity);
                 }
                 JobEvent::Cancelled { .. } => over.push(entity),
-                JobEvent::Failed { reason } => {
+                JobEvent::Failed(failure) => {
                     fail(
                         entity,
                         &running.prompt,
-                        reason,
+                        failure.into(),
                         &mut progress,
+                        &mut commands,
                         &mut outbox.failed,
                     );
                     over.push(entity);
@@ -321,9 +430,14 @@ fn show_result(
         e.insert(GeneratedAsset {
             file: report.path.clone(),
             asset_path: asset_path.clone(),
+            scene: handle.clone(),
             report: report.clone(),
         });
-        e.with_child((GeneratedScene, WorldAssetRoot(handle), Transform::default()));
+        e.with_child((
+            GeneratedScene,
+            WorldAssetRoot(handle.clone()),
+            Transform::default(),
+        ));
     }
     if let Ok(mut p) = progress.get_mut(entity) {
         p.state = GenerationState::Finished;
@@ -337,29 +451,33 @@ fn show_result(
         report.triangles,
         report.bytes
     );
-    finished.write(GenerationFinished {
+    let event = GenerationFinished {
         entity,
         prompt: running.prompt.clone(),
         file: report.path.clone(),
         asset_path,
+        scene: handle,
         report,
-    });
+    };
+    announce(commands, finished, event);
 }
 
 fn fail(
     entity: Entity,
     prompt: &str,
-    reason: String,
+    error: GenerationError,
     progress: &mut Query<&mut GenerationProgress>,
+    commands: &mut Commands,
     failed: &mut MessageWriter<GenerationFailed>,
 ) {
-    warn!("generation of '{prompt}' failed: {reason}");
+    warn!("generation of '{prompt}' failed: {error}");
     if let Ok(mut p) = progress.get_mut(entity) {
-        p.state = GenerationState::Failed(reason.clone());
+        p.state = GenerationState::Failed(error.clone());
     }
-    failed.write(GenerationFailed {
+    let event = GenerationFailed {
         entity,
         prompt: prompt.to_string(),
-        reason,
-    });
+        error,
+    };
+    announce(commands, failed, event);
 }

@@ -1,7 +1,9 @@
 //! The plugin in a headless app (no window, no renderer) on the shipped Tiny World prior:
 //! request -> progress -> live preview -> finished message -> a valid .glb on disk, loaded
-//! back as a scene under the entity; requests queue; cancelling stops the job and writes
-//! nothing; a bad model path fails with a message and the app keeps running.
+//! back as a scene under the entity; requests queue, with their positions; cancelling stops
+//! the job and writes nothing, and the next job waits for its thread; a bad model path fails
+//! with a typed error and the app keeps running; a request restarts only when its value
+//! changes; jobs share the loaded models; observers see the same moments as messages.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,7 +16,9 @@ use bevy::world_serialization::{WorldAssetRoot, WorldSerializationPlugin};
 use bevy_rewardsds::engine::export::{ValidatorError, khronos_validate};
 use bevy_rewardsds::engine::generate::GenerateConfig;
 use bevy_rewardsds::prelude::*;
-use bevy_rewardsds::{GeneratedScene, GenerationPreview, SplatDepthOrder, SplatPreviewMaterial};
+use bevy_rewardsds::{
+    GeneratedScene, GenerationJobs, GenerationPreview, SplatDepthOrder, SplatPreviewMaterial,
+};
 
 /// Each test's own asset root.
 fn asset_root(name: &str) -> PathBuf {
@@ -26,7 +30,12 @@ fn asset_root(name: &str) -> PathBuf {
 
 /// A few SDS steps at a small size: the whole lifecycle in seconds.
 fn small_config(steps: usize) -> GenerateConfig {
-    let mut config = GenerateConfig::preset("fast-sds").unwrap();
+    small_preset("fast-sds", steps)
+}
+
+/// `preset` with `steps` steps at a small size.
+fn small_preset(preset: &str, steps: usize) -> GenerateConfig {
+    let mut config = GenerateConfig::preset(preset).unwrap();
     config.steps = steps;
     config.render_size = 16;
     config.renderer.num_samples_per_ray = 16;
@@ -136,7 +145,10 @@ fn request_runs_to_a_loaded_scene_and_queues_the_next() {
             steps_seen.push(p.step);
         }
         if p.state != GenerationState::Finished {
-            assert_eq!(progress(app, second).state, GenerationState::Queued);
+            assert_eq!(
+                progress(app, second).state,
+                GenerationState::Queued { position: 0 }
+            );
         }
         let mut previews = app
             .world_mut()
@@ -280,11 +292,21 @@ fn bad_model_path_fails_with_a_reason_and_the_app_goes_on() {
     });
     let failed = app.world().resource::<Seen>().failed[0].clone();
     assert_eq!(failed.entity, entity);
-    assert!(failed.reason.contains("no-such-model"), "{}", failed.reason);
-    assert!(matches!(
+    // Typed: the model named by `prior` is at fault; the message names the folder.
+    assert!(
+        matches!(&failed.error, GenerationError::Model { field: Some(f), .. } if f == "prior"),
+        "{:?}",
+        failed.error
+    );
+    assert!(
+        failed.error.to_string().contains("no-such-model"),
+        "{}",
+        failed.error
+    );
+    assert_eq!(
         progress(&mut app, entity).state,
-        GenerationState::Failed(_)
-    ));
+        GenerationState::Failed(failed.error.clone())
+    );
     // A config error is reported the same way, and the app keeps running.
     let bad = app
         .world_mut()
@@ -296,7 +318,16 @@ fn bad_model_path_fails_with_a_reason_and_the_app_goes_on() {
     let failed = app.world().resource::<Seen>().failed.clone();
     assert_eq!(failed.len(), 2);
     assert_eq!(failed[1].entity, bad);
-    assert!(failed[1].reason.contains("steps"), "{}", failed[1].reason);
+    assert!(
+        matches!(&failed[1].error, GenerationError::Config { field, .. } if field == "steps"),
+        "{:?}",
+        failed[1].error
+    );
+    assert!(
+        failed[1].error.to_string().contains("steps"),
+        "{}",
+        failed[1].error
+    );
     assert!(!root.join("generated").join("a-red-cube.glb").exists());
     std::fs::remove_dir_all(&root).ok();
 }
@@ -353,9 +384,254 @@ fn a_finished_prop_is_edited_into_a_new_one() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].entity, missing);
     assert!(
-        failed[0].reason.contains("barrel.checkpoint"),
+        matches!(&failed[0].error, GenerationError::Edit { folder, .. } if folder.ends_with("barrel.checkpoint")),
+        "{:?}",
+        failed[0].error
+    );
+    assert!(
+        failed[0].error.to_string().contains("barrel.checkpoint"),
         "{}",
-        failed[0].reason
+        failed[0].error
     );
     std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn touching_a_request_without_changing_it_does_not_restart_it() {
+    let root = asset_root("restart");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    let entity = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a blue sphere").with_config(small_config(200)))
+        .id();
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        progress(app, entity).step >= 1
+    });
+    // A `&mut` access that writes the same value marks the component changed.
+    let before = progress(&mut app, entity).step;
+    let mut request = app.world_mut().get_mut::<GenerateAsset>(entity).unwrap();
+    request.prompt = "a blue sphere".into();
+    assert!(request.is_changed());
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        progress(app, entity).step >= before + 2
+    });
+    assert_eq!(app.world().resource::<Seen>().started, vec![entity]);
+    assert!(app.world().resource::<Seen>().cancelled.is_empty());
+
+    // A new value restarts it: progress starts over and the job starts again.
+    app.world_mut()
+        .get_mut::<GenerateAsset>(entity)
+        .unwrap()
+        .seed = Some(9);
+    app.update();
+    assert_eq!(progress(&mut app, entity).step, 0);
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        app.world().resource::<Seen>().started.len() == 2
+    });
+    app.world_mut().entity_mut(entity).despawn();
+    app.update();
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn jobs_share_the_loaded_models() {
+    let root = asset_root("shared");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    // RewardSDS: a prior and a reward model; one step (the reward model is loaded all the same).
+    let config = small_preset("fast", 1);
+    for (prompt, seed) in [("a red cube", 1), ("a blue sphere", 2)] {
+        app.world_mut().spawn(
+            GenerateAsset::new(prompt)
+                .with_config(config.clone())
+                .with_seed(seed),
+        );
+    }
+    run_until(&mut app, Duration::from_secs(300), |app| {
+        let seen = app.world().resource::<Seen>();
+        assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+        seen.finished.len() == 2
+    });
+    let models = app.world().resource::<RewardSdsModels>();
+    assert_eq!(
+        models.loads(),
+        2,
+        "the prior and the reward, each loaded once"
+    );
+    assert_eq!(models.len(), 2);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_cancelled_job_finishes_its_thread_before_the_next_starts() {
+    let root = asset_root("overlap");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    // Larger views than the other tests: each step lasts long enough to be caught mid-step.
+    let mut slow = small_config(200);
+    slow.render_size = 64;
+    let first = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a blue sphere").with_config(slow))
+        .id();
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        progress(app, first).step >= 1
+    });
+    app.world_mut().entity_mut(first).despawn();
+    let second = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a red cube").with_config(small_config(2)))
+        .id();
+    let mut frames_stopping = 0;
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        let jobs = app.world().resource::<GenerationJobs>();
+        let running: Vec<Entity> = jobs.running().collect();
+        if jobs.stopping() > 0 {
+            frames_stopping += 1;
+            assert!(running.is_empty(), "a job started beside a stopping one");
+            assert_eq!(
+                progress(app, second).state,
+                GenerationState::Queued { position: 0 }
+            );
+        }
+        running.contains(&second)
+    });
+    assert!(
+        frames_stopping > 0,
+        "the cancelled job's thread was seen stopping"
+    );
+    assert_eq!(app.world().resource::<Seen>().cancelled, vec![first]);
+    app.world_mut().entity_mut(second).despawn();
+    app.update();
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn queued_requests_know_their_position() {
+    let root = asset_root("queue");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    let requests: Vec<Entity> = ["a red cube", "a blue sphere", "a green cone"]
+        .into_iter()
+        .map(|prompt| {
+            app.world_mut()
+                .spawn(GenerateAsset::new(prompt).with_config(small_config(1)))
+                .id()
+        })
+        .collect();
+    app.update();
+    assert!(matches!(
+        progress(&mut app, requests[0]).state,
+        GenerationState::Loading | GenerationState::Running
+    ));
+    assert_eq!(
+        progress(&mut app, requests[1]).state,
+        GenerationState::Queued { position: 0 }
+    );
+    assert_eq!(
+        progress(&mut app, requests[2]).state,
+        GenerationState::Queued { position: 1 }
+    );
+    // The queue moves: once the second runs, the third is next.
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        !matches!(
+            progress(app, requests[1]).state,
+            GenerationState::Queued { .. }
+        )
+    });
+    assert_eq!(
+        progress(&mut app, requests[2]).state,
+        GenerationState::Queued { position: 0 }
+    );
+    for entity in requests {
+        app.world_mut().entity_mut(entity).despawn();
+    }
+    app.update();
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// What observers saw: (event, entity), in order.
+#[derive(Resource, Default)]
+struct Observed(Vec<(&'static str, Entity)>);
+
+#[test]
+fn observers_see_started_finished_and_failed() {
+    let root = asset_root("observers");
+    let mut app = headless_app(&root, RewardSdsSettings::default());
+    app.init_resource::<Observed>()
+        .add_observer(
+            |started: On<GenerationStarted>, mut seen: ResMut<Observed>| {
+                seen.0.push(("started", started.entity));
+            },
+        )
+        .add_observer(|failed: On<GenerationFailed>, mut seen: ResMut<Observed>| {
+            seen.0.push(("failed", failed.entity));
+        });
+    // Queued first, so it fails before the other starts.
+    let bad = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a red cube").with_preset("no-such-preset"))
+        .id();
+    let entity = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a red cube").with_config(small_config(1)))
+        .observe(
+            |finished: On<GenerationFinished>,
+             assets: Query<&GeneratedAsset>,
+             mut seen: ResMut<Observed>| {
+                // The result's handle is on the event, the same the entity shows.
+                let asset = assets.get(finished.entity).unwrap();
+                assert_eq!(asset.scene, finished.scene);
+                assert_eq!(
+                    finished.scene.path().map(|p| p.to_string()),
+                    Some(format!("{}#Scene0", finished.asset_path))
+                );
+                seen.0.push(("finished", finished.entity));
+            },
+        )
+        .id();
+    run_until(&mut app, Duration::from_secs(120), |app| {
+        !app.world().resource::<Seen>().finished.is_empty()
+    });
+    let observed = &app.world().resource::<Observed>().0;
+    assert_eq!(
+        observed,
+        &vec![("failed", bad), ("started", entity), ("finished", entity)]
+    );
+    let failed = &app.world().resource::<Seen>().failed[0];
+    assert!(
+        matches!(&failed.error, GenerationError::Config { field, .. } if field == "preset"),
+        "{:?}",
+        failed.error
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn settings_the_app_inserted_are_kept() {
+    let mut app = App::new();
+    let mine = RewardSdsSettings {
+        output_folder: "mine".into(),
+        assets_folder: Some("/tmp/mine".into()),
+        ..default()
+    };
+    app.insert_resource(mine.clone()).add_plugins((
+        MinimalPlugins,
+        AssetPlugin::default(),
+        RewardSdsPlugin::new(RewardSdsSettings {
+            output_folder: "plugin's".into(),
+            ..default()
+        }),
+    ));
+    app.finish();
+    assert_eq!(*app.world().resource::<RewardSdsSettings>(), mine);
+    // Reflected (this test build also auto-registers reflected types, so it shows they
+    // reflect; the plugin registers them itself for apps without that feature).
+    let registry = app.world().resource::<AppTypeRegistry>().read();
+    for type_id in [
+        std::any::TypeId::of::<GenerateAsset>(),
+        std::any::TypeId::of::<GenerationProgress>(),
+        std::any::TypeId::of::<RewardSdsSettings>(),
+        std::any::TypeId::of::<GenerationFinished>(),
+        std::any::TypeId::of::<GenerationFailed>(),
+    ] {
+        assert!(registry.contains(type_id));
+    }
 }

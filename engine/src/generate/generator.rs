@@ -2,6 +2,7 @@
 //! step by step, with progress events, preview snapshots and cancellation.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -228,11 +229,30 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
     config: &GenerateConfig,
     device: &B::Device,
 ) -> Result<Guidance<B>, GenerateError> {
+    guidance_with_models::<B>(
+        config,
+        device,
+        |spec| load_prior(spec, device),
+        |spec| load_reward(spec, device).map(Arc::new),
+    )
+}
+
+/// [`load_guidance`] with the prior and the reward model obtained from `prior` and `reward`
+/// (called with the config's `prior` and `reward` specs, the reward only when the config uses
+/// one) instead of loaded here: a host that runs several generations passes models it loaded
+/// once ([`ModelCache`](super::job::ModelCache)). The reward comes in an `Arc` because
+/// RewardSDS and reward feedback share one copy.
+pub fn guidance_with_models<B: EngineAutodiffBackend>(
+    config: &GenerateConfig,
+    device: &B::Device,
+    prior: impl FnOnce(&str) -> Result<DiffusionPrior<B::InnerBackend>, GenerateError>,
+    reward: impl FnOnce(&str) -> Result<Arc<AnyReward<B::InnerBackend>>, GenerateError>,
+) -> Result<Guidance<B>, GenerateError> {
     config.validate()?;
     if crate::host_batch::is_host::<B::InnerBackend>() {
         crate::cost::memory::check_host_memory(config)?;
     }
-    let prior = load_prior::<B::InnerBackend>(&config.prior, device)?;
+    let prior = prior(&config.prior)?;
     let wants_reward = config
         .guidance
         .reward
@@ -241,9 +261,7 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
     let wants_feedback = config.guidance.reward_feedback.is_some();
     // One copy of the reward model serves both: feedback lifts it to the autodiff backend.
     let model = match &config.reward {
-        Some(spec) if wants_reward || wants_feedback => {
-            Some(load_reward::<B::InnerBackend>(spec, device)?)
-        }
+        Some(spec) if wants_reward || wants_feedback => Some(reward(spec)?),
         _ => None,
     };
     let feedback = model
@@ -696,7 +714,7 @@ pub fn lod_path(path: &Path, level: usize) -> PathBuf {
 
 /// Says which words of the prompt the prior's vocabulary lacks (a word-level vocabulary such
 /// as Tiny World's): they read as one unknown token, so the run cannot follow them.
-fn warn_unknown_words(config: &GenerateConfig, tokenizer: &CLIPTokenizer) {
+pub(super) fn warn_unknown_words(config: &GenerateConfig, tokenizer: &CLIPTokenizer) {
     let words = match tokenizer.unknown_words(&config.prompt) {
         Ok(words) if !words.is_empty() => words,
         _ => return,

@@ -1,6 +1,7 @@
 //! A whole generation (load, optimise, extract, write the `.glb`) on its own thread, for hosts
 //! that must never block: the Bevy plugin, GUIs, servers. Start it with a [`JobRequest`],
-//! poll its [`JobEvent`]s, cancel it; dropping the handle cancels too.
+//! poll its [`JobEvent`]s, cancel it; dropping the handle cancels too. Jobs that share a
+//! [`ModelCache`] load each model once between them.
 //!
 //! A dedicated thread rather than a shared task pool: one step is seconds of blocking
 //! compute, and a generation runs for minutes, which would starve a pool's few threads.
@@ -15,10 +16,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::config::GenerateConfig;
-use super::generator::{GenerateError, Generator, Progress};
+use super::generator::{GenerateError, Generator, Progress, load_guidance, warn_unknown_words};
+use super::model_cache::ModelCache;
 use super::preview::Preview;
-use crate::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use crate::backend::{BackendError, BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use crate::export::{ExportError, write_atomic};
+use crate::guidance::GuidanceError;
 
 /// What to generate, where, and how often to send a preview.
 #[derive(Debug, Clone)]
@@ -40,6 +43,9 @@ pub struct JobRequest {
     /// A checkpoint folder for the finished scene (what an edit of the asset starts from,
     /// [`EditConfig::source`](super::EditConfig::source)); `None`: none is written.
     pub checkpoint: Option<PathBuf>,
+    /// Models shared with other jobs: the prior and reward are taken from (or loaded into)
+    /// this cache. `None`: the job loads its own and drops them when it ends.
+    pub models: Option<Arc<ModelCache>>,
 }
 
 impl JobRequest {
@@ -53,12 +59,13 @@ impl JobRequest {
             preview_resolution: 40,
             preview_splats: false,
             checkpoint: None,
+            models: None,
         }
     }
 }
 
 /// What a finished job wrote and how long it took.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {
     /// The `.glb`.
     pub path: PathBuf,
@@ -109,10 +116,116 @@ pub enum JobEvent {
         step: usize,
     },
     /// The job could not run or stopped on an error; nothing was written.
-    Failed {
-        /// What went wrong, naming the thing at fault.
-        reason: String,
+    Failed(JobFailure),
+}
+
+/// Why a job failed: what kind of thing went wrong (for a host to act on) and the whole
+/// message (for a person), which names the thing at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason}")]
+pub struct JobFailure {
+    /// What kind of failure.
+    pub kind: JobFailureKind,
+    /// The error and its causes on one line.
+    pub reason: String,
+}
+
+/// The kinds of [`JobFailure`], from the [`GenerateError`] behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobFailureKind {
+    /// A setting is invalid ([`GenerateError::Config`], or a guidance setting).
+    Config {
+        /// The config field at fault (`steps`, `guidance.reward.strategy.k`).
+        field: String,
     },
+    /// A model could not be found or loaded ([`GenerateError::Model`], [`GenerateError::Load`]).
+    Model {
+        /// The config field naming the model (`prior`, `reward`, `score_decoder`), when known.
+        field: Option<String>,
+        /// Its value, when known.
+        spec: Option<String>,
+    },
+    /// The requested backend is not compiled in or found no device.
+    Backend,
+    /// The asset to edit could not be read ([`GenerateError::Edit`]).
+    Edit {
+        /// Its checkpoint folder.
+        folder: PathBuf,
+    },
+    /// The loss became NaN or infinite ([`GenerateError::NonFinite`]).
+    NonFinite {
+        /// The step (0-based) whose loss was not finite.
+        step: usize,
+        /// The last good checkpoint, if one was written.
+        checkpoint: Option<PathBuf>,
+    },
+    /// The result could not be written or a checkpoint read or written
+    /// ([`GenerateError::Export`], [`GenerateError::Checkpoint`]).
+    Io,
+    /// The run stopped on another error: guidance, cameras, surface extraction.
+    Run,
+    /// The job's thread could not start, panicked, or ended without a result.
+    Thread,
+}
+
+impl JobFailure {
+    /// A failure of `kind`.
+    pub fn new(kind: JobFailureKind, reason: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    fn lost_thread() -> Self {
+        Self::new(
+            JobFailureKind::Thread,
+            "the generation thread stopped without a result",
+        )
+    }
+}
+
+impl From<&GenerateError> for JobFailure {
+    fn from(error: &GenerateError) -> Self {
+        let kind = match error {
+            GenerateError::Config(e) | GenerateError::Guidance(GuidanceError::Config(e)) => {
+                JobFailureKind::Config {
+                    field: e.field.clone(),
+                }
+            }
+            GenerateError::Model { field, spec, .. } => JobFailureKind::Model {
+                field: Some((*field).to_string()),
+                spec: Some(spec.clone()),
+            },
+            GenerateError::Load(_) | GenerateError::Guidance(GuidanceError::Load(_)) => {
+                JobFailureKind::Model {
+                    field: None,
+                    spec: None,
+                }
+            }
+            GenerateError::Edit { folder, .. } => JobFailureKind::Edit {
+                folder: folder.clone(),
+            },
+            GenerateError::NonFinite {
+                step, checkpoint, ..
+            } => JobFailureKind::NonFinite {
+                step: *step,
+                checkpoint: checkpoint.clone(),
+            },
+            GenerateError::Export(_) | GenerateError::Checkpoint(_) => JobFailureKind::Io,
+            GenerateError::Thread(_) => JobFailureKind::Thread,
+            GenerateError::Guidance(_) | GenerateError::Camera(_) | GenerateError::Mesh(_) => {
+                JobFailureKind::Run
+            }
+        };
+        Self::new(kind, error_chain(error))
+    }
+}
+
+impl From<&BackendError> for JobFailure {
+    fn from(error: &BackendError) -> Self {
+        Self::new(JobFailureKind::Backend, error_chain(error))
+    }
 }
 
 impl JobEvent {
@@ -167,9 +280,7 @@ impl GenerationJob {
         let event = match self.events.try_recv() {
             Ok(event) => event,
             Err(TryRecvError::Empty) => return None,
-            Err(TryRecvError::Disconnected) => JobEvent::Failed {
-                reason: "the generation thread stopped without a result".into(),
-            },
+            Err(TryRecvError::Disconnected) => JobEvent::Failed(JobFailure::lost_thread()),
         };
         self.done = event.is_terminal();
         Some(event)
@@ -180,9 +291,10 @@ impl GenerationJob {
         if self.done {
             return None;
         }
-        let event = self.events.recv().unwrap_or_else(|_| JobEvent::Failed {
-            reason: "the generation thread stopped without a result".into(),
-        });
+        let event = self
+            .events
+            .recv()
+            .unwrap_or_else(|_| JobEvent::Failed(JobFailure::lost_thread()));
         self.done = event.is_terminal();
         Some(event)
     }
@@ -195,6 +307,12 @@ impl GenerationJob {
     /// Whether the terminal event has been received.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Whether the job's thread has ended (after a cancel, it finishes its current step
+    /// first): a host that runs one job per device waits for this before starting the next.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 }
 
@@ -220,15 +338,12 @@ fn run_job(request: JobRequest, cancel: Arc<AtomicBool>, sender: Sender<JobEvent
     }));
     let last = match outcome {
         Ok(Ok(Ok(event))) => event,
-        Ok(Ok(Err(error))) => JobEvent::Failed {
-            reason: error_chain(&error),
-        },
-        Ok(Err(error)) => JobEvent::Failed {
-            reason: error.to_string(),
-        },
-        Err(panic) => JobEvent::Failed {
-            reason: format!("the generation panicked: {}", panic_message(&panic)),
-        },
+        Ok(Ok(Err(error))) => JobEvent::Failed(JobFailure::from(&error)),
+        Ok(Err(error)) => JobEvent::Failed(JobFailure::from(&error)),
+        Err(panic) => JobEvent::Failed(JobFailure::new(
+            JobFailureKind::Thread,
+            format!("the generation panicked: {}", panic_message(&panic)),
+        )),
     };
     // The receiver may be gone (the host dropped the job): nothing left to tell.
     let _ = sender.send(last);
@@ -250,7 +365,12 @@ impl BackendTask for Job {
             sender,
         } = self;
         let start = Instant::now();
-        let mut generator = Generator::<B>::load(request.config.clone(), &device)?;
+        let guidance = match &request.models {
+            Some(cache) => cache.guidance::<B>(&request.config, &device)?,
+            None => load_guidance::<B>(&request.config, &device)?,
+        };
+        warn_unknown_words(&request.config, guidance.prior().tokenizer());
+        let mut generator = Generator::new(request.config.clone(), guidance, &device)?;
         let load_seconds = start.elapsed().as_secs_f64();
         let _ = sender.send(JobEvent::Started {
             backend: request.backend,

@@ -10,6 +10,7 @@ pub mod gaussian_scene;
 pub mod generator;
 pub mod image2d;
 pub mod job;
+pub mod model_cache;
 pub mod preview;
 
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
@@ -17,9 +18,10 @@ pub use config::{GenerateConfig, PRESETS, ResolutionMilestone, SceneKind};
 pub use edit::{EditConfig, edit_config, find_checkpoint_dir};
 pub use gaussian_scene::{GaussianScene, GaussianSceneConfig};
 pub use generator::{
-    GenerateError, GenerateEvent, Generator, Progress, StopReason, load_guidance, load_prior,
-    load_reward, lod_path, slug,
+    GenerateError, GenerateEvent, Generator, Progress, StopReason, guidance_with_models,
+    load_guidance, load_prior, load_reward, lod_path, slug,
 };
 pub use image2d::{Image2dConfig, Image2dEdit, Image2dGenerator, ImageProgress, load_edit_image};
-pub use job::{GenerationJob, JobEvent, JobReport, JobRequest};
+pub use job::{GenerationJob, JobEvent, JobFailure, JobFailureKind, JobReport, JobRequest};
+pub use model_cache::ModelCache;
 pub use preview::{Preview, PreviewShape, place_splats_on_ground, preview_mesh};

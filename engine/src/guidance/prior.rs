@@ -160,7 +160,9 @@ fn mvdream_view_camera(elevation_deg: f64, azimuth_deg: f64) -> [f32; camera_uti
 }
 
 /// A text-conditioned diffusion model with its text encoder, optional VAE and DDIM schedule.
-#[derive(Debug)]
+/// A clone shares the weights (burn tensors are reference-counted): several generations can
+/// use one loaded prior.
+#[derive(Debug, Clone)]
 pub struct DiffusionPrior<B: Backend> {
     camera_input: Option<CameraInput>,
     tokenizer: CLIPTokenizer,
