@@ -180,3 +180,31 @@ fn a_render_that_cannot_fit_is_refused_naming_render_size() {
     assert_eq!(err.field, "render_size");
     assert!(err.to_string().contains("GB"), "{err}");
 }
+
+#[test]
+fn an_edit_costs_a_second_unet_branch_and_more_memory() {
+    use rewardsds_engine::generate::EditConfig;
+    let models = CostModels::resolve("sd21-base", Some("clip-vit-l-14")).unwrap();
+    let generate = GenerateConfig::preset("sd21-sds").unwrap();
+    let mut edit = generate.clone();
+    edit.edit = Some(EditConfig {
+        source: "unused: the cost model reads no files".into(),
+        source_prompt: "a barrel".into(),
+    });
+    let unet = |c: &GenerateConfig| {
+        run_cost(c, &models)
+            .components
+            .iter()
+            .find(|c| c.name.starts_with("UNet, SDS"))
+            .map(|c| c.flops)
+            .unwrap()
+    };
+    let ratio = unet(&edit) / unet(&generate);
+    assert!((ratio - 2.0).abs() < 1e-9, "{ratio}");
+    let (a, b) = (
+        step_memory(&generate, &models, 0, 1),
+        step_memory(&edit, &models, 0, 1),
+    );
+    assert!(b.unet > a.unet, "{a:?} {b:?}");
+    assert!(run_cost(&edit, &models).seconds() > run_cost(&generate, &models).seconds());
+}

@@ -100,7 +100,10 @@ pub fn step_memory(
         views * floats * F32
     });
     let frames = models.num_frames.max(1);
-    let chunk = ((config.guidance.max_batch / frames).max(1) * frames).min(n * views as usize);
+    // An edit (DDS) denoises the source branch beside the edited one.
+    let branches = if config.edit.is_some() { 2 } else { 1 };
+    let rows = branches * n * views as usize;
+    let chunk = ((config.guidance.max_batch / frames).max(1) * frames).min(rows);
     let unet = {
         // The first level: ~10 feature maps, and the self-attention scores if materialised.
         let c0 = models.unet.block_out_channels[0] as f64;

@@ -141,6 +141,10 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
         .reward
         .as_ref()
         .is_some_and(|r| r.strategy.uses_rewards());
+    // An edit (DDS) denoises the frozen source beside the edited scene: twice the UNet rows,
+    // plus a forward render and encode of the source (scoring reads the edited branch only).
+    let edit = config.edit.is_some();
+    let branches = if edit { 2 } else { 1 };
 
     let mut render = Tally::default();
     let mut encode = Tally::default();
@@ -168,16 +172,18 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
                 4.0
             } else {
                 3.0
-            };
+            } + if edit { 1.0 } else { 0.0 };
             render.calls += 1.0;
             render.flops += passes * samples * nerf_flops;
             render.seconds += passes / 3.0 * samples / anchors::NERF_SAMPLES_PER_S;
         }
         if let Some(f) = encode_flops {
-            encode.add(1.0, views as f64 * f, anchors::VAE_ENCODE_BACKWARD);
+            // The source's encode is a forward alone, a third of a forward + backward.
+            let calls = if edit { 4.0 / 3.0 } else { 1.0 };
+            encode.add(calls, views as f64 * f, anchors::VAE_ENCODE_BACKWARD);
         }
         let rows = n * views;
-        sds.add_chunked(rows, chunk, 2.0 * unet_flops, anchors::UNET, 1.0);
+        sds.add_chunked(branches * rows, chunk, 2.0 * unet_flops, anchors::UNET, 1.0);
         if scored {
             let scoring = guidance.reward.as_ref().map(|r| r.scoring);
             if scoring == Some(ScoringMode::Ddim) {
