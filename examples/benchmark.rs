@@ -353,6 +353,8 @@ impl BackendTask for Bench {
 
 #[path = "common/logging.rs"]
 mod logging;
+#[path = "common/table.rs"]
+mod table;
 
 fn main() -> Result<()> {
     logging::init();
@@ -360,9 +362,5 @@ fn main() -> Result<()> {
     let kind: BackendKind = args.backend.parse().context("--backend")?;
     let out = args.out.clone();
     let table = run_on(kind, Bench { args })??;
-    println!("{table}");
-    if let Some(path) = out {
-        std::fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    table::print_table(&table, out.as_deref())
 }

@@ -110,13 +110,7 @@ impl<B: EngineAutodiffBackend> GaussianScene<B> {
             .init
             .init::<B::InnerBackend>(seed, device)
             .map_err(|e| ConfigError::new("gaussians.init", e.to_string()))?;
-        Ok(Self {
-            adam: GaussianAdam::new(config.learning_rates.clone(), &params),
-            stats: DensifyStats::new(params.len()),
-            params,
-            config: config.clone(),
-            last_densify: None,
-        })
+        Self::from_gaussians(config, params)
     }
 
     /// Starts from `params` (an edited asset's Gaussians) with a fresh optimiser.
