@@ -28,6 +28,8 @@
 //! events for observers. Components, resources and messages are reflected and registered.
 //! All ML lives in `rewardsds_engine`; this crate only schedules jobs and shows their results.
 
+#![deny(missing_docs)]
+
 mod error;
 mod messages;
 mod preview;

@@ -240,7 +240,7 @@ pub fn load_guidance<B: EngineAutodiffBackend>(
 /// [`load_guidance`] with the prior and the reward model obtained from `prior` and `reward`
 /// (called with the config's `prior` and `reward` specs, the reward only when the config uses
 /// one) instead of loaded here: a host that runs several generations passes models it loaded
-/// once ([`ModelCache`](super::job::ModelCache)). The reward comes in an `Arc` because
+/// once ([`ModelCache`](super::ModelCache)). The reward comes in an `Arc` because
 /// RewardSDS and reward feedback share one copy.
 pub fn guidance_with_models<B: EngineAutodiffBackend>(
     config: &GenerateConfig,

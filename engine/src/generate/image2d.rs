@@ -12,7 +12,7 @@
 //!
 //! Editing ([`Image2dEdit`]): the image starts as a source image and each step follows DDS
 //! (RewardDDS when `guidance.reward` is set) from the source prompt to `prompt`
-//! ([`crate::guidance::dds`]).
+//! ([`crate::guidance::dds`](mod@crate::guidance::dds)).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -15,7 +15,7 @@
 //!   official 15-point grid, `one_step`).
 //! - [`config`]: [`GuidanceConfig`] and [`RewardSdsConfig`], validated field by field.
 //! - [`sds`]: [`Guidance`], the per-step SDS / RewardSDS loss.
-//! - [`dds`]: [`Dds`], the per-step DDS / RewardDDS loss of an edit (source image and prompt,
+//! - [`dds`](mod@dds): [`Dds`], the per-step DDS / RewardDDS loss of an edit (source image and prompt,
 //!   target prompt).
 //! - [`recon`]: MVDream's x0-reconstruction loss with CFG std rescale ([`ReconLossConfig`]).
 //! - [`reward_feedback`]: the reward's own gradient as an extra loss term (DreamReward,

@@ -199,7 +199,7 @@ pub fn check_items(mesh: &TriMesh, items: &[Item]) -> Result<ShapeCheck, ShapeCh
     Ok(ShapeCheck { objects })
 }
 
-/// The world colour whose albedo, under some shading in [`SHADING`], is closest to `srgb`.
+/// The world colour whose albedo, under some shading in `SHADING`, is closest to `srgb`.
 pub fn nearest_color(srgb: Vec3) -> Color {
     let distance = |c: Color| {
         let a = c.albedo();

@@ -11,7 +11,7 @@ use super::{
     RasterSize, T_MIN, footprint_radius,
 };
 
-/// `[views, N, PACK]` -> `[views * height * width, OUT]`, like [`super::rasterize`].
+/// `[views, N, PACK]` -> `[views * height * width, OUT]`, like [`super::rasterize`](fn@super::rasterize).
 pub fn rasterize_dense<B: Backend>(gaussians: Tensor<B, 3>, size: RasterSize) -> Tensor<B, 2> {
     let device = gaussians.device();
     let [views, n, _] = gaussians.dims();

@@ -33,7 +33,7 @@ pub struct TileBins {
     /// Gaussian indices (within their view), grouped by tile, sorted by depth then index.
     pub ids: Vec<u32>,
     /// Per view and Gaussian, `[views * n]`: the half-height of its 1/255 ellipse in pixels
-    /// ([`row_half_height`]), which bounds the tile rows the kernels visit.
+    /// (`row_half_height`), which bounds the tile rows the kernels visit.
     pub half_height: Vec<f32>,
 }
 

@@ -20,7 +20,7 @@ pub(super) const FRUSTUM_SLACK: f32 = 1.3;
 /// Added to the 2D covariance's diagonal (pixels^2): every splat covers about a pixel.
 pub(super) const LOW_PASS: f32 = 0.3;
 
-/// Per-view Gaussians for [`super::rasterize`], `[views, N, PACK]`. With `mean2d_probe`
+/// Per-view Gaussians for [`super::rasterize`](fn@super::rasterize), `[views, N, PACK]`. With `mean2d_probe`
 /// (`[views, N, 2]`, zeros), the screen-space means get it added: its gradient is the
 /// gradient of the loss with respect to the means in pixels, which densification reads.
 pub fn project<B: SplatBackend>(

@@ -2,8 +2,8 @@
 //! every step a device kernel, so Gaussians and images stay on the device. Only the number of
 //! tile-list entries (4 bytes) is read back per forward, to size the list buffers.
 //!
-//! Steps: [`bin`] (tile rectangles, counts, scan, list fill), [`sort`] (per-list depth sort),
-//! [`forward`] (compositing), [`backward`] (gradient).
+//! Steps: `bin` (tile rectangles, counts, scan, list fill), `sort` (per-list depth sort),
+//! `forward` (compositing), `backward` (gradient).
 
 mod backward;
 mod bin;
