@@ -1,5 +1,6 @@
 //! DDS and RewardDDS (editing) on the shipped Tiny World prior: the gradient's identities, an
-//! unedited image standing still, 2D editing end to end, and bad edit inputs refused by name.
+//! unedited image standing still (also through a latent prior's VAE), 2D editing end to end,
+//! and bad edit inputs refused by name.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -16,6 +17,8 @@ use rewardsds_engine::guidance::{
     GuidanceOutput, IsmConfig, RewardSdsConfig, ViewAngles, WeightStrategy, dds,
 };
 use rewardsds_engine::rgb_image::RgbImage;
+
+mod pipeline_folders;
 
 type I = NdArray<f32>;
 type A = Autodiff<I>;
@@ -301,6 +304,38 @@ fn editing_towards_the_source_prompt_gives_no_gradient() {
     let dds = edit_dds_from(prior, None);
     let out = dds.step(image.clone(), source(), &views(), 0, 1).unwrap();
     assert!(max_abs(&grad_of(&out, &image)) > 1e-4);
+}
+
+#[test]
+fn through_a_latent_prior_an_unedited_image_stands_still() {
+    // A latent prior encodes both branches with its VAE, drawing the posterior sample with
+    // the same noise on each: an unedited image under its own prompt still cancels exactly,
+    // while another target prompt moves it (the tiny random-weight SD pipeline of the tests).
+    let dir = pipeline_folders::temp_dir("dds-latent");
+    pipeline_folders::sd_folder(&dir);
+    let prior = DiffusionPrior::<I>::from_folder(&dir, &Default::default()).unwrap();
+    assert!(prior.vae().is_some(), "a latent prior");
+    let dds = Dds::<A>::new(
+        guidance_config(None),
+        prior,
+        SOURCE_PROMPT,
+        SOURCE_PROMPT,
+        None,
+        10,
+    )
+    .unwrap();
+    let image = Tensor::<A, 4>::from_inner(source()).require_grad();
+    let out = dds.step(image.clone(), source(), &views(), 0, 1).unwrap();
+    let still = max_abs(&grad_of(&out, &image));
+    let (prior, _) = dds.into_parts();
+    let dds = edit_dds_from(prior, None);
+    let out = dds.step(image.clone(), source(), &views(), 0, 1).unwrap();
+    let moved = max_abs(&grad_of(&out, &image));
+    assert!(
+        moved > 0.0 && still <= 1e-6 * moved,
+        "still {still}, moved {moved}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn temp_dir(name: &str) -> PathBuf {
