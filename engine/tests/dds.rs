@@ -43,6 +43,19 @@ fn edit_dds(reward: Option<RewardSdsConfig>) -> Dds<A> {
     edit_dds_from(prior(), reward)
 }
 
+/// DDS from the source prompt to itself: an edit that asks for no change.
+fn unedited_dds(prior: DiffusionPrior<I>) -> Dds<A> {
+    Dds::<A>::new(
+        guidance_config(None),
+        prior,
+        SOURCE_PROMPT,
+        SOURCE_PROMPT,
+        None,
+        10,
+    )
+    .unwrap()
+}
+
 /// [`edit_dds`] over a prior already loaded (taken back from another edit).
 fn edit_dds_from(prior: DiffusionPrior<I>, reward: Option<RewardSdsConfig>) -> Dds<A> {
     Dds::<A>::new(
@@ -280,15 +293,7 @@ fn reward_dds_turns_into_plain_dds_after_reward_duration() {
 fn editing_towards_the_source_prompt_gives_no_gradient() {
     // Source prompt = target and image = source: both branches are the same noisy image under
     // the same prompt, so the delta cancels whatever t and noise are drawn.
-    let dds = Dds::<A>::new(
-        guidance_config(None),
-        prior(),
-        SOURCE_PROMPT,
-        SOURCE_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
+    let dds = unedited_dds(prior());
     let image = Tensor::<A, 4>::from_inner(source()).require_grad();
     for (step, seed) in [(0, 1), (9, 2)] {
         let out = dds
@@ -315,15 +320,7 @@ fn through_a_latent_prior_an_unedited_image_stands_still() {
     pipeline_folders::sd_folder(&dir);
     let prior = DiffusionPrior::<I>::from_folder(&dir, &Default::default()).unwrap();
     assert!(prior.vae().is_some(), "a latent prior");
-    let dds = Dds::<A>::new(
-        guidance_config(None),
-        prior,
-        SOURCE_PROMPT,
-        SOURCE_PROMPT,
-        None,
-        10,
-    )
-    .unwrap();
+    let dds = unedited_dds(prior);
     let image = Tensor::<A, 4>::from_inner(source()).require_grad();
     let out = dds.step(image.clone(), source(), &views(), 0, 1).unwrap();
     let still = max_abs(&grad_of(&out, &image));
