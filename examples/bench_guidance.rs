@@ -91,7 +91,7 @@ impl BackendTask for Bench {
                 reward: reward_config,
                 ..GuidanceConfig::default()
             };
-            let guidance = Guidance::<B>::new(
+            let mut guidance = Guidance::<B>::new(
                 config,
                 prior.take().expect("returned after each method"),
                 "a red cube and a blue sphere",

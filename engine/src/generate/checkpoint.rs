@@ -9,6 +9,9 @@
 //! <dir>/step-0000120/optimizer.mpk   NeRF scenes: Adam's moments and step counts, per parameter
 //! <dir>/step-0000120/gaussians.safetensors
 //!                                    Gaussian scenes: parameters, Adam, densification stats
+//! <dir>/step-0000120/vsd_lora.mpk    with VSD: the LoRA's trained parameters (not the UNet)
+//! <dir>/step-0000120/vsd_optimizer.mpk
+//!                                    with VSD: the LoRA's AdamW state
 //! ```
 //! Both `.mpk` files are burn records (named MessagePack, full precision). Not safetensors:
 //! burn keys the optimiser state by parameter id, and burn's module record is what keeps
@@ -62,6 +65,8 @@ const STATE_FILE: &str = "state.json";
 const NERF_FILE: &str = "nerf.mpk";
 const OPTIMIZER_FILE: &str = "optimizer.mpk";
 const GAUSSIANS_FILE: &str = "gaussians.safetensors";
+const VSD_LORA_FILE: &str = "vsd_lora.mpk";
+const VSD_OPTIMIZER_FILE: &str = "vsd_optimizer.mpk";
 
 /// The files holding a scene of `kind`.
 fn scene_files(kind: SceneKind) -> &'static [&'static str] {
@@ -288,6 +293,13 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             (STATE_FILE, state_json.into_bytes()),
         ];
         files.extend(scene_files);
+        if let Some(lora) = self.guidance.vsd() {
+            let (lora, optimizer) = lora
+                .state_bytes()
+                .map_err(|e| invalid(&target.join(VSD_LORA_FILE), e))?;
+            files.push((VSD_LORA_FILE, lora));
+            files.push((VSD_OPTIMIZER_FILE, optimizer));
+        }
         let target = commit_checkpoint(dir, self.step, files)?;
         self.last_checkpoint = Some(target.clone());
         Ok(target)
@@ -380,6 +392,11 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 load_gaussians(scene, &read(GAUSSIANS_FILE)?, device)
                     .map_err(|e| invalid(&path, e))?;
             }
+        }
+        if let Some(lora) = generator.guidance.vsd_mut() {
+            let lora_path = folder.join(VSD_LORA_FILE);
+            lora.load_state_bytes(read(VSD_LORA_FILE)?, read(VSD_OPTIMIZER_FILE)?)
+                .map_err(|e| invalid(&lora_path, e))?;
         }
         generator.step = state.step;
         generator.elapsed = state.elapsed_seconds;

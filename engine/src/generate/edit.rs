@@ -108,6 +108,9 @@ pub fn edit_config(source: &Path, prompt: &str) -> Result<GenerateConfig, Genera
     if guidance.recon_loss.take().is_some() {
         off.push("recon_loss");
     }
+    if guidance.vsd.take().is_some() {
+        off.push("vsd");
+    }
     if guidance.reward_feedback.take().is_some() {
         off.push("reward_feedback");
     }

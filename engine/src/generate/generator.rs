@@ -125,6 +125,9 @@ pub struct Progress {
     /// Mean reward of the rendered views when reward feedback is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback_reward: Option<f32>,
+    /// VSD's LoRA training loss this step, when VSD is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_loss: Option<f32>,
     /// Seconds this step took.
     pub seconds: f64,
     /// Seconds left at the mean pace so far.
@@ -594,6 +597,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             rewards: guided.stats.rewards,
             weights: guided.stats.weights,
             feedback_reward: guided.stats.feedback_reward,
+            lora_loss: guided.stats.lora_loss,
             seconds,
             eta_seconds: self.elapsed / self.step as f64 * remaining as f64,
         })

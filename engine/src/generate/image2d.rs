@@ -527,7 +527,7 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
         // front camera, 15 degrees up); a plain prior ignores the camera.
         let pixels = self.canvas.pixels.val();
         let front = vec![ViewAngles::new(0.0, 15.0); pixels.dims()[0]];
-        let guided: GuidanceOutput<B> = match &self.distillation {
+        let guided: GuidanceOutput<B> = match &mut self.distillation {
             Distillation::Sds(guidance) => guidance.step(pixels, &front, self.step, seed)?,
             Distillation::Dds { dds, source } => {
                 dds.step(pixels, source.clone(), &front, self.step, seed)?
@@ -569,6 +569,7 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
                 rewards: guided.stats.rewards,
                 weights: guided.stats.weights,
                 feedback_reward: guided.stats.feedback_reward,
+                lora_loss: guided.stats.lora_loss,
                 seconds,
                 eta_seconds: self.elapsed / self.step as f64 * remaining as f64,
             },

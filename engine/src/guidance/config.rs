@@ -10,6 +10,7 @@ use super::prompts::ViewThresholds;
 use super::recon::ReconLossConfig;
 use super::reward_feedback::RewardFeedbackConfig;
 use super::scoring::ScoringMode;
+use super::vsd::VsdConfig;
 use super::weighting::WeightStrategy;
 
 /// A fraction of the training timesteps, annealed linearly from `start` (step 0) to `end`
@@ -194,6 +195,11 @@ pub struct GuidanceConfig {
     /// std-rescaled per view group) instead of `w(t) (eps_cfg - eps)`; `None` (the default)
     /// is SDS's. The official MVDream and RewardSDS 3D configs set it with `std_rescale` 0.5.
     pub recon_loss: Option<ReconLossConfig>,
+    /// Variational score distillation ([`super::vsd`]): a LoRA of the prior, trained on the
+    /// renders every step, replaces SDS's sampled noise (`w(t) (eps_cfg - eps_lora)`); with
+    /// `reward` set, RewardVSD. `None` (the default) is SDS. The official 2D `vsd` mode pairs
+    /// it with CFG 7.5.
+    pub vsd: Option<VsdConfig>,
 }
 
 impl Default for GuidanceConfig {
@@ -215,6 +221,7 @@ impl Default for GuidanceConfig {
             reward_feedback: None,
             ism: None,
             recon_loss: None,
+            vsd: None,
         }
     }
 }
@@ -322,6 +329,24 @@ impl GuidanceConfig {
                     "recon_loss",
                     "reconstructs x0 from the full CFG prediction: it needs generative_weight \
                      1 and csd_fraction 0",
+                ));
+            }
+        }
+        if let Some(vsd) = &self.vsd {
+            vsd.validate().map_err(|e| e.within("vsd"))?;
+            let clash = if self.ism.is_some() {
+                Some("ism")
+            } else if self.recon_loss.is_some() {
+                Some("recon_loss")
+            } else if self.generative_weight != 1.0 || self.csd_fraction > 0.0 {
+                Some("generative_weight below 1 (or csd_fraction)")
+            } else {
+                None
+            };
+            if let Some(other) = clash {
+                return Err(ConfigError::new(
+                    "vsd",
+                    format!("and {other} both replace SDS's noise term: choose one"),
                 ));
             }
         }

@@ -196,6 +196,13 @@ pub fn check_config(config: &GuidanceConfig) -> Result<(), ConfigError> {
             "is not supported with DDS editing: unset it",
         ));
     }
+    if config.vsd.is_some() {
+        return Err(ConfigError::new(
+            "vsd",
+            "replaces SDS's noise by a LoRA estimate; DDS's second branch is the source \
+             image's prediction: unset it",
+        ));
+    }
     if config.generative_weight != 1.0 || config.csd_fraction > 0.0 {
         return Err(ConfigError::new(
             "generative_weight",
@@ -391,6 +398,7 @@ impl<B: AutodiffBackend> Guidance<B> {
             weights,
             directions,
             feedback_reward: None,
+            lora_loss: None,
         };
         Ok(GuidanceOutput { loss, stats })
     }

@@ -17,6 +17,7 @@
 //! - [`sds`]: [`Guidance`], the per-step SDS / RewardSDS loss.
 //! - [`dds`](mod@dds): [`Dds`], the per-step DDS / RewardDDS loss of an edit (source image and prompt,
 //!   target prompt).
+//! - [`vsd`]: VSD / RewardVSD's LoRA of the prior ([`VsdLoRA`]), trained on the renders.
 //! - [`recon`]: MVDream's x0-reconstruction loss with CFG std rescale ([`ReconLossConfig`]).
 //! - [`reward_feedback`]: the reward's own gradient as an extra loss term (DreamReward,
 //!   Dream Fields), off by default.
@@ -35,6 +36,7 @@ pub mod recon;
 pub mod reward_feedback;
 pub mod scoring;
 pub mod sds;
+pub mod vsd;
 pub mod weighting;
 
 pub use crate::models::resize::resize_bilinear;
@@ -52,6 +54,7 @@ pub use sds::{
     BoxedReward, Guidance, GuidanceOutput, GuidanceStats, POSTERIOR_STREAM, StepDraw,
     standard_normal,
 };
+pub use vsd::{LoRAUNet, VsdConfig, VsdLoRA, vsd_cameras};
 pub use weighting::WeightStrategy;
 
 use crate::models::{RewardError, SchedulerError};

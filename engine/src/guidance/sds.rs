@@ -26,6 +26,7 @@ use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection};
 use super::recon::{predict_start_from_noise, rescaled_x0};
 use super::reward_feedback::{BoxedFeedbackReward, feedback_loss};
 use super::scoring::Scorer;
+use super::vsd::{VsdLoRA, vsd_cameras};
 use super::weighting::selected;
 use super::{ConfigError, GuidanceError};
 use crate::models::autoencoder_tiny::AutoencoderTiny;
@@ -89,6 +90,8 @@ pub struct GuidanceStats {
     pub directions: Vec<ViewDirection>,
     /// Mean reward of the rendered views under reward feedback (`None` without it).
     pub feedback_reward: Option<f32>,
+    /// VSD's LoRA training loss this step, before its update (`None` without VSD).
+    pub lora_loss: Option<f32>,
 }
 
 /// The result of [`Guidance::step`].
@@ -114,6 +117,7 @@ pub struct Guidance<B: AutodiffBackend> {
     reward: Option<BoxedReward<B>>,
     feedback: Option<BoxedFeedbackReward<B>>,
     score_decoder: Option<AutoencoderTiny<B::InnerBackend>>,
+    vsd: Option<Box<VsdLoRA<B>>>,
     total_steps: usize,
 }
 
@@ -161,6 +165,10 @@ impl<B: AutodiffBackend> Guidance<B> {
             config.view_thresholds,
         )?;
         let encoder = prior.autodiff_image_encoder::<B>();
+        let vsd = config
+            .vsd
+            .clone()
+            .map(|vsd| Box::new(VsdLoRA::new(&prior, vsd)));
         Ok(Self {
             config,
             prior,
@@ -169,6 +177,7 @@ impl<B: AutodiffBackend> Guidance<B> {
             reward,
             feedback: None,
             score_decoder: None,
+            vsd,
             total_steps,
         })
     }
@@ -233,6 +242,16 @@ impl<B: AutodiffBackend> Guidance<B> {
     /// The differentiable image encoder (autodiff backend).
     pub fn image_encoder(&self) -> &ImageEncoder<B> {
         &self.encoder
+    }
+
+    /// VSD's LoRA, when `vsd` is configured.
+    pub fn vsd(&self) -> Option<&VsdLoRA<B>> {
+        self.vsd.as_deref()
+    }
+
+    /// VSD's LoRA, mutably (a checkpoint restores its state).
+    pub fn vsd_mut(&mut self) -> Option<&mut VsdLoRA<B>> {
+        self.vsd.as_deref_mut()
     }
 
     /// The inclusive timestep range at `step`: `int(T * t_min)` to `int(T * t_max)`
@@ -420,7 +439,8 @@ impl<B: AutodiffBackend> Guidance<B> {
         Ok((g, rewards, weights))
     }
 
-    /// One SDS / RewardSDS step.
+    /// One SDS / RewardSDS step (VSD / RewardVSD when `vsd` is configured: the LoRA's
+    /// estimate replaces the noise, and the LoRA then trains one step on the images).
     ///
     /// `images` are the rendered views (autodiff, in `[0, 1]`, any size: they are resized to
     /// the prior's resolution); `views` their camera angles, one per image (may be empty when
@@ -430,7 +450,7 @@ impl<B: AutodiffBackend> Guidance<B> {
     /// # Shapes
     /// - images: `[B, 3, H, W]`
     pub fn step(
-        &self,
+        &mut self,
         images: Tensor<B, 4>,
         views: &[ViewAngles],
         step: usize,
@@ -516,6 +536,13 @@ impl<B: AutodiffBackend> Guidance<B> {
         let scale = self.guidance_scale_at(step);
         let generative_weight = self.generative_weight_at(step);
         let recon = self.config.recon_loss.as_ref();
+        // VSD's LoRA reads the plain prompt (no view suffix) and each view's camera.
+        let vsd_inputs = self.vsd.as_ref().map(|_| {
+            (
+                self.prompts.plain().repeat_dim(0, batch),
+                vsd_cameras::<B::InnerBackend>(views, batch, &device),
+            )
+        });
         let (eps_cfg, diff) = if recon.is_none() && generative_weight == 1.0 {
             let eps_cfg = self.prior.predict_noise_cfg_chunked(
                 x_t.clone(),
@@ -526,7 +553,19 @@ impl<B: AutodiffBackend> Guidance<B> {
                 scale,
                 self.config.max_batch,
             )?;
-            (eps_cfg.clone(), eps_cfg - target_noise)
+            let target = match (&self.vsd, &vsd_inputs) {
+                (Some(lora), Some((plain, cameras))) => lora.predict_noise(
+                    &self.prior,
+                    x_t.clone(),
+                    t,
+                    plain.clone().repeat_dim(0, n),
+                    class_labels.clone(),
+                    cameras.clone().repeat_dim(0, n),
+                    self.config.max_batch,
+                )?,
+                _ => target_noise,
+            };
+            (eps_cfg.clone(), eps_cfg - target)
         } else {
             // The two CFG branches apart: the reconstruction loss needs the text-only one, a
             // generative weight weighs eps_uncond - eps and s (eps_cond - eps_uncond) apart.
@@ -579,7 +618,20 @@ impl<B: AutodiffBackend> Guidance<B> {
             }
         };
 
-        // 5. surrogate loss on the autodiff backend
+        // 5. VSD: the LoRA learns the images as they are now
+        let reward_active = reward.is_some();
+        let own_labels = match self.vsd {
+            Some(_) => self.class_labels(views, batch)?,
+            None => None,
+        };
+        let lora_loss = match (&mut self.vsd, vsd_inputs) {
+            (Some(lora), Some((plain, cameras))) => {
+                Some(lora.train(&self.prior, z_inner, plain, own_labels, cameras, seed)?)
+            }
+            _ => None,
+        };
+
+        // 6. surrogate loss on the autodiff backend
         let loss = surrogate_loss(z, g, batch);
         let (loss, feedback_reward) = match feedback {
             Some((term, reward)) => (loss + term, Some(reward)),
@@ -591,13 +643,14 @@ impl<B: AutodiffBackend> Guidance<B> {
             t,
             t_range: self.timestep_range(step),
             time_weight,
-            reward_active: reward.is_some(),
+            reward_active,
             n_samples: n,
             selected: selected(&weights),
             rewards,
             weights,
             directions,
             feedback_reward,
+            lora_loss,
         };
         Ok(GuidanceOutput { loss, stats })
     }

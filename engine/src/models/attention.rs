@@ -24,6 +24,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::conv::Conv2d;
 use super::group_norm::group_norm;
+use super::lora::AttentionLoRA;
 use super::matmul::{linear, linear_channels_first, matmul, on_host};
 use super::reshape::reshape;
 use super::resnet::conv1x1;
@@ -87,6 +88,7 @@ impl AttentionConfig {
             scale: (self.dim_head as f64).powf(-0.5),
             residual_connection: self.residual_connection,
             rescale_output_factor: self.rescale_output_factor,
+            lora: None,
         }
     }
 }
@@ -112,9 +114,18 @@ pub struct Attention<B: Backend> {
     pub residual_connection: bool,
     /// The output is divided by this.
     pub rescale_output_factor: f64,
+    /// Low-rank adapters of the four projections (VSD's LoRA); `None` in a loaded model.
+    pub lora: Option<AttentionLoRA<B>>,
 }
 
 impl<B: Backend> Attention<B> {
+    /// Attaches zero-started adapters of rank `rank` to the four projections (`down` drawn
+    /// from `rng`).
+    pub fn add_lora(&mut self, rank: usize, rng: &mut impl rand::Rng, device: &B::Device) {
+        let projections = [&self.to_q, &self.to_k, &self.to_v, &self.to_out.0];
+        self.lora = Some(AttentionLoRA::new(projections, rank, rng, device));
+    }
+
     /// Attends from `hidden_states` to `encoder_hidden_states` (or to itself when `None`).
     ///
     /// # Shapes
@@ -134,9 +145,21 @@ impl<B: Backend> Attention<B> {
         };
         let context = encoder_hidden_states.unwrap_or_else(|| hidden_states.clone());
         // [batch, heads, seq, dim_head]
-        let query = self.split_heads(linear(&self.to_q, hidden_states));
-        let key = self.split_heads(linear(&self.to_k, context.clone()));
-        let value = self.split_heads(linear(&self.to_v, context));
+        let (query, key, value) = match &self.lora {
+            None => (
+                linear(&self.to_q, hidden_states),
+                linear(&self.to_k, context.clone()),
+                linear(&self.to_v, context),
+            ),
+            Some(lora) => (
+                linear(&self.to_q, hidden_states.clone()) + lora.to_q_lora.forward(hidden_states),
+                linear(&self.to_k, context.clone()) + lora.to_k_lora.forward(context.clone()),
+                linear(&self.to_v, context.clone()) + lora.to_v_lora.forward(context),
+            ),
+        };
+        let query = self.split_heads(query);
+        let key = self.split_heads(key);
+        let value = self.split_heads(value);
         // [batch, heads, seq_q, dim_head]
         let attended = scaled_dot_product(query, key, value, self.scale);
         // [batch, seq_q, heads * dim_head]
@@ -144,7 +167,12 @@ impl<B: Backend> Attention<B> {
         let attended = attended
             .swap_dims(1, 2)
             .reshape([batch, seq, heads * dim_head]);
-        let mut out = linear(&self.to_out.0, attended);
+        let mut out = match &self.lora {
+            None => linear(&self.to_out.0, attended),
+            Some(lora) => {
+                linear(&self.to_out.0, attended.clone()) + lora.to_out_lora.forward(attended)
+            }
+        };
         if self.residual_connection {
             out = out + residual;
         }

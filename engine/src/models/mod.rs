@@ -31,6 +31,7 @@ pub mod host_softmax;
 #[cfg(feature = "cpu")]
 pub mod im2col_host;
 pub mod image_reward;
+pub mod lora;
 pub mod matmul;
 pub mod med_bert;
 pub mod mv_unet;

@@ -726,6 +726,22 @@ impl<B: Backend> UNet2DConditionModel<B> {
         all
     }
 
+    /// The model with zero-started LoRA adapters of rank `rank` on every attention layer of its
+    /// transformers (self- and cross-attention: diffusers' `attn_processors` that
+    /// ProlificDreamer's LoRA replaces), so it predicts exactly as before until trained.
+    /// `down` weights are drawn from `rng`.
+    pub fn with_lora(mut self, rank: usize, rng: &mut impl rand::Rng, device: &B::Device) -> Self {
+        for transformer in self.transformers_mut() {
+            for block in &mut transformer.transformer_blocks {
+                block.attn1.add_lora(rank, rng, device);
+                if let Some(attn2) = &mut block.attn2 {
+                    attn2.add_lora(rank, rng, device);
+                }
+            }
+        }
+        self
+    }
+
     /// The model with MVDream's 3D self-attention: the batch is read as groups of
     /// `num_frames` consecutive views of one sample, whose tokens self-attend together
     /// (cross-attention and feed-forward stay per view). 1 (the default) is plain SD.
@@ -762,6 +778,24 @@ impl<B: Backend> UNet2DConditionModel<B> {
         encoder_hidden_states: Tensor<B, 3>,
         class_labels: Option<Tensor<B, 2>>,
     ) -> Tensor<B, 4> {
+        self.forward_with_embedding(sample, timesteps, encoder_hidden_states, class_labels, None)
+    }
+
+    /// [`forward_with_class_labels`](Self::forward_with_class_labels) with `extra_embedding`
+    /// added to the time embedding too: a condition the model gained after training, such as
+    /// VSD's camera embedding of its LoRA (threestudio sets it as the LoRA UNet's
+    /// `class_embedding`; here it sits beside the model's own).
+    ///
+    /// # Shapes
+    /// - extra_embedding: `[batch, time_embed_dim]` or `[1, time_embed_dim]` (broadcast)
+    pub fn forward_with_embedding(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+        class_labels: Option<Tensor<B, 2>>,
+        extra_embedding: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 4> {
         let [batch, _, h, w] = sample.dims();
         // Upsamplers must hit the skip sizes when h, w are not multiples of 2^num_upsamplers.
         let factor = 1usize << (self.up_blocks.len().saturating_sub(1));
@@ -791,6 +825,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
             (None, None) => {}
             (Some(_), None) => panic!("this UNet has a class embedding: class_labels are needed"),
             (None, Some(_)) => panic!("this UNet has no class embedding to take class_labels"),
+        }
+        if let Some(extra) = extra_embedding {
+            emb = emb + extra.cast(sample.dtype());
         }
 
         // 2. pre-process
