@@ -101,12 +101,13 @@ fn print_detail(name: &str, cost: &RunCost) {
     }
     let m = &cost.peak;
     println!(
-        "\nPeak step memory (estimate): {:.1} GB = weights {:.1} + render {:.1} + encoder {:.1} + max(UNet {:.1}, scoring {:.1})\n",
+        "\nPeak step memory (estimate): {:.1} GB = weights {:.1} + render {:.1} + encoder {:.1} + max(UNet {:.1}, scoring {:.1}, VSD LoRA training {:.1})\n",
         m.total() / 1e9,
         m.weights / 1e9,
         m.render / 1e9,
         m.encode / 1e9,
         m.unet / 1e9,
-        m.scoring / 1e9
+        m.scoring / 1e9,
+        m.lora_train / 1e9
     );
 }

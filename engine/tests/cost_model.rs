@@ -208,3 +208,33 @@ fn an_edit_costs_a_second_unet_branch_and_more_memory() {
     assert!(b.unet > a.unet, "{a:?} {b:?}");
     assert!(run_cost(&edit, &models).seconds() > run_cost(&generate, &models).seconds());
 }
+
+#[test]
+fn vsd_costs_its_lora_estimate_and_training_and_the_activations_they_keep() {
+    use rewardsds_engine::guidance::VsdConfig;
+    let models = CostModels::resolve("sd21-base", Some("clip-vit-l-14")).unwrap();
+    let sds = GenerateConfig::preset("sd21-sds").unwrap();
+    let mut vsd = sds.clone();
+    vsd.guidance.vsd = Some(VsdConfig::default());
+    let flops_of = |c: &GenerateConfig, name: &str| {
+        run_cost(c, &models)
+            .components
+            .iter()
+            .find(|c| c.name.starts_with(name))
+            .map(|c| c.flops)
+            .unwrap()
+    };
+    assert_eq!(flops_of(&sds, "UNet, VSD"), 0.0);
+    // Per step: the SDS pass is two UNet rows per view (CFG), the LoRA one more for its
+    // estimate and about three for its training step: VSD's part is twice the SDS pass's.
+    let ratio = flops_of(&vsd, "UNet, VSD") / flops_of(&vsd, "UNet, SDS");
+    assert!((ratio - 2.0).abs() < 1e-9, "{ratio}");
+    let (a, b) = (
+        step_memory(&sds, &models, 0, 1),
+        step_memory(&vsd, &models, 0, 1),
+    );
+    assert_eq!(a.lora_train, 0.0);
+    // Training keeps every level's activations: more than the SDS pass's transient peak.
+    assert!(b.lora_train > b.unet, "{b:?}");
+    assert!(b.total() > a.total());
+}

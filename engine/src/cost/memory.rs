@@ -25,12 +25,15 @@ pub struct StepMemory {
     pub unet: f64,
     /// The largest decode + reward chunk's transient tensors.
     pub scoring: f64,
+    /// VSD: what the LoRA's training pass keeps for its backward (every level's activations
+    /// for each view it trains on); 0 without VSD.
+    pub lora_train: f64,
 }
 
 impl StepMemory {
     /// The peak: weights and the kept activations, plus the larger transient phase.
     pub fn total(&self) -> f64 {
-        self.weights + self.render + self.encode + self.unet.max(self.scoring)
+        self.weights + self.render + self.encode + self.unet.max(self.scoring).max(self.lora_train)
     }
 
     /// The largest part and the config field that sets it, for an error message.
@@ -44,6 +47,11 @@ impl StepMemory {
             ),
             (self.unet, "guidance.max_batch", "the UNet's activations"),
             (self.scoring, "guidance.max_batch", "the scoring decodes"),
+            (
+                self.lora_train,
+                "views_per_step",
+                "the VSD LoRA's training activations",
+            ),
             (self.weights, "prior", "the models' weights"),
         ]
         .into_iter()
@@ -124,13 +132,47 @@ pub fn step_memory(
         let images = config.guidance.max_batch.min(n * views as usize) as f64;
         images * 4.0 * c * image * image * F32
     });
+    // VSD trains its LoRA on every view: a forward whose activations stay for the backward.
+    let lora_train = config.guidance.vsd.as_ref().map_or(0.0, |vsd| {
+        let rows = views * vsd.lora_timestep_samples as f64;
+        rows * unet_training_floats(models, latent, frames) * F32
+    });
     StepMemory {
+        lora_train,
         weights: models.params as f64 * F32,
         render,
         encode,
         unet,
         scoring,
     }
+}
+
+/// Floats one sample's UNet forward keeps for its backward: per level ~7 maps per ResNet
+/// (norms, activations, convolutions; `2 * layers + 1` ResNets down and up), and where the
+/// level attends ~20 maps per transformer (norms, projections, GEGLU) plus three score-sized
+/// tensors (scores, softmax, its gradient) per attention.
+fn unet_training_floats(models: &CostModels, latent: f64, frames: usize) -> f64 {
+    let unet = &models.unet;
+    let mut side = latent;
+    let mut floats = 0.0;
+    for (level, &c) in unet.block_out_channels.iter().enumerate() {
+        let layers = unet.layers_per_block.get(level) as f64;
+        let blocks = 2.0 * layers + 1.0;
+        let maps = side * side;
+        floats += 7.0 * blocks * c as f64 * maps;
+        if matches!(
+            unet.down_block_types.get(level),
+            Some(crate::models::unet_2d::DownBlockType::CrossAttnDownBlock2D)
+        ) {
+            let heads = unet.heads(level) as f64;
+            let scores = 3.0 * heads * maps * maps * frames as f64;
+            floats += blocks * (20.0 * c as f64 * maps + scores);
+        }
+        if level + 1 < unet.block_out_channels.len() {
+            side /= 2.0;
+        }
+    }
+    floats
 }
 
 /// Memory the machine has for a run on a host backend: `MemAvailable` of /proc/meminfo, in
@@ -161,6 +203,7 @@ pub fn check_fits(estimate: &StepMemory, limit: f64, what_limit: &str) -> Result
                 estimate.encode,
                 estimate.unet,
                 estimate.scoring,
+                estimate.lora_train,
                 estimate.weights
             ]
             .into_iter()

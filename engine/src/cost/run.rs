@@ -152,6 +152,7 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
     let mut ddim = Tally::default();
     let mut decode = Tally::default();
     let mut reward = Tally::default();
+    let mut vsd = Tally::default();
     let mut peak = StepMemory::default();
     let mut ddim_cache: Option<([usize; 2], f64)> = None;
     for step in steps.clone() {
@@ -184,6 +185,13 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
         }
         let rows = n * views;
         sds.add_chunked(branches * rows, chunk, 2.0 * unet_flops, anchors::UNET, 1.0);
+        if let Some(v) = &guidance.vsd {
+            // The LoRA's estimate (one branch per sample), then its training step on every
+            // view: a forward and backward, about three forwards.
+            vsd.add_chunked(rows, chunk, unet_flops, anchors::UNET, 1.0);
+            let trained = views * v.lora_timestep_samples;
+            vsd.add_chunked(trained, trained, 3.0 * unet_flops, anchors::UNET, 1.0);
+        }
         if scored {
             let scoring = guidance.reward.as_ref().map(|r| r.scoring);
             if scoring == Some(ScoringMode::Ddim) {
@@ -230,6 +238,7 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
             component("UNet, DDIM scoring", ddim),
             component(decode_name, decode),
             component("reward", reward),
+            component("UNet, VSD LoRA (estimate + training)", vsd),
         ],
         peak,
     }
