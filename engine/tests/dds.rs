@@ -141,9 +141,9 @@ fn dds_is_the_difference_of_two_sds_gradients() {
     // the sampled noise cancels. Guidance::step and Dds::step draw the same t and eps for
     // the same (step, seed), so their image gradients must satisfy it.
     let dds = edit_dds(None);
-    let target_sds =
+    let mut target_sds =
         Guidance::<A>::new(guidance_config(None), prior(), TARGET_PROMPT, None, 10).unwrap();
-    let source_sds =
+    let mut source_sds =
         Guidance::<A>::new(guidance_config(None), prior(), SOURCE_PROMPT, None, 10).unwrap();
     let image = edited();
     let source_leaf = Tensor::<A, 4>::from_inner(source()).require_grad();

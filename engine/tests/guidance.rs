@@ -212,7 +212,7 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 
 /// Loss value and image gradient of one step.
 fn loss_and_grad(
-    guidance: &Guidance<A>,
+    guidance: &mut Guidance<A>,
     images: &Tensor<A, 4>,
     step: usize,
     seed: u64,
@@ -228,7 +228,7 @@ fn loss_and_grad(
 fn uniform_with_one_sample_is_sds_bit_for_bit() {
     let device = Default::default();
     let x = images(2, 8, &device);
-    let sds = Guidance::<A>::new(
+    let mut sds = Guidance::<A>::new(
         GuidanceConfig::default(),
         pixel_prior(&device),
         "a red cube",
@@ -236,7 +236,7 @@ fn uniform_with_one_sample_is_sds_bit_for_bit() {
         100,
     )
     .unwrap();
-    let (loss_sds, grad_sds, stats_sds) = loss_and_grad(&sds, &x, 3, 11);
+    let (loss_sds, grad_sds, stats_sds) = loss_and_grad(&mut sds, &x, 3, 11);
     let (prior, _) = sds.into_parts();
     let uniform = GuidanceConfig {
         reward: Some(RewardSdsConfig {
@@ -247,8 +247,8 @@ fn uniform_with_one_sample_is_sds_bit_for_bit() {
         ..Default::default()
     };
     // No reward model needed: uniform weights ignore rewards.
-    let uniform = Guidance::<A>::new(uniform, prior, "a red cube", None, 100).unwrap();
-    let (loss_u, grad_u, stats_u) = loss_and_grad(&uniform, &x, 3, 11);
+    let mut uniform = Guidance::<A>::new(uniform, prior, "a red cube", None, 100).unwrap();
+    let (loss_u, grad_u, stats_u) = loss_and_grad(&mut uniform, &x, 3, 11);
     assert!(stats_u.reward_active && !stats_sds.reward_active);
     assert_eq!(stats_u.t, stats_sds.t);
     assert_eq!(stats_u.weights, vec![1.0]);
@@ -282,9 +282,9 @@ fn reward_sds_gradient_is_the_weighted_sum_of_sds_gradients() {
         }),
         ..Default::default()
     };
-    let guidance =
+    let mut guidance =
         Guidance::<A>::new(config, pixel_prior(&device), "a red cube", reward(), 10).unwrap();
-    let (_, grad, stats) = loss_and_grad(&guidance, &x, step, seed);
+    let (_, grad, stats) = loss_and_grad(&mut guidance, &x, step, seed);
     assert!(stats.reward_active);
     assert_eq!(stats.rewards.len(), n);
     assert_eq!(
@@ -410,9 +410,9 @@ fn recon_loss_gradient_is_z_minus_the_rescaled_x0() {
         recon_loss: Some(ReconLossConfig { std_rescale: 0.5 }),
         ..Default::default()
     };
-    let guidance =
+    let mut guidance =
         Guidance::<A>::new(config, pixel_prior(&device), "a red cube", None, 100).unwrap();
-    let (_, grad, stats) = loss_and_grad(&guidance, &x, step, seed);
+    let (_, grad, stats) = loss_and_grad(&mut guidance, &x, step, seed);
     assert_eq!(stats.time_weight, 1.0);
 
     // By hand: x0 of the CFG and text-only predictions, each image its own group (one view
@@ -475,11 +475,11 @@ fn generative_weight_scales_the_generative_term_alone() {
     let x = images(2, 8, &device);
     let mut prior = Some(pixel_prior(&device));
     let mut check = |config: GuidanceConfig, steps: &[(usize, f32)]| {
-        let guidance =
+        let mut guidance =
             Guidance::<A>::new(config, prior.take().unwrap(), "a red cube", None, 10).unwrap();
         for &(step, weight) in steps {
             assert_eq!(guidance.generative_weight_at(step), weight);
-            let (_, grad, _) = loss_and_grad(&guidance, &x, step, seed);
+            let (_, grad, _) = loss_and_grad(&mut guidance, &x, step, seed);
             let expected = weighted_sds_by_hand(&guidance, &x, step, seed, weight);
             let err = max_abs(&grad, &expected);
             let scale_g = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -544,9 +544,9 @@ fn ism_gradient_is_the_interval_score() {
         ism: Some(ism),
         ..Default::default()
     };
-    let guidance =
+    let mut guidance =
         Guidance::<A>::new(config, pixel_prior(&device), "a red cube", None, 10).unwrap();
-    let (_, grad, stats) = loss_and_grad(&guidance, &x, step, seed);
+    let (_, grad, stats) = loss_and_grad(&mut guidance, &x, step, seed);
 
     let prior = guidance.prior();
     let draw = guidance.draw(step, seed, [batch, 3, 8, 8], 1);
@@ -594,8 +594,8 @@ fn ism_gradient_is_the_interval_score() {
         t_max: rewardsds_engine::guidance::AnnealedFraction::constant(0.45),
         ..Default::default()
     };
-    let sds = Guidance::<A>::new(sds, prior, "a red cube", None, 10).unwrap();
-    let (_, grad_sds, _) = loss_and_grad(&sds, &x, step, seed);
+    let mut sds = Guidance::<A>::new(sds, prior, "a red cube", None, 10).unwrap();
+    let (_, grad_sds, _) = loss_and_grad(&mut sds, &x, step, seed);
     assert!(max_abs(&grad, &grad_sds) > 0.1 * scale_g);
 }
 
@@ -677,7 +677,7 @@ fn cfg_converts_v_prediction_and_chunks_exactly() {
 fn steps_are_deterministic_in_the_seed() {
     let device = Default::default();
     let x = images(2, 8, &device);
-    let guidance = Guidance::<A>::new(
+    let mut guidance = Guidance::<A>::new(
         GuidanceConfig::default(),
         pixel_prior(&device),
         "a red cube",
@@ -685,11 +685,11 @@ fn steps_are_deterministic_in_the_seed() {
         100,
     )
     .unwrap();
-    let (l1, g1, s1) = loss_and_grad(&guidance, &x, 5, 7);
-    let (l2, g2, s2) = loss_and_grad(&guidance, &x, 5, 7);
+    let (l1, g1, s1) = loss_and_grad(&mut guidance, &x, 5, 7);
+    let (l2, g2, s2) = loss_and_grad(&mut guidance, &x, 5, 7);
     assert_eq!((l1, s1.t), (l2, s2.t));
     assert_eq!(g1, g2);
-    let (l3, _, _) = loss_and_grad(&guidance, &x, 5, 8);
+    let (l3, _, _) = loss_and_grad(&mut guidance, &x, 5, 8);
     assert_ne!(l1, l3);
     assert!(s1.t >= 20 && s1.t <= 980, "t {}", s1.t);
     assert_eq!(s1.t_range, [20, 980]);
@@ -706,9 +706,9 @@ fn a_camera_conditioned_prior_sees_each_views_camera() {
     };
     let prior = tiny_prior(config, None, DDIMSchedulerConfig::sd21_base(), &device);
     assert_eq!(prior.class_labels_width(), Some(CAMERA_LABELS));
-    let guidance =
+    let mut guidance =
         Guidance::<A>::new(GuidanceConfig::default(), prior, "a red cube", None, 100).unwrap();
-    let grad = |views: &[ViewAngles]| {
+    let mut grad = |views: &[ViewAngles]| {
         let out = guidance.step(x.clone(), views, 3, 11).unwrap();
         let grads = out.loss.backward();
         to_vec(x.grad(&grads).unwrap())
@@ -733,7 +733,7 @@ fn a_camera_conditioned_prior_sees_each_views_camera() {
         view_dependent_prompting: false,
         ..Default::default()
     };
-    let guidance = Guidance::<A>::new(plain, prior, "a red cube", None, 100).unwrap();
+    let mut guidance = Guidance::<A>::new(plain, prior, "a red cube", None, 100).unwrap();
     let err = guidance.step(x, &[], 3, 11).unwrap_err().to_string();
     assert!(err.contains("camera-conditioned"), "{err}");
 }
@@ -754,18 +754,18 @@ fn reward_duration_and_annealing() {
         }),
         ..Default::default()
     };
-    let guidance =
+    let mut guidance =
         Guidance::<A>::new(config, pixel_prior(&device), "a cube", reward(), 10).unwrap();
     assert_eq!(guidance.timestep_range(0), [980, 980]);
     assert_eq!(guidance.timestep_range(4), [500, 740]);
     assert_eq!(guidance.timestep_range(100), [20, 500]);
     let x = images(2, 8, &device);
-    let (_, _, s) = loss_and_grad(&guidance, &x, 4, 1);
+    let (_, _, s) = loss_and_grad(&mut guidance, &x, 4, 1);
     assert!(s.reward_active);
     assert_eq!(s.weights.iter().filter(|&&w| w == 1.0).count(), 1);
     assert_eq!(s.selected.len(), 1);
     assert!(s.t >= 500 && s.t <= 740);
-    let (_, _, s) = loss_and_grad(&guidance, &x, 5, 1);
+    let (_, _, s) = loss_and_grad(&mut guidance, &x, 5, 1);
     assert!(!s.reward_active);
     assert_eq!((s.n_samples, s.weights.as_slice()), (1, [1.0].as_slice()));
 }
@@ -778,15 +778,16 @@ fn guidance_scale_anneals_linearly_to_its_end() {
         guidance_scale_end: Some(1.5),
         ..Default::default()
     };
-    let guidance = Guidance::<A>::new(annealed, pixel_prior(&device), "a cube", None, 11).unwrap();
+    let mut guidance =
+        Guidance::<A>::new(annealed, pixel_prior(&device), "a cube", None, 11).unwrap();
     assert_eq!(guidance.guidance_scale_at(0), 5.0);
     assert_eq!(guidance.guidance_scale_at(5), 3.25);
     assert_eq!(guidance.guidance_scale_at(10), 1.5);
     assert_eq!(guidance.guidance_scale_at(50), 1.5);
     // The last step guides exactly as a constant 1.5 does, the first as a constant 5.
     let x = images(2, 8, &device);
-    let (_, last, _) = loss_and_grad(&guidance, &x, 10, 3);
-    let (_, first, _) = loss_and_grad(&guidance, &x, 0, 3);
+    let (_, last, _) = loss_and_grad(&mut guidance, &x, 10, 3);
+    let (_, first, _) = loss_and_grad(&mut guidance, &x, 0, 3);
     let (prior, _) = guidance.into_parts();
     let constant = |scale: f32, prior| {
         let config = GuidanceConfig {
@@ -795,13 +796,13 @@ fn guidance_scale_anneals_linearly_to_its_end() {
         };
         Guidance::<A>::new(config, prior, "a cube", None, 11).unwrap()
     };
-    let low = constant(1.5, prior);
-    assert_eq!(loss_and_grad(&low, &x, 10, 3).1, last);
+    let mut low = constant(1.5, prior);
+    assert_eq!(loss_and_grad(&mut low, &x, 10, 3).1, last);
     let (prior, _) = low.into_parts();
-    let high = constant(5.0, prior);
-    assert_eq!(loss_and_grad(&high, &x, 0, 3).1, first);
+    let mut high = constant(5.0, prior);
+    assert_eq!(loss_and_grad(&mut high, &x, 0, 3).1, first);
     // ... and not as a constant 5 would at the last step.
-    assert_ne!(last, loss_and_grad(&high, &x, 10, 3).1);
+    assert_ne!(last, loss_and_grad(&mut high, &x, 10, 3).1);
     let bad = GuidanceConfig {
         guidance_scale_end: Some(-1.0),
         ..Default::default()
@@ -827,7 +828,7 @@ fn bad_inputs_and_configs_are_named() {
         matches!(&e, GuidanceError::Config(c) if c.field == "reward"),
         "{e}"
     );
-    let guidance = Guidance::<A>::new(
+    let mut guidance = Guidance::<A>::new(
         GuidanceConfig::default(),
         pixel_prior(&device),
         "a cube",
@@ -855,9 +856,9 @@ fn reward_feedback_adds_the_reward_gradient() {
         }),
         ..Default::default()
     };
-    let plain =
+    let mut plain =
         Guidance::<A>::new(base.clone(), pixel_prior(&device), "a cube", reward(), 10).unwrap();
-    let (loss_plain, grad_plain, stats_plain) = loss_and_grad(&plain, &x, 3, 5);
+    let (loss_plain, grad_plain, stats_plain) = loss_and_grad(&mut plain, &x, 3, 5);
     assert_eq!(stats_plain.feedback_reward, None);
 
     let config = GuidanceConfig {
@@ -874,7 +875,7 @@ fn reward_feedback_adds_the_reward_gradient() {
         "{e}"
     );
     guided.set_reward_feedback(Box::new(Brightness));
-    let (loss, grad, stats) = loss_and_grad(&guided, &x, 3, 5);
+    let (loss, grad, stats) = loss_and_grad(&mut guided, &x, 3, 5);
     assert_eq!(stats.t, stats_plain.t);
     assert_eq!(
         stats.weights, stats_plain.weights,
@@ -992,7 +993,7 @@ fn latent_prior_from_a_pipeline_folder() {
     // UNet sample_size 16, VAE with two levels (one downsampler).
     assert_eq!((prior.resolution(), prior.channels()), (32, 4));
     assert_eq!(prior.encode_prompt("a cube").unwrap().dims(), [1, 77, 32]);
-    let guidance =
+    let mut guidance =
         Guidance::<A>::new(GuidanceConfig::default(), prior, "a cube", None, 10).unwrap();
     // Forward only: ndarray's convolution backward is slow at 32x32 (see the tiny latent test).
     let x = images(1, 24, &device);
@@ -1017,10 +1018,10 @@ fn latent_gradient_is_g_pulled_back_through_the_vae() {
         }),
         ..Default::default()
     };
-    let guidance = Guidance::<A>::new(config, prior, "a cube", reward(), 10).unwrap();
+    let mut guidance = Guidance::<A>::new(config, prior, "a cube", reward(), 10).unwrap();
     // 12x12 renders: resized to 8 (differentiably), VAE-encoded (posterior sample).
     let x = images(batch, 12, &device);
-    let (loss, grad, stats) = loss_and_grad(&guidance, &x, 0, seed);
+    let (loss, grad, stats) = loss_and_grad(&mut guidance, &x, 0, seed);
     assert!(loss.is_finite() && loss > 0.0);
     assert_eq!(stats.rewards.len(), n);
     assert_eq!(stats.selected.len(), 1);

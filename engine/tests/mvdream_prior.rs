@@ -62,9 +62,9 @@ fn views_attend_within_their_group_only() {
         view_dependent_prompting: false,
         ..Default::default()
     };
-    let guidance = Guidance::<A>::new(config, prior, "a red cube", None, 100).unwrap();
+    let mut guidance = Guidance::<A>::new(config, prior, "a red cube", None, 100).unwrap();
     let base = Tensor::<I, 4>::random([8, 3, 32, 32], Distribution::Default, &device);
-    let grad = |images: Tensor<I, 4>| {
+    let mut grad = |images: Tensor<I, 4>| {
         let x = Tensor::<A, 4>::from_inner(images).require_grad();
         let out = guidance.step(x.clone(), &mvdream_views(), 3, 7).unwrap();
         let grads = out.loss.backward();

@@ -372,7 +372,7 @@ fn a_single_file_prior_takes_a_guidance_step() {
         view_dependent_prompting: false,
         ..Default::default()
     };
-    let guidance = Guidance::<A>::new(config, prior, "a red cube", None, 100).unwrap();
+    let mut guidance = Guidance::<A>::new(config, prior, "a red cube", None, 100).unwrap();
     let images = Tensor::<B, 4>::random([8, 3, 32, 32], Distribution::Default, &device);
     let x = Tensor::<A, 4>::from_inner(images).require_grad();
     let out = guidance.step(x.clone(), &mvdream_views(), 3, 7).unwrap();
