@@ -91,6 +91,38 @@ fn generate_writes_a_valid_glb_and_reports_json_events() {
 }
 
 #[test]
+fn vsd_and_the_cfg_scale_are_options_of_generate() {
+    let dir = temp_dir("vsd");
+    let out = rewardsds(&[
+        "generate",
+        "--prompt",
+        "a red cube",
+        "--steps",
+        "1",
+        "--vsd",
+        "--guidance-scale",
+        "7.5",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let progress: serde_json::Value = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "progress")
+        .unwrap();
+    // The LoRA trained on the step's views.
+    assert!(progress["lora_loss"].as_f64().unwrap() > 0.0, "{progress}");
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.contains("[guidance.vsd]"), "{config}");
+    assert!(config.contains("guidance_scale = 7.5"), "{config}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn edit_writes_a_new_asset_beside_the_source() {
     let root = temp_dir("edit");
     let source = root.join("a-red-cube");

@@ -52,7 +52,7 @@ pub struct Args {
     out: Option<PathBuf>,
     /// Continue the run checkpointed in this folder, with its exact config (the options
     /// above that change the config are not allowed with it).
-    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "score_decoder", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale_end", "generative_weight", "csd_fraction", "learning_rate_end_factor"])]
+    #[arg(long, conflicts_with_all = ["prompt", "preset", "config", "prior", "reward", "score_decoder", "steps", "seed", "scene", "checkpoint_every", "reward_feedback", "guidance_scale", "vsd", "guidance_scale_end", "generative_weight", "csd_fraction", "learning_rate_end_factor"])]
     resume: Option<PathBuf>,
     /// Edit the asset generated in this folder (its output folder or its checkpoint folder)
     /// towards `--prompt` with DDS, RewardDDS when its config rewards: its own config

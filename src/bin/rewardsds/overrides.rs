@@ -1,7 +1,7 @@
 //! The options that change a preset's or config's values, shared by `generate` and `batch`.
 
 use rewardsds::engine::generate::{GenerateConfig, SceneKind};
-use rewardsds::engine::guidance::RewardFeedbackConfig;
+use rewardsds::engine::guidance::{RewardFeedbackConfig, VsdConfig};
 
 /// The options that change a preset's or config's values (`generate` and `batch` share them).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -33,6 +33,15 @@ pub struct Overrides {
     /// off (the preset's or config's when unset).
     #[arg(long)]
     reward_feedback: Option<f32>,
+    /// CFG scale (`guidance.guidance_scale`, at step 0; the preset's or config's when unset).
+    #[arg(long)]
+    guidance_scale: Option<f32>,
+    /// Variational score distillation: a LoRA of the prior, trained on the renders, stands in
+    /// for SDS's sampled noise (RewardVSD when the preset ranks samples by reward);
+    /// `guidance.vsd` with its defaults. The official `vsd` mode pairs it with
+    /// `--guidance-scale 7.5`.
+    #[arg(long)]
+    vsd: bool,
     /// CFG scale at the last step, reached linearly from the preset's
     /// (`guidance.guidance_scale_end`; the preset's or config's when unset).
     #[arg(long)]
@@ -75,6 +84,12 @@ impl Overrides {
         }
         if let Some(every) = self.checkpoint_every {
             config.checkpoint_every = every;
+        }
+        if let Some(scale) = self.guidance_scale {
+            config.guidance.guidance_scale = scale;
+        }
+        if self.vsd && config.guidance.vsd.is_none() {
+            config.guidance.vsd = Some(VsdConfig::default());
         }
         if let Some(end) = self.guidance_scale_end {
             config.guidance.guidance_scale_end = Some(end);
