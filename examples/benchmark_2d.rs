@@ -1,4 +1,5 @@
-//! SDS vs RewardSDS in 2D mode on the Tiny World prior: final reward and judge scores.
+//! SDS vs RewardSDS (and with `--vsd`, VSD and RewardVSD) in 2D mode on the Tiny World prior:
+//! final reward and judge scores.
 //!
 //! `cargo run --release --example benchmark_2d -- --steps 100 --prompts 2 --seeds 3` optimises
 //! one image per prompt, seed and method at equal steps and prints a Markdown table: the
@@ -13,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::generate::{Image2dConfig, Image2dGenerator};
+use rewardsds::engine::guidance::VsdConfig;
 use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
@@ -33,6 +35,10 @@ struct Args {
     /// RewardSDS noise samples N (min_max, k = 2).
     #[arg(long, default_value_t = 4)]
     n: usize,
+    /// Also run VSD and RewardVSD (the official 2D `vsd` mode: CFG 7.5, a LoRA of the prior)
+    /// and SDS at their CFG 7.5.
+    #[arg(long)]
+    vsd: bool,
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -87,10 +93,31 @@ impl BackendTask for Bench {
             .as_mut()
             .expect("the default uses rewards")
             .n_samples = args.n;
-        let methods = [
-            ("SDS".to_string(), sds),
-            (format!("RewardSDS N={} min_max", args.n), reward_sds),
+        let mut methods = vec![
+            ("SDS".to_string(), sds.clone()),
+            (
+                format!("RewardSDS N={} min_max", args.n),
+                reward_sds.clone(),
+            ),
         ];
+        if args.vsd {
+            // The official 2D `vsd` mode's CFG 7.5 (SDS's default here is 20): SDS at 7.5 too,
+            // so what VSD changes is told apart from what the lower CFG does.
+            let at_7_5 = |mut c: Image2dConfig, vsd: bool| {
+                c.guidance.guidance_scale = 7.5;
+                c.guidance.vsd = vsd.then(VsdConfig::default);
+                c
+            };
+            methods.push(("SDS CFG 7.5".to_string(), at_7_5(sds, false)));
+            methods.push((
+                "VSD CFG 7.5".to_string(),
+                at_7_5(methods[0].1.clone(), true),
+            ));
+            methods.push((
+                format!("RewardVSD N={} min_max CFG 7.5", args.n),
+                at_7_5(reward_sds, true),
+            ));
+        }
 
         let judge_dir = resolve_model("tiny-world-judge")?;
         let judge = Judge::<B::InnerBackend>::from_folder(&judge_dir, &device)?;

@@ -1,4 +1,5 @@
-//! Prompt -> image with SDS / RewardSDS optimising the image directly (the paper's 2D mode).
+//! Prompt -> image with SDS / RewardSDS (or VSD / RewardVSD: `--mode vsd`, `reward_vsd`)
+//! optimising the image directly (the paper's 2D mode).
 //!
 //! `cargo run --release --example generate_2d -- --prompt "a red cube and a blue sphere"
 //! --mode reward_sds --steps 200 --out out/2d/red-cube.png` runs on the CPU with the built-in
@@ -16,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
 use rewardsds::engine::generate::{Image2dConfig, Image2dEdit, Image2dGenerator, slug};
+use rewardsds::engine::guidance::VsdConfig;
 
 /// Command-line options; each overrides the default config.
 #[derive(Parser, Debug, Clone)]
@@ -37,8 +39,9 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// `sds` or `reward_sds` (N noises ranked by the reward, `min_max` weights); with `--edit`,
-    /// DDS or RewardDDS.
+    /// `sds`, `reward_sds` (N noises ranked by the reward, `min_max` weights), `vsd` (a LoRA of
+    /// the prior learns the image; CFG 7.5) or `reward_vsd`; with `--edit`, `sds` / `reward_sds`
+    /// are DDS / RewardDDS.
     #[arg(long, default_value = "reward_sds")]
     mode: String,
     /// RewardSDS noise samples N.
@@ -150,11 +153,19 @@ fn main() -> Result<()> {
     match args.mode.as_str() {
         "reward_sds" => {}
         "sds" => config = config.sds(),
-        other => bail!("--mode must be sds or reward_sds, not `{other}`"),
+        // The official 2D `vsd` mode: CFG 7.5 and a LoRA of the prior.
+        "vsd" | "reward_vsd" => {
+            if args.mode == "vsd" {
+                config = config.sds();
+            }
+            config.guidance.guidance_scale = 7.5;
+            config.guidance.vsd = Some(VsdConfig::default());
+        }
+        other => bail!("--mode must be sds, reward_sds, vsd or reward_vsd, not `{other}`"),
     }
     if let Some(n) = args.n {
         let Some(reward) = config.guidance.reward.as_mut() else {
-            bail!("--n applies to --mode reward_sds only");
+            bail!("--n applies to --mode reward_sds and reward_vsd only");
         };
         reward.n_samples = n;
     }
