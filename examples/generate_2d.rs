@@ -59,6 +59,13 @@ struct Args {
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Write a checkpoint into this folder every 50 steps and at the end.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    checkpoint: Option<PathBuf>,
+    /// Continue the run checkpointed in this folder with its exact config (the options that
+    /// change the config do not apply); later checkpoints go there too.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
     /// The PNG to write (default `out/generate_2d/<slug>-<mode>-<seed>.png`, `<slug>-edit-...`
     /// when editing).
     #[arg(long)]
@@ -68,14 +75,31 @@ struct Args {
 struct Generate2d {
     config: Image2dConfig,
     out: PathBuf,
+    checkpoint: Option<PathBuf>,
+    resume: Option<PathBuf>,
 }
+
+/// Steps between the checkpoints of `--checkpoint`.
+const CHECKPOINT_EVERY: usize = 50;
 
 impl BackendTask for Generate2d {
     type Output = Result<()>;
 
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let Generate2d { config, out } = self;
+        let Generate2d {
+            config,
+            out,
+            checkpoint,
+            resume,
+        } = self;
         let start = Instant::now();
+        if let Some(dir) = &resume {
+            let mut generator = Image2dGenerator::<B>::resume(dir, CHECKPOINT_EVERY, &device)
+                .with_context(|| format!("resuming from {}", dir.display()))?;
+            println!("resuming at step {}", generator.steps_done());
+            let config = generator.config().clone();
+            return finish(&mut generator, &config, &out, start);
+        }
         if let Some(edit) = &config.edit {
             println!(
                 "editing {} from `{}` to `{}`",
@@ -91,42 +115,55 @@ impl BackendTask for Generate2d {
                 "loading the prior and reward"
             },
         )?;
-        let every = (config.steps / 20).max(1);
-        generator.run(&AtomicBool::new(false), &mut |p| {
-            let step = p.progress.step;
-            if step % every == 0 || step == 1 || step == config.steps {
-                let samples = p
-                    .progress
-                    .reward_stats()
-                    .map(|(lo, mean, hi)| format!(" samples {lo:.1}/{mean:.1}/{hi:.1}"))
-                    .unwrap_or_default();
-                let image = p
-                    .image_reward
-                    .map(|r| format!(" image reward {r:.2}"))
-                    .unwrap_or_default();
-                println!(
-                    "{step:>5}/{} loss {:.4} t {:>3}{image}{samples} ({:.0} ms)",
-                    config.steps,
-                    p.progress.loss,
-                    p.progress.t,
-                    1e3 * p.progress.seconds
-                );
-            }
-        })?;
-        if let Some(r) = generator.image_reward()? {
-            println!("final image reward {r:.2}");
+        if let Some(dir) = checkpoint {
+            generator.checkpoint_to(dir, CHECKPOINT_EVERY);
         }
-        generator
-            .image()
-            .save_png(&out)
-            .with_context(|| format!("writing {}", out.display()))?;
-        println!(
-            "wrote {} in {:.1}s",
-            out.display(),
-            start.elapsed().as_secs_f64()
-        );
-        Ok(())
+        finish(&mut generator, &config, &out, start)
     }
+}
+
+/// Runs the steps left, printing progress, and writes the image.
+fn finish<B: EngineAutodiffBackend>(
+    generator: &mut Image2dGenerator<B>,
+    config: &Image2dConfig,
+    out: &std::path::Path,
+    start: Instant,
+) -> Result<()> {
+    let every = (config.steps / 20).max(1);
+    generator.run(&AtomicBool::new(false), &mut |p| {
+        let step = p.progress.step;
+        if step % every == 0 || step == 1 || step == config.steps {
+            let samples = p
+                .progress
+                .reward_stats()
+                .map(|(lo, mean, hi)| format!(" samples {lo:.1}/{mean:.1}/{hi:.1}"))
+                .unwrap_or_default();
+            let image = p
+                .image_reward
+                .map(|r| format!(" image reward {r:.2}"))
+                .unwrap_or_default();
+            println!(
+                "{step:>5}/{} loss {:.4} t {:>3}{image}{samples} ({:.0} ms)",
+                config.steps,
+                p.progress.loss,
+                p.progress.t,
+                1e3 * p.progress.seconds
+            );
+        }
+    })?;
+    if let Some(r) = generator.image_reward()? {
+        println!("final image reward {r:.2}");
+    }
+    generator
+        .image()
+        .save_png(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} in {:.1}s",
+        out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 #[path = "common/logging.rs"]
@@ -193,5 +230,13 @@ fn main() -> Result<()> {
         std::fs::create_dir_all(folder)
             .with_context(|| format!("creating {}", folder.display()))?;
     }
-    run_on(kind, Generate2d { config, out })?
+    run_on(
+        kind,
+        Generate2d {
+            config,
+            out,
+            checkpoint: args.checkpoint,
+            resume: args.resume,
+        },
+    )?
 }

@@ -91,6 +91,17 @@ fn through_encoder(guidance: &Guidance<A>, image: &Tensor<I, 4>, v: Tensor<I, 4>
     x.grad(&grads).unwrap()
 }
 
+/// The image as the prior sees it (`z`), as the step encodes it.
+fn encoded(guidance: &Guidance<A>, image: &Tensor<I, 4>) -> Tensor<I, 4> {
+    guidance
+        .image_encoder()
+        .encode(
+            Tensor::<A, 4>::from_inner(image.clone()),
+            &mut StdRng::seed_from_u64(0),
+        )
+        .inner()
+}
+
 fn max_abs(t: Tensor<I, 4>) -> f32 {
     t.abs().max().into_scalar()
 }
@@ -110,13 +121,7 @@ fn the_first_vsd_step_is_sds_minus_the_priors_own_prediction() {
 
     // SDS: w (eps_cfg - eps); VSD with the LoRA at zero: w (eps_cfg - eps_cond). Their
     // difference is w (eps_cond - eps) on the same t and noise.
-    let z = vsd
-        .image_encoder()
-        .encode(
-            Tensor::<A, 4>::from_inner(image.clone()),
-            &mut StdRng::seed_from_u64(0),
-        )
-        .inner();
+    let z = encoded(&vsd, &image);
     let draw = vsd.draw(step, seed, z.dims(), 1);
     let noise = Tensor::<I, 4>::from_data(TensorData::new(draw.noise, z.dims()), &device);
     let x_t = prior
@@ -164,13 +169,7 @@ fn reward_vsd_with_uniform_weights_averages_vsd_over_its_noises() {
     );
 
     // By hand: the mean over the N noises of w (eps_cfg_i - eps_cond_i).
-    let z = guidance
-        .image_encoder()
-        .encode(
-            Tensor::<A, 4>::from_inner(image.clone()),
-            &mut StdRng::seed_from_u64(0),
-        )
-        .inner();
+    let z = encoded(&guidance, &image);
     let dims = z.dims();
     let draw = guidance.draw(step, seed, dims, n);
     let per = dims.iter().product::<usize>();
@@ -479,4 +478,47 @@ fn vsd_settings_that_clash_are_refused_by_name() {
         source_prompt: "a red cube".into(),
     });
     assert_eq!(edit.validate().unwrap_err().field, "guidance.vsd");
+}
+
+#[test]
+fn a_resumed_2d_vsd_run_repeats_the_uninterrupted_run_bit_for_bit() {
+    let _turn = serial();
+    let mut config = Image2dConfig {
+        prompt: "a red cube and a blue sphere".into(),
+        steps: 6,
+        ..Image2dConfig::default()
+    };
+    config.guidance.guidance_scale = 7.5;
+    config.guidance.vsd = Some(VsdConfig::default());
+    let device = Default::default();
+    let run = |generator: &mut Image2dGenerator<A>, stop_after: Option<usize>| {
+        let cancel = AtomicBool::new(false);
+        let mut losses = Vec::new();
+        generator
+            .run(&cancel, &mut |p| {
+                losses.push(p.progress.lora_loss.unwrap());
+                if Some(p.progress.step) == stop_after {
+                    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+        losses
+    };
+    let mut whole = Image2dGenerator::<A>::load(config.clone(), &device).unwrap();
+    let whole_losses = run(&mut whole, None);
+
+    let dir = temp_dir("2d");
+    let mut first = Image2dGenerator::<A>::load(config, &device).unwrap();
+    first.checkpoint_to(&dir, 3);
+    run(&mut first, Some(3));
+    assert_eq!(first.steps_done(), 3);
+    let mut resumed = Image2dGenerator::<A>::resume(&dir, 3, &device).unwrap();
+    assert_eq!(resumed.steps_done(), 3);
+    let resumed_losses = run(&mut resumed, None);
+    assert_eq!(resumed_losses, whole_losses[3..]);
+    assert_eq!(pixels(&[resumed.image()]), pixels(&[whole.image()]));
+    // The run's last checkpoint is its end.
+    let latest = rewardsds_engine::generate::latest_checkpoint(&dir).unwrap();
+    assert!(latest.ends_with("step-0000006"), "{}", latest.display());
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -60,13 +60,13 @@ pub const LATEST: &str = "latest";
 /// Version of the layout above; bumped when it changes.
 pub const FORMAT_VERSION: u32 = 1;
 
-const CONFIG_FILE: &str = "config.toml";
-const STATE_FILE: &str = "state.json";
+pub(super) const CONFIG_FILE: &str = "config.toml";
+pub(super) const STATE_FILE: &str = "state.json";
 const NERF_FILE: &str = "nerf.mpk";
-const OPTIMIZER_FILE: &str = "optimizer.mpk";
+pub(super) const OPTIMIZER_FILE: &str = "optimizer.mpk";
 const GAUSSIANS_FILE: &str = "gaussians.safetensors";
-const VSD_LORA_FILE: &str = "vsd_lora.mpk";
-const VSD_OPTIMIZER_FILE: &str = "vsd_optimizer.mpk";
+pub(super) const VSD_LORA_FILE: &str = "vsd_lora.mpk";
+pub(super) const VSD_OPTIMIZER_FILE: &str = "vsd_optimizer.mpk";
 
 /// The files holding a scene of `kind`.
 fn scene_files(kind: SceneKind) -> &'static [&'static str] {
@@ -121,7 +121,10 @@ pub struct CheckpointState {
     pub elapsed_seconds: f64,
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
+pub(super) fn io(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> CheckpointError {
     let path = path.to_path_buf();
     move |source| CheckpointError::Io {
         action,
@@ -130,14 +133,14 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Check
     }
 }
 
-fn invalid(path: &Path, reason: impl ToString) -> CheckpointError {
+pub(super) fn invalid(path: &Path, reason: impl ToString) -> CheckpointError {
     CheckpointError::Invalid {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
 }
 
-fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+pub(super) fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
     NamedMpkBytesRecorder::new()
 }
 
@@ -195,7 +198,7 @@ fn checkpoint_name(step: usize) -> String {
 
 /// Writes `files` as the checkpoint after `step` steps in `dir`, atomically, names it in
 /// `latest` and removes older checkpoints: the part every scene kind shares.
-fn commit_checkpoint(
+pub(super) fn commit_checkpoint(
     dir: &Path,
     step: usize,
     files: Vec<(&str, Vec<u8>)>,

@@ -13,6 +13,9 @@
 //! Editing ([`Image2dEdit`]): the image starts as a source image and each step follows DDS
 //! (RewardDDS when `guidance.reward` is set) from the source prompt to `prompt`
 //! ([`crate::guidance::dds`](mod@crate::guidance::dds)).
+//!
+//! Checkpoints ([`Image2dGenerator::save_checkpoint`], `resume`): the same folder layout as 3D
+//! (`super::image2d_checkpoint`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -303,7 +306,7 @@ pub type SharedReward<B> =
 
 /// What drives the image: drawing from the prompt, or editing a source image. Both guidances
 /// are boxed: each holds a whole prior inline.
-enum Distillation<B: EngineAutodiffBackend> {
+pub(super) enum Distillation<B: EngineAutodiffBackend> {
     /// SDS / RewardSDS.
     Sds(Box<Guidance<B>>),
     /// DDS / RewardDDS from `source` (`[1, 3, size, size]`, in `[0, 1]`).
@@ -315,13 +318,15 @@ enum Distillation<B: EngineAutodiffBackend> {
 
 /// Optimises one image with SDS or RewardSDS, or edits one with DDS or RewardDDS.
 pub struct Image2dGenerator<B: EngineAutodiffBackend> {
-    config: Image2dConfig,
-    distillation: Distillation<B>,
+    pub(super) config: Image2dConfig,
+    pub(super) distillation: Distillation<B>,
     scorer: Option<SharedReward<B>>,
-    canvas: Canvas<B>,
-    optimizer: GroupedOptimizer<Canvas<B>, B>,
-    step: usize,
-    elapsed: f64,
+    pub(super) canvas: Canvas<B>,
+    pub(super) optimizer: GroupedOptimizer<Canvas<B>, B>,
+    pub(super) step: usize,
+    pub(super) elapsed: f64,
+    /// Where [`run`](Self::run) writes checkpoints, and every how many steps.
+    pub(super) checkpoints: Option<(PathBuf, usize)>,
 }
 
 impl<B: EngineAutodiffBackend> std::fmt::Debug for Image2dGenerator<B> {
@@ -478,6 +483,7 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
             },
             step: 0,
             elapsed: 0.0,
+            checkpoints: None,
         })
     }
 
@@ -577,7 +583,9 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
         })
     }
 
-    /// Runs the remaining steps, reporting each; stops between steps when `cancel` is raised.
+    /// Runs the remaining steps, reporting each, and with [`checkpoint_to`](Self::checkpoint_to)
+    /// writing a checkpoint on its schedule and after the last step; stops between steps when
+    /// `cancel` is raised.
     pub fn run(
         &mut self,
         cancel: &AtomicBool,
@@ -588,6 +596,11 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
                 return Ok(StopReason::Cancelled);
             }
             on_progress(self.step()?);
+            if let Some((dir, every)) = self.checkpoints.clone()
+                && (self.step % every == 0 || self.step == self.config.steps)
+            {
+                self.save_checkpoint(&dir)?;
+            }
         }
         Ok(StopReason::Finished)
     }

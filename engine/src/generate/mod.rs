@@ -9,6 +9,7 @@ pub mod edit;
 pub mod gaussian_scene;
 pub mod generator;
 pub mod image2d;
+mod image2d_checkpoint;
 pub mod job;
 pub mod model_cache;
 pub mod preview;
