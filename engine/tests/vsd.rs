@@ -402,17 +402,23 @@ fn a_resumed_vsd_run_repeats_the_uninterrupted_run_bit_for_bit() {
     }
 }
 
-#[test]
-fn vsd_in_2d_draws_an_image_and_trains_its_lora() {
-    let _turn = serial();
+/// The official 2D `vsd` mode on Tiny World: VSD at CFG 7.5, no reward ranking.
+fn vsd_2d(steps: usize) -> Image2dConfig {
     let mut config = Image2dConfig {
         prompt: "a red cube and a blue sphere".into(),
-        steps: 12,
+        steps,
         ..Image2dConfig::default()
     }
     .sds();
     config.guidance.guidance_scale = 7.5;
     config.guidance.vsd = Some(VsdConfig::default());
+    config
+}
+
+#[test]
+fn vsd_in_2d_draws_an_image_and_trains_its_lora() {
+    let _turn = serial();
+    let config = vsd_2d(12);
     let mut generator = Image2dGenerator::<A>::load(config, &Default::default()).unwrap();
     let start = generator.image();
     let mut lora_losses = Vec::new();
@@ -483,13 +489,7 @@ fn vsd_settings_that_clash_are_refused_by_name() {
 #[test]
 fn a_resumed_2d_vsd_run_repeats_the_uninterrupted_run_bit_for_bit() {
     let _turn = serial();
-    let mut config = Image2dConfig {
-        prompt: "a red cube and a blue sphere".into(),
-        steps: 6,
-        ..Image2dConfig::default()
-    };
-    config.guidance.guidance_scale = 7.5;
-    config.guidance.vsd = Some(VsdConfig::default());
+    let config = vsd_2d(6);
     let device = Default::default();
     let run = |generator: &mut Image2dGenerator<A>, stop_after: Option<usize>| {
         let cancel = AtomicBool::new(false);
