@@ -364,7 +364,17 @@ impl<B: Backend> ImageRewardScorer<B> {
         } else {
             weight_files(dir)?
         };
-        Self::from_files(&config, &files, dir, device)
+        // The tokenizer's vocab.txt: the folder's own, else bert-base-uncased's in the cache
+        // (the `image-reward` preset fetches it beside THUDM/ImageReward).
+        let preset = crate::weights::preset("image-reward")?;
+        let vocab = crate::weights::companion_file(
+            dir,
+            preset,
+            "vocab.txt",
+            &crate::weights::hf_hub_cache(),
+        )?;
+        let tokenizer_dir = vocab.parent().unwrap_or(dir);
+        Self::from_files(&config, &files, tokenizer_dir, device)
     }
 
     /// Load from explicit weight files and a tokenizer folder (`vocab.txt`), e.g. the

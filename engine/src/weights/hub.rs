@@ -138,6 +138,21 @@ mod tests {
     }
 
     #[test]
+    fn a_companion_repo_gives_only_the_files_named() {
+        let repo = [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "vocab.txt",
+        ];
+        let only = [super::super::resolve::ONLY_NAMED_FILES];
+        assert_eq!(
+            to_fetch(&repo, &only, &["vocab.txt"]).unwrap(),
+            ["vocab.txt"]
+        );
+    }
+
+    #[test]
     fn the_files_a_preset_names_are_fetched_whatever_their_kind() {
         // THUDM/ImageReward's files: the weights are a torch pickle.
         let repo = [

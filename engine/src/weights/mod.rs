@@ -23,7 +23,7 @@ pub use load::{
 };
 pub use random_init::{random_init, set_random_init_for_benchmarks};
 pub use resolve::{
-    Fetch, PRESETS, Preset, bundled_models_dir, cached_repo, component_dir, hf_hub_cache, preset,
-    read_json, resolve_model, resolve_model_in, weight_files,
+    Companion, Fetch, PRESETS, Preset, bundled_models_dir, cached_repo, companion_file,
+    component_dir, hf_hub_cache, preset, read_json, resolve_model, resolve_model_in, weight_files,
 };
 pub use save::save_safetensors;

@@ -26,7 +26,23 @@ pub struct Preset {
     /// For models shipped with the project: the folder under `assets/models/` that holds it
     /// (no download, no cache).
     pub bundled: Option<&'static str>,
+    /// Files the model needs from another repo, fetched with it (ImageReward's tokenizer is
+    /// bert-base-uncased's `vocab.txt`, which THUDM/ImageReward does not hold).
+    pub companion: Option<Companion>,
 }
+
+/// Files a preset takes from another Hugging Face repo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Companion {
+    /// The repo (`google-bert/bert-base-uncased`).
+    pub repo_id: &'static str,
+    /// The files, relative to its root (`vocab.txt`).
+    pub files: &'static [&'static str],
+}
+
+/// A subfolder no repo has: asked for alone, a download fetches only the files named (not the
+/// companion repo's own weights).
+pub(super) const ONLY_NAMED_FILES: &str = "\0only-named-files";
 
 const SD_COMPONENTS: &[&str] = &["text_encoder", "tokenizer", "unet", "vae", "scheduler"];
 
@@ -39,6 +55,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: SD_COMPONENTS,
         files: &[],
         bundled: None,
+        companion: None,
         about: "Stable Diffusion 1.5, 512 px, epsilon prediction, CLIP ViT-L/14 text encoder",
     },
     Preset {
@@ -47,6 +64,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: SD_COMPONENTS,
         files: &[],
         bundled: None,
+        companion: None,
         about: "Stable Diffusion 2.1 base, 512 px, epsilon prediction, OpenCLIP ViT-H/14 text encoder",
     },
     Preset {
@@ -55,6 +73,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: SD_COMPONENTS,
         files: &[],
         bundled: None,
+        companion: None,
         about: "Stable Diffusion 2.1, 768 px, v-prediction, OpenCLIP ViT-H/14 text encoder",
     },
     Preset {
@@ -63,6 +82,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: SD_COMPONENTS,
         files: &[],
         bundled: None,
+        companion: None,
         about: "MVDream sd-v2.1-base-4view (diffusers-style conversion): 4 views of 256 px with cameras, SD 2.1's OpenCLIP ViT-H/14 text encoder",
     },
     Preset {
@@ -71,6 +91,11 @@ pub const PRESETS: &[Preset] = &[
         subfolders: &[""],
         files: &["ImageReward.pt", "med_config.json"],
         bundled: None,
+        // BLIP's tokenizer: `BertTokenizer.from_pretrained("bert-base-uncased")`.
+        companion: Some(Companion {
+            repo_id: "google-bert/bert-base-uncased",
+            files: &["vocab.txt"],
+        }),
         about: "ImageReward v1.0 (BLIP ViT-L/16 + BERT-base): human-preference reward for a prompt and an image",
     },
     Preset {
@@ -79,6 +104,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: &[""],
         files: &[],
         bundled: None,
+        companion: None,
         about: "TAESD (diffusers AutoencoderTiny): tiny distilled decoder/encoder of SD 1.x/2.x latents, for cheap decoding",
     },
     Preset {
@@ -87,6 +113,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: &[""],
         files: &[],
         bundled: None,
+        companion: None,
         about: "OpenAI CLIP ViT-L/14 (text and vision towers): CLIPScore and the aesthetic head's features",
     },
     Preset {
@@ -95,6 +122,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: &[""],
         files: &[AESTHETIC_FILE],
         bundled: None,
+        companion: None,
         about: "LAION improved aesthetic predictor (sac+logos+ava1-l14-linearMSE) on CLIP ViT-L/14 image embeddings",
     },
     Preset {
@@ -103,6 +131,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: &["text_encoder", "tokenizer", "unet", "scheduler"],
         files: &[],
         bundled: Some("tiny-world"),
+        companion: None,
         about: "Tiny World: the built-in 32 px pixel-space prior of coloured primitives (offline, CPU-sized)",
     },
     Preset {
@@ -111,6 +140,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: &[""],
         files: &[],
         bundled: Some("tiny-world/reward"),
+        companion: None,
         about: "Tiny World's CLIP, used as the CLIPScore reward",
     },
     Preset {
@@ -119,6 +149,7 @@ pub const PRESETS: &[Preset] = &[
         subfolders: &[""],
         files: &[],
         bundled: Some("tiny-world/judge"),
+        companion: None,
         about: "Tiny World's second CLIP (other seed and width), used only to evaluate",
     },
 ];
@@ -278,13 +309,25 @@ pub fn resolve_model_in(spec: &str, cache: &Path, fetch: Fetch) -> Result<PathBu
                 Err(LoadError::MissingFolder { path: dir })
             };
         }
-        return resolve_repo(
+        let dir = resolve_repo(
             cache,
             preset.repo_id,
             preset.subfolders,
             preset.files,
             fetch,
-        );
+        )?;
+        if let Some(companion) = preset.companion
+            && !companion.files.iter().all(|f| dir.join(f).is_file())
+        {
+            resolve_repo(
+                cache,
+                companion.repo_id,
+                &[ONLY_NAMED_FILES],
+                companion.files,
+                fetch,
+            )?;
+        }
+        return Ok(dir);
     }
     let path_like = path.is_absolute()
         || spec.starts_with('.')
@@ -301,6 +344,46 @@ pub fn resolve_model_in(spec: &str, cache: &Path, fetch: Fetch) -> Result<PathBu
         return resolve_repo(cache, spec, &[], &[], fetch);
     }
     Err(preset(spec).unwrap_err())
+}
+
+/// Where `file` of `preset`'s companion repo is for the model in `model_dir`: the model's own
+/// folder when it holds the file (a folder prepared by hand), else the companion repo's
+/// snapshot in `cache`. The error names the file, the repo and how to get it.
+pub fn companion_file(
+    model_dir: &Path,
+    preset: &Preset,
+    file: &str,
+    cache: &Path,
+) -> Result<PathBuf, LoadError> {
+    let own = model_dir.join(file);
+    if own.is_file() {
+        return Ok(own);
+    }
+    let Some(companion) = preset.companion else {
+        return Err(LoadError::MissingFile {
+            path: own,
+            hint: None,
+        });
+    };
+    let missing = |reason: String| LoadError::NotCached {
+        repo: companion.repo_id.to_string(),
+        cache: cache.to_path_buf(),
+        reason: format!(
+            "{file} is in neither {} nor the {} snapshot ({reason}); `huggingface-cli \
+             download {} {file}` fetches it, or copy it into the model folder",
+            model_dir.display(),
+            companion.repo_id,
+            companion.repo_id
+        ),
+    };
+    let snapshot = cached_repo(cache, companion.repo_id, "main")
+        .map_err(|_| missing("the repo is not cached".into()))?;
+    let path = snapshot.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(missing(format!("{} lacks it", snapshot.display())))
+    }
 }
 
 /// The folder of one component of a resolved model (`""` is the model root).
@@ -497,6 +580,51 @@ mod tests {
                 "{value}"
             );
         }
+    }
+
+    #[test]
+    fn a_companion_file_comes_from_the_model_folder_or_the_companion_repo() {
+        let tmp = std::env::temp_dir().join(format!("rsds-companion-{}", std::process::id()));
+        let snapshot = |repo: &str| {
+            let root = tmp.join(format!("models--{}", repo.replace('/', "--")));
+            std::fs::create_dir_all(root.join("refs")).unwrap();
+            std::fs::create_dir_all(root.join("snapshots/c0ffee")).unwrap();
+            std::fs::write(root.join("refs/main"), "c0ffee").unwrap();
+            root.join("snapshots/c0ffee")
+        };
+        let image_reward = preset("image-reward").unwrap();
+        let bert = image_reward.companion.unwrap().repo_id;
+        let model = snapshot(image_reward.repo_id);
+        for f in image_reward.files {
+            std::fs::write(model.join(f), "x").unwrap();
+        }
+        // Offline and the companion not cached: resolving the preset names the repo.
+        let err = resolve_model_in("image-reward", &tmp, Fetch::CacheOnly)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(bert), "{err}");
+        let err = companion_file(&model, image_reward, "vocab.txt", &tmp)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vocab.txt") && err.contains(bert), "{err}");
+        // Cached: the preset resolves to its own folder, and the file comes from the companion.
+        let vocab = snapshot(bert).join("vocab.txt");
+        std::fs::write(&vocab, "[PAD]").unwrap();
+        assert_eq!(
+            resolve_model_in("image-reward", &tmp, Fetch::CacheOnly).unwrap(),
+            model
+        );
+        assert_eq!(
+            companion_file(&model, image_reward, "vocab.txt", &tmp).unwrap(),
+            vocab
+        );
+        // A model folder that holds the file itself wins.
+        std::fs::write(model.join("vocab.txt"), "[PAD]").unwrap();
+        assert_eq!(
+            companion_file(&model, image_reward, "vocab.txt", &tmp).unwrap(),
+            model.join("vocab.txt")
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
