@@ -25,7 +25,7 @@ use rewardsds::engine::weights::resolve_model;
 
 #[path = "common/prompts.rs"]
 mod prompts;
-use prompts::tiny_world_prompts;
+use prompts::{random_sample, tiny_world_prompts};
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
@@ -40,6 +40,15 @@ struct Args {
     /// Benchmark these captions instead (repeat the flag); each must be a Tiny World caption.
     #[arg(long)]
     prompt: Vec<String>,
+    /// Benchmark a seeded random sample instead: `--prompts` captions drawn from the seen
+    /// captions (singles and compositions) and as many from the held-out compositions, each
+    /// group shuffled with `--sample-seed` and its first ones taken (the rule the README's
+    /// quality figures use, never a hand-picked prompt).
+    #[arg(long, conflicts_with = "prompt")]
+    random_sample: bool,
+    /// Seed of `--random-sample`'s shuffle.
+    #[arg(long, default_value_t = 0)]
+    sample_seed: u64,
     /// Seeds per prompt.
     #[arg(long, default_value_t = 2)]
     seeds: u64,
@@ -133,7 +142,14 @@ impl BackendTask for Bench {
             let step = (pairs.len() / args.prompts.max(1)).max(1);
             pairs.into_iter().step_by(step).take(args.prompts).collect()
         };
-        let prompts: Vec<(Composition, &str)> = if args.prompt.is_empty() {
+        let prompts: Vec<(Composition, &str)> = if args.random_sample {
+            let draw = |group: &[Composition]| random_sample(group, args.prompts, args.sample_seed);
+            draw(&split.train)
+                .into_iter()
+                .map(|c| (c, "seen"))
+                .chain(draw(&split.held_out).into_iter().map(|c| (c, "held-out")))
+                .collect()
+        } else if args.prompt.is_empty() {
             pick(&split.train)
                 .into_iter()
                 .map(|c| (c, "seen"))

@@ -2,7 +2,20 @@
 //! `#[path = "common/prompts.rs"] mod prompts;`).
 
 use anyhow::{Context, Result};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rewardsds::engine::tiny_world::Composition;
+
+/// `n` captions of `group` drawn at random: the group shuffled with `seed`, its first `n`
+/// taken (all of it when it has fewer).
+#[allow(dead_code)] // not every example that includes this file samples
+pub fn random_sample(group: &[Composition], n: usize, seed: u64) -> Vec<Composition> {
+    let mut all = group.to_vec();
+    all.shuffle(&mut StdRng::seed_from_u64(seed));
+    all.truncate(n);
+    all
+}
 
 /// Each `--prompt` as a Tiny World composition; a prompt that is not a caption of the world
 /// is refused by name.
