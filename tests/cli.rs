@@ -23,6 +23,14 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The `--json` events a run printed, one per stdout line.
+fn json_events(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
 /// Exit code and stderr of a run expected to fail.
 fn failing(args: &[&str]) -> (i32, String) {
     let out = rewardsds(args);
@@ -45,10 +53,7 @@ fn generate_writes_a_valid_glb_and_reports_json_events() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let events: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect();
+    let events = json_events(&out);
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["event"].as_str().unwrap())
@@ -109,9 +114,8 @@ fn vsd_and_the_cfg_scale_are_options_of_generate() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let progress: serde_json::Value = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let progress = json_events(&out)
+        .into_iter()
         .find(|e| e["event"] == "progress")
         .unwrap();
     // The LoRA trained on the step's views.

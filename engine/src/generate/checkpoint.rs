@@ -51,7 +51,7 @@ use super::generator::SceneState;
 use super::generator::{GenerateError, Generator, load_guidance};
 use crate::backend::EngineAutodiffBackend;
 use crate::export::write_atomic;
-use crate::guidance::Guidance;
+use crate::guidance::{Guidance, VsdLoRA};
 use crate::scene::gaussians::{DensifyStats, Gaussians};
 use crate::scene::nerf::Nerf;
 
@@ -65,8 +65,8 @@ pub(super) const STATE_FILE: &str = "state.json";
 const NERF_FILE: &str = "nerf.mpk";
 pub(super) const OPTIMIZER_FILE: &str = "optimizer.mpk";
 const GAUSSIANS_FILE: &str = "gaussians.safetensors";
-pub(super) const VSD_LORA_FILE: &str = "vsd_lora.mpk";
-pub(super) const VSD_OPTIMIZER_FILE: &str = "vsd_optimizer.mpk";
+const VSD_LORA_FILE: &str = "vsd_lora.mpk";
+const VSD_OPTIMIZER_FILE: &str = "vsd_optimizer.mpk";
 
 /// The files holding a scene of `kind`.
 fn scene_files(kind: SceneKind) -> &'static [&'static str] {
@@ -191,6 +191,54 @@ pub fn checkpoint_config(dir: &Path) -> Result<GenerateConfig, GenerateError> {
     GenerateConfig::from_toml(&text).map_err(|e| invalid(&path, e).into())
 }
 
+/// `state.json` of the checkpoint `folder`, checked against this build's format and the
+/// config's `steps`.
+pub(super) fn read_state(folder: &Path, steps: usize) -> Result<CheckpointState, CheckpointError> {
+    let path = folder.join(STATE_FILE);
+    let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+    let state: CheckpointState = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e))?;
+    if state.format != FORMAT_VERSION {
+        return Err(invalid(
+            &path,
+            format!(
+                "format {} (this build reads {FORMAT_VERSION})",
+                state.format
+            ),
+        ));
+    }
+    if state.step > steps {
+        return Err(invalid(
+            &path,
+            format!("step {} is past the config's {steps} steps", state.step),
+        ));
+    }
+    Ok(state)
+}
+
+/// VSD's LoRA as checkpoint files of the checkpoint `target` (named in errors).
+pub(super) fn vsd_files<B: EngineAutodiffBackend>(
+    lora: &VsdLoRA<B>,
+    target: &Path,
+) -> Result<[(&'static str, Vec<u8>); 2], CheckpointError> {
+    let (params, optimizer) = lora
+        .state_bytes()
+        .map_err(|e| invalid(&target.join(VSD_LORA_FILE), e))?;
+    Ok([(VSD_LORA_FILE, params), (VSD_OPTIMIZER_FILE, optimizer)])
+}
+
+/// Restores VSD's LoRA from the checkpoint `folder`; a missing or unfitting file is named.
+pub(super) fn restore_vsd<B: EngineAutodiffBackend>(
+    lora: &mut VsdLoRA<B>,
+    folder: &Path,
+) -> Result<(), CheckpointError> {
+    let read = |file: &str| {
+        let path = folder.join(file);
+        std::fs::read(&path).map_err(io("read", &path))
+    };
+    lora.load_state_bytes(read(VSD_LORA_FILE)?, read(VSD_OPTIMIZER_FILE)?)
+        .map_err(|e| invalid(&folder.join(VSD_LORA_FILE), e))
+}
+
 /// The folder name of the checkpoint after `step` steps.
 fn checkpoint_name(step: usize) -> String {
     format!("step-{step:07}")
@@ -297,11 +345,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         ];
         files.extend(scene_files);
         if let Some(lora) = self.guidance.vsd() {
-            let (lora, optimizer) = lora
-                .state_bytes()
-                .map_err(|e| invalid(&target.join(VSD_LORA_FILE), e))?;
-            files.push((VSD_LORA_FILE, lora));
-            files.push((VSD_OPTIMIZER_FILE, optimizer));
+            files.extend(vsd_files(lora, &target)?);
         }
         let target = commit_checkpoint(dir, self.step, files)?;
         self.last_checkpoint = Some(target.clone());
@@ -330,29 +374,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             let path = folder.join(file);
             std::fs::read(&path).map_err(io("read", &path))
         };
-        let state_path = folder.join(STATE_FILE);
-        let state: CheckpointState =
-            serde_json::from_slice(&read(STATE_FILE)?).map_err(|e| invalid(&state_path, e))?;
-        if state.format != FORMAT_VERSION {
-            return Err(invalid(
-                &state_path,
-                format!(
-                    "format {} (this build reads {FORMAT_VERSION})",
-                    state.format
-                ),
-            )
-            .into());
-        }
-        if state.step > config.steps {
-            return Err(invalid(
-                &state_path,
-                format!(
-                    "step {} is past the config's {} steps",
-                    state.step, config.steps
-                ),
-            )
-            .into());
-        }
+        let state = read_state(&folder, config.steps)?;
         // The other scene kind's files: config.toml and the scene disagree.
         let other = match config.scene {
             SceneKind::Nerf => SceneKind::Gaussians,
@@ -397,9 +419,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             }
         }
         if let Some(lora) = generator.guidance.vsd_mut() {
-            let lora_path = folder.join(VSD_LORA_FILE);
-            lora.load_state_bytes(read(VSD_LORA_FILE)?, read(VSD_OPTIMIZER_FILE)?)
-                .map_err(|e| invalid(&lora_path, e))?;
+            restore_vsd(lora, &folder)?;
         }
         generator.step = state.step;
         generator.elapsed = state.elapsed_seconds;

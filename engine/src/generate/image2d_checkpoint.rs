@@ -17,8 +17,8 @@ use burn::module::Module;
 use burn::record::Recorder;
 
 use super::checkpoint::{
-    CONFIG_FILE, CheckpointState, FORMAT_VERSION, OPTIMIZER_FILE, STATE_FILE, VSD_LORA_FILE,
-    VSD_OPTIMIZER_FILE, commit_checkpoint, invalid, io, latest_checkpoint, recorder,
+    CONFIG_FILE, CheckpointState, FORMAT_VERSION, OPTIMIZER_FILE, STATE_FILE, commit_checkpoint,
+    invalid, io, latest_checkpoint, read_state, recorder, restore_vsd, vsd_files,
 };
 use super::generator::GenerateError;
 use super::image2d::{Canvas, Distillation, Image2dConfig, Image2dGenerator};
@@ -68,11 +68,7 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
             (OPTIMIZER_FILE, optimizer),
         ];
         if let Some(lora) = self.vsd() {
-            let (lora, optimizer) = lora
-                .state_bytes()
-                .map_err(|e| invalid(&target.join(VSD_LORA_FILE), e))?;
-            files.push((VSD_LORA_FILE, lora));
-            files.push((VSD_OPTIMIZER_FILE, optimizer));
+            files.extend(vsd_files(lora, &target)?);
         }
         Ok(commit_checkpoint(dir, self.step, files)?)
     }
@@ -94,20 +90,7 @@ where
         let config_path = folder.join(CONFIG_FILE);
         let text = String::from_utf8(read(CONFIG_FILE)?).map_err(|e| invalid(&config_path, e))?;
         let config = Image2dConfig::from_toml(&text).map_err(|e| invalid(&config_path, e))?;
-        let state_path = folder.join(STATE_FILE);
-        let state: CheckpointState =
-            serde_json::from_slice(&read(STATE_FILE)?).map_err(|e| invalid(&state_path, e))?;
-        if state.format != FORMAT_VERSION || state.step > config.steps {
-            return Err(invalid(
-                &state_path,
-                format!(
-                    "format {} at step {} (this build reads format {FORMAT_VERSION}, the \
-                     config has {} steps)",
-                    state.format, state.step, config.steps
-                ),
-            )
-            .into());
-        }
+        let state = read_state(&folder, config.steps)?;
 
         let mut generator = Self::load(config, device)?;
         let canvas_path = folder.join(CANVAS_FILE);
@@ -136,9 +119,7 @@ where
         if let Distillation::Sds(guidance) = &mut generator.distillation
             && let Some(lora) = guidance.vsd_mut()
         {
-            let lora_path = folder.join(VSD_LORA_FILE);
-            lora.load_state_bytes(read(VSD_LORA_FILE)?, read(VSD_OPTIMIZER_FILE)?)
-                .map_err(|e| invalid(&lora_path, e))?;
+            restore_vsd(lora, &folder)?;
         }
         generator.step = state.step;
         generator.elapsed = state.elapsed_seconds;

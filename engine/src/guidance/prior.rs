@@ -866,7 +866,7 @@ impl<B: Backend> DiffusionPrior<B> {
     }
 
     /// `max_batch` rounded down to whole view groups (at least one group).
-    fn whole_groups(&self, max_batch: usize) -> usize {
+    pub(crate) fn whole_groups(&self, max_batch: usize) -> usize {
         let frames = self.num_frames();
         (max_batch / frames).max(1) * frames
     }
@@ -916,7 +916,7 @@ impl<B: Backend> DiffusionPrior<B> {
 
 /// `f` over passes of at most `max_batch` samples of `x_t`; per-sample inputs (`cond`,
 /// `class_labels` with as many rows as `x_t`) are cut with the batch, broadcast ones pass whole.
-fn chunked<B: Backend, T>(
+pub(crate) fn chunked<B: Backend, T>(
     x_t: Tensor<B, 4>,
     cond: Tensor<B, 3>,
     class_labels: Option<Tensor<B, 2>>,

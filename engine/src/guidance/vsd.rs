@@ -32,7 +32,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::prior::DiffusionPrior;
+use super::prior::{DiffusionPrior, chunked};
 use super::prompts::ViewAngles;
 use super::sds::standard_normal;
 use super::{ConfigError, GuidanceError};
@@ -239,9 +239,7 @@ impl<B: AutodiffBackend> VsdLoRA<B> {
     ) -> Result<Tensor<B::InnerBackend, 4>, GuidanceError> {
         prior.scheduler().alpha_prod(t)?;
         let model = self.model.valid();
-        let n = x_t.dims()[0];
         let frames = prior.num_frames();
-        let chunk = (max_batch / frames).max(1) * frames;
         // The camera's embedding rides beside the prior's own labels through the per-core
         // split, and is taken apart again inside.
         let camera = model.camera_embedding.forward(cameras);
@@ -251,29 +249,30 @@ impl<B: AutodiffBackend> VsdLoRA<B> {
             None => camera,
         };
         let device = x_t.device();
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let len = chunk.min(n - start);
-            let out = map_batch_grouped(
-                x_t.clone().narrow(0, start, len),
-                context.clone().narrow(0, start, len),
-                Some(labels.clone().narrow(0, start, len)),
-                frames,
-                |x, context, labels| {
-                    let labels = labels.expect("labels are always given");
-                    let width = labels.dims()[1];
-                    let own_labels = (own > 0).then(|| labels.clone().narrow(1, 0, own));
-                    let camera = labels.narrow(1, own, width - own);
-                    let t = Tensor::from_data([t as f32], (&device, x.dtype()));
-                    model
-                        .unet
-                        .forward_with_embedding(x, t, context, own_labels, Some(camera))
-                },
-            );
-            parts.push(out);
-            start += len;
-        }
+        let parts = chunked(
+            x_t.clone(),
+            context,
+            Some(labels),
+            prior.whole_groups(max_batch),
+            |x, context, labels| {
+                Ok(map_batch_grouped(
+                    x,
+                    context,
+                    labels,
+                    frames,
+                    |x, context, labels| {
+                        let labels = labels.expect("labels are always given");
+                        let width = labels.dims()[1];
+                        let own_labels = (own > 0).then(|| labels.clone().narrow(1, 0, own));
+                        let camera = labels.narrow(1, own, width - own);
+                        let t = Tensor::from_data([t as f32], (&device, x.dtype()));
+                        model
+                            .unet
+                            .forward_with_embedding(x, t, context, own_labels, Some(camera))
+                    },
+                ))
+            },
+        )?;
         let out = Tensor::cat(parts, 0);
         Ok(prior.scheduler().pred_epsilon(out, x_t, &[t])?)
     }
