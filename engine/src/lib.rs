@@ -47,3 +47,5 @@ pub mod weights;
 pub use backend::{BackendError, BackendKind, BackendTask, run_on};
 /// The burn version the engine is built on, for callers that write backend-generic code.
 pub use burn;
+/// The image crate of the baked textures' type ([`mesh::BakedMesh::texture`]).
+pub use image;

@@ -268,7 +268,10 @@ fn baked_texture_holds_the_albedo_and_validates() {
     let albedo = Pointwise(move |p: Vec3| albedo_at(p).map(|c| c.clamp(0.0, 1.0)));
     let config = MeshConfig {
         color: ColorMode::Texture,
-        bake: BakeConfig { texture_size: 256 },
+        bake: BakeConfig {
+            texture_size: 256,
+            ..Default::default()
+        },
         simplify: SimplifyConfig {
             target_triangles: 1000,
             ..Default::default()
@@ -278,7 +281,8 @@ fn baked_texture_holds_the_albedo_and_validates() {
     let out = extract_mesh(&field, Some(&albedo), Aabb::cube(1.0), &config).unwrap();
     let texture = out.texture.as_ref().expect("a baked texture");
     let mesh = &out.mesh;
-    assert_eq!(mesh.vertex_count(), 3 * mesh.triangle_count());
+    // An atlas shares corners inside its charts: far fewer vertices than corners.
+    assert!(mesh.vertex_count() < 2 * mesh.triangle_count());
     assert_eq!(mesh.uvs.len(), mesh.vertex_count());
     assert!(mesh.colors.is_empty());
     // Each corner's texel holds (about) the albedo at that corner: the UVs map the texture.

@@ -149,8 +149,8 @@ impl Builder {
 }
 
 impl Builder {
-    /// Embeds `image` as PNG with a sampler that skips mipmaps (they would blend neighbouring
-    /// charts of the per-triangle layout).
+    /// Embeds `image` as PNG with a trilinear sampler: the bake dilates every chart into the
+    /// empty texels around it, so mip levels blend a chart with its own colours.
     fn texture(&mut self, image: &RgbImage, name: &str) -> Result<texture::Info, ExportError> {
         let mut png = Vec::new();
         image
@@ -167,7 +167,7 @@ impl Builder {
         });
         let sampler = self.root.push(json::texture::Sampler {
             mag_filter: Some(Valid(MagFilter::Linear)),
-            min_filter: Some(Valid(MinFilter::Linear)),
+            min_filter: Some(Valid(MinFilter::LinearMipmapLinear)),
             name: None,
             wrap_s: Valid(WrappingMode::ClampToEdge),
             wrap_t: Valid(WrappingMode::ClampToEdge),

@@ -1,159 +1,125 @@
-//! Texture bake with the simplest UV layout that works on any mesh: one chart per triangle.
+//! Texture bake: the albedo field sampled at the surface point behind every texel of a UV
+//! atlas ([`unwrap_uvs`]), then dilated so that no texel is left empty.
 //!
-//! Triangles are paired into square cells of a grid over the texture; in each cell the first
-//! triangle fills the lower-left half and the second the upper-right half, each inset so that
-//! bilinear filtering never reads a texel of another triangle: 1 texel from the cell's
-//! sides and 2 (in x + y) from the diagonal. Every texel of a cell is then sampled from the albedo field
-//! at the surface point of its half's triangle (texels outside the triangle take the nearest
-//! point of it), so the border texels carry the triangle's own colour. No unwrapping library
-//! is involved, at the price of seams-free but wasteful packing (about 40% of the texels are
-//! seen) and split vertices: every triangle gets its own three. Mipmaps would bleed across
-//! charts, so the exported sampler uses none.
+//! A texel whose centre lies in a triangle of the atlas takes the albedo at the matching
+//! surface point. Every other texel takes the colour of the nearest baked texel (breadth-first
+//! from all baked texels at once), so bilinear reads at a chart's border, and the mip levels
+//! an engine builds, blend a chart only with its own colours and never with a background.
+
+use std::collections::VecDeque;
 
 use glam::{Vec2, Vec3};
 use image::{Rgb, RgbImage};
-use serde::{Deserialize, Serialize};
 
-use super::{AlbedoField, MeshError, TriMesh};
-
-/// Texels between a chart and its cell's sides.
-const SIDE_INSET: f32 = 1.0;
-/// Texels (measured along x + y) between a chart's hypotenuse and the cell's diagonal.
-const DIAGONAL_INSET: f32 = 2.0;
-/// Smallest cell (texels) that leaves a chart after the insets.
-const MIN_CELL: u32 = 8;
+use super::{AlbedoField, BakeConfig, MeshError, TriMesh, unwrap_uvs};
 
 /// A baked base-colour texture and the mesh that maps it.
 #[derive(Debug, Clone)]
 pub struct BakedMesh {
-    /// The mesh with one vertex per triangle corner: positions, smooth normals, UVs.
+    /// The mesh with its seams split: positions, smooth normals, atlas UVs.
     pub mesh: TriMesh,
     /// Albedo, sRGB-encoded as glTF's base-colour textures are.
     pub texture: RgbImage,
+    /// Charts of the atlas.
+    pub charts: usize,
+    /// Fraction of the texture's texels that charts cover.
+    pub utilization: f32,
 }
 
-/// Texture size in texels (square).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BakeConfig {
-    /// Width and height of the texture. A 20k-triangle mesh gets 10-texel cells at 1024.
-    pub texture_size: u32,
-}
-
-impl Default for BakeConfig {
-    fn default() -> Self {
-        Self { texture_size: 1024 }
-    }
-}
-
-/// The cell size (texels) and cells per row for `triangles` in a `size`-texel texture.
-fn layout(triangles: usize, size: u32) -> Result<(u32, u32), MeshError> {
-    let cells = triangles.div_ceil(2).max(1);
-    let per_row = (cells as f64).sqrt().ceil() as u32;
-    let cell = size / per_row;
-    if cell < MIN_CELL {
-        let needed = per_row * MIN_CELL;
-        return Err(MeshError::BadConfig {
-            name: "texture_size",
-            value: size.to_string(),
-            why: if needed <= 16_384 {
-                "too small for this many triangles: raise it or lower the triangle budget"
-            } else {
-                "no texture can hold this many triangles: lower the triangle budget"
-            },
-        });
-    }
-    Ok((cell, per_row))
-}
-
-/// The UV corners (texels, in the cell) of the lower or upper chart of a `cell`-texel cell.
-fn chart_corners(cell: f32, upper: bool) -> [Vec2; 3] {
-    let near = SIDE_INSET;
-    let far = cell - SIDE_INSET - DIAGONAL_INSET;
-    let lower = [
-        Vec2::new(near, near),
-        Vec2::new(far, near),
-        Vec2::new(near, far),
-    ];
-    if upper {
-        // Point-mirrored through the cell's centre.
-        lower.map(|p| Vec2::splat(cell) - p)
-    } else {
-        lower
-    }
-}
-
-/// Barycentric coordinates of `p` in triangle `t`, clamped to the triangle (the nearest point
-/// for points outside, up to the renormalisation).
-fn clamped_barycentric(p: Vec2, t: [Vec2; 3]) -> Vec3 {
-    let (e1, e2, d) = (t[1] - t[0], t[2] - t[0], p - t[0]);
+/// The texels whose centres lie inside a UV-space triangle, with the barycentric weights of
+/// the triangle's corners there. `uv` are texel coordinates.
+pub fn texels_in_triangle(uv: [Vec2; 3], mut each: impl FnMut(u32, u32, Vec3)) {
+    let (e1, e2) = (uv[1] - uv[0], uv[2] - uv[0]);
     let det = e1.perp_dot(e2);
-    let v = d.perp_dot(e2) / det;
-    let w = e1.perp_dot(d) / det;
-    let b = Vec3::new(1.0 - v - w, v, w).max(Vec3::ZERO);
-    b / b.element_sum()
+    if det.abs() < 1e-12 || !det.is_finite() {
+        return;
+    }
+    let lo = uv[0].min(uv[1]).min(uv[2]).floor().max(Vec2::ZERO);
+    let hi = uv[0].max(uv[1]).max(uv[2]).ceil();
+    for y in lo.y as u32..hi.y.max(0.0) as u32 {
+        for x in lo.x as u32..hi.x.max(0.0) as u32 {
+            let d = Vec2::new(x as f32 + 0.5, y as f32 + 0.5) - uv[0];
+            let v = d.perp_dot(e2) / det;
+            let w = e1.perp_dot(d) / det;
+            let b = Vec3::new(1.0 - v - w, v, w);
+            if b.min_element() >= -1e-6 {
+                each(x, y, b);
+            }
+        }
+    }
 }
 
-/// Bakes `albedo` over `mesh`'s surface into a texture (one chart per triangle, see the module
-/// docs) and returns the split, UV-mapped mesh with it. Normals are computed if `mesh` has
-/// none.
+/// Fills every texel not in `filled` with the colour of the nearest filled one (8-connected
+/// breadth-first search from all filled texels at once). Leaves an image with nothing filled
+/// as it is.
+pub(crate) fn dilate(texture: &mut RgbImage, filled: &mut [bool]) {
+    let (w, h) = texture.dimensions();
+    let mut queue: VecDeque<(u32, u32)> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .filter(|&(x, y)| filled[(y * w + x) as usize])
+        .collect();
+    while let Some((x, y)) = queue.pop_front() {
+        let color = *texture.get_pixel(x, y);
+        for (dx, dy) in [
+            (-1, 0),
+            (1, 0),
+            (0, -1),
+            (0, 1),
+            (-1, -1),
+            (1, -1),
+            (-1, 1),
+            (1, 1),
+        ] {
+            let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+            if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                continue;
+            }
+            let i = (ny as u32 * w + nx as u32) as usize;
+            if !filled[i] {
+                filled[i] = true;
+                texture.put_pixel(nx as u32, ny as u32, color);
+                queue.push_back((nx as u32, ny as u32));
+            }
+        }
+    }
+}
+
+/// Unwraps `mesh` into an atlas and bakes `albedo` over its surface into a
+/// `config.texture_size` texture, querying at most `chunk` points at a time. Normals are
+/// computed if `mesh` has none.
 pub fn bake_texture(
     mesh: &TriMesh,
     albedo: &(impl AlbedoField + ?Sized),
     config: &BakeConfig,
     chunk: usize,
 ) -> Result<BakedMesh, MeshError> {
-    if mesh.is_empty() {
-        return Err(MeshError::NoTriangles {
-            stage: "texture bake",
-        });
-    }
-    let size = config.texture_size;
-    let (cell, per_row) = layout(mesh.triangle_count(), size)?;
-    let mut normals = mesh.normals.clone();
-    if normals.len() != mesh.vertex_count() {
-        let mut with_normals = mesh.clone();
+    let mut with_normals;
+    let mut mesh = mesh;
+    if mesh.normals.len() != mesh.vertex_count() {
+        with_normals = mesh.clone();
         with_normals.compute_smooth_normals();
-        normals = with_normals.normals;
+        mesh = &with_normals;
     }
+    let atlas = unwrap_uvs(mesh, config)?;
+    let mut out = atlas.mesh;
+    out.colors.clear();
+    let size = config.texture_size;
 
-    // Split vertices, UVs, and the surface point behind every texel of every used cell.
-    let mut out = TriMesh::default();
+    // The surface point behind every texel a triangle owns.
     let mut texels: Vec<(u32, u32)> = Vec::new();
     let mut points: Vec<[f32; 3]> = Vec::new();
-    let cell_f = cell as f32;
-    for (t, (tri, corners)) in mesh
-        .indices
-        .chunks_exact(3)
-        .zip(mesh.triangles())
-        .enumerate()
-    {
-        let upper = t % 2 == 1;
-        let (cx, cy) = ((t / 2) as u32 % per_row, (t / 2) as u32 / per_row);
-        let origin = Vec2::new((cx * cell) as f32, (cy * cell) as f32);
-        let uv = chart_corners(cell_f, upper);
-        for (k, &i) in tri.iter().enumerate() {
-            out.indices.push(out.positions.len() as u32);
-            out.positions.push(mesh.positions[i as usize]);
-            out.normals.push(normals[i as usize]);
-            out.uvs.push(((origin + uv[k]) / size as f32).to_array());
-        }
-        for y in 0..cell {
-            for x in 0..cell {
-                let centre = Vec2::new(x as f32 + 0.5, y as f32 + 0.5);
-                if (centre.x + centre.y > cell_f) != upper {
-                    continue;
-                }
-                let b = clamped_barycentric(centre, uv);
-                let p = corners[0] * b.x + corners[1] * b.y + corners[2] * b.z;
-                texels.push((cx * cell + x, cy * cell + y));
-                points.push(p.to_array());
-            }
-        }
+    for (tri, corners) in out.indices.chunks_exact(3).zip(out.triangles()) {
+        let uv = [0, 1, 2].map(|k| Vec2::from(out.uvs[tri[k] as usize]) * size as f32);
+        texels_in_triangle(uv, |x, y, b| {
+            texels.push((x.min(size - 1), y.min(size - 1)));
+            points.push((corners[0] * b.x + corners[1] * b.y + corners[2] * b.z).to_array());
+        });
     }
 
     let mut texture = RgbImage::new(size, size);
-    for (texels, points) in texels.chunks(chunk.max(1)).zip(points.chunks(chunk.max(1))) {
+    let mut filled = vec![false; (size * size) as usize];
+    let chunk = chunk.max(1);
+    for (texels, points) in texels.chunks(chunk).zip(points.chunks(chunk)) {
         let colors = albedo.albedo(points);
         if colors.len() != points.len() {
             return Err(MeshError::FieldLength {
@@ -172,9 +138,16 @@ pub fn bake_texture(
             }
             let rgb = c.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
             texture.put_pixel(x, y, Rgb(rgb));
+            filled[(y * size + x) as usize] = true;
         }
     }
-    Ok(BakedMesh { mesh: out, texture })
+    dilate(&mut texture, &mut filled);
+    Ok(BakedMesh {
+        mesh: out,
+        texture,
+        charts: atlas.charts,
+        utilization: atlas.utilization,
+    })
 }
 
 #[cfg(test)]
@@ -183,22 +156,35 @@ mod tests {
     use crate::mesh::Pointwise;
 
     #[test]
-    fn charts_stay_inside_their_half_cell() {
-        for upper in [false, true] {
-            let c = chart_corners(10.0, upper);
-            for p in c {
-                assert!(p.min_element() >= 1.0 && p.max_element() <= 9.0, "{p}");
-                // Bilinear reads reach less than 2 in x + y: the chart stays on its side.
-                let side = p.x + p.y - 10.0;
-                assert!(if upper {
-                    side >= 2.0 - 1e-5
-                } else {
-                    side <= -2.0 + 1e-5
-                });
-            }
-        }
-        let b = clamped_barycentric(Vec2::new(-5.0, 0.5), chart_corners(10.0, false));
-        assert!(b.min_element() >= 0.0 && (b.element_sum() - 1.0).abs() < 1e-6);
+    fn a_triangle_owns_the_texels_whose_centres_it_covers() {
+        let uv = [Vec2::ZERO, Vec2::new(4.0, 0.0), Vec2::new(0.0, 4.0)];
+        let mut got = Vec::new();
+        texels_in_triangle(uv, |x, y, b| {
+            assert!((b.element_sum() - 1.0).abs() < 1e-5);
+            got.push((x, y));
+        });
+        // Centres with x + y + 1 <= 4 (the diagonal's centres count as inside).
+        let want: Vec<(u32, u32)> = (0..4)
+            .flat_map(|y| (0..4).map(move |x| (x, y)))
+            .filter(|&(x, y)| x + y < 4)
+            .collect();
+        assert_eq!(got, want);
+        // A degenerate triangle owns nothing.
+        texels_in_triangle([Vec2::ZERO, Vec2::ONE, Vec2::splat(2.0)], |_, _, _| {
+            panic!("a line owns no texel")
+        });
+    }
+
+    #[test]
+    fn dilation_fills_from_the_nearest_texel() {
+        let mut image = RgbImage::new(5, 1);
+        image.put_pixel(0, 0, Rgb([255, 0, 0]));
+        image.put_pixel(4, 0, Rgb([0, 0, 255]));
+        let mut filled = vec![true, false, false, false, true];
+        dilate(&mut image, &mut filled);
+        assert!(filled.iter().all(|&f| f));
+        assert_eq!(image.get_pixel(1, 0), &Rgb([255, 0, 0]));
+        assert_eq!(image.get_pixel(3, 0), &Rgb([0, 0, 255]));
     }
 
     #[test]
@@ -215,17 +201,17 @@ mod tests {
             ..Default::default()
         };
         let albedo = Pointwise(|p: Vec3| [p.x, p.y, 0.5]);
-        let baked = bake_texture(&mesh, &albedo, &BakeConfig { texture_size: 64 }, 7).unwrap();
-        assert_eq!(baked.mesh.vertex_count(), 6);
+        let config = BakeConfig {
+            texture_size: 64,
+            ..Default::default()
+        };
+        let baked = bake_texture(&mesh, &albedo, &config, 7).unwrap();
         // Sample the texture at each corner's UV: the colour is the corner's position.
         for (uv, p) in baked.mesh.uvs.iter().zip(&baked.mesh.positions) {
-            let px = baked
-                .texture
-                .get_pixel((uv[0] * 64.0) as u32, (uv[1] * 64.0) as u32);
+            let (x, y) = ((uv[0] * 64.0).min(63.0), (uv[1] * 64.0).min(63.0));
+            let px = baked.texture.get_pixel(x as u32, y as u32);
             let err = (px[0] as f32 / 255.0 - p[0]).abs() + (px[1] as f32 / 255.0 - p[1]).abs();
             assert!(err < 0.1, "uv {uv:?} pos {p:?} texel {px:?}");
         }
-        let err = bake_texture(&mesh, &albedo, &BakeConfig { texture_size: 4 }, 7).unwrap_err();
-        assert!(err.to_string().contains("texture_size"), "{err}");
     }
 }

@@ -1,8 +1,7 @@
 //! Surface colour from the field's albedo.
 //!
-//! The baseline is one colour per vertex (glTF `COLOR_0`). [`ColorMode::Texture`] adds a
-//! baked base-colour texture ([`bake_texture`](super::bake_texture)); a real UV unwrap (fewer,
-//! larger charts) can replace its per-triangle layout without touching this path.
+//! The baseline is one colour per vertex (glTF `COLOR_0`). [`ColorMode::Texture`] bakes a
+//! base-colour texture into a UV atlas instead ([`bake_texture`](super::bake_texture)).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +15,8 @@ pub enum ColorMode {
     /// One albedo sample per vertex, interpolated across triangles.
     #[default]
     VertexColors,
-    /// A baked base-colour texture ([`MeshConfig::bake`](super::MeshConfig::bake)), one chart
-    /// per triangle; the vertex colours stay on the LODs.
+    /// A base-colour texture baked into a UV atlas
+    /// ([`MeshConfig::bake`](super::MeshConfig::bake)); the vertex colours stay on the LODs.
     Texture,
     /// No colour: the material's base colour alone.
     None,

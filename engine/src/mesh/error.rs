@@ -58,4 +58,7 @@ pub enum MeshError {
         /// The stage that emptied the mesh.
         stage: &'static str,
     },
+    /// The UV unwrapper failed on the mesh.
+    #[error("UV unwrap failed: {0}")]
+    Unwrap(String),
 }

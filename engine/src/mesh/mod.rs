@@ -8,11 +8,12 @@
 //! 3. drop floaters, the small disconnected pieces ([`remove_floaters`]);
 //! 4. simplify to a triangle budget with meshopt ([`simplify`]), plus optional LODs;
 //! 5. smooth normals, vertex colours from the [`AlbedoField`] ([`paint_vertex_colors`]), or
-//!    a baked texture ([`bake_texture`]).
+//!    a UV atlas ([`unwrap_uvs`]) and a baked texture ([`bake_texture`]).
 //!
 //! The result is a [`TriMesh`] in the field's world space (Y up); the glTF writer in
 //! [`crate::export`] places it on the ground and scales it.
 
+mod atlas;
 mod bake;
 mod cleanup;
 mod color;
@@ -24,14 +25,15 @@ mod raster;
 mod simplify;
 mod trimesh;
 
-pub use bake::{BakeConfig, BakedMesh, bake_texture};
+pub use atlas::{BakeConfig, UvAtlas, unwrap_uvs};
+pub use bake::{BakedMesh, bake_texture, texels_in_triangle};
 pub use cleanup::{Components, FloaterReport, connected_components, remove_floaters};
 pub use color::{ColorMode, paint_vertex_colors, srgb_to_linear};
 pub use error::MeshError;
 pub use extract::extract_surface;
 pub use field::{Aabb, AlbedoField, DensityField, DensityGrid, Pointwise};
 pub use nerf_field::{DEFAULT_NERF_CHUNK, NerfField};
-pub use raster::{Fragments, NEAR_DEPTH, rasterize, render_mesh};
+pub use raster::{Fragments, NEAR_DEPTH, rasterize, render_mesh, render_shaded, sample_bilinear};
 pub use simplify::{Simplified, SimplifyConfig, lod_chain, simplify};
 pub use trimesh::{EdgeReport, TriMesh};
 
@@ -114,7 +116,7 @@ pub struct MeshConfig {
     pub simplify: SimplifyConfig,
     /// How the mesh is coloured.
     pub color: ColorMode,
-    /// Texture size for [`ColorMode::Texture`].
+    /// The UV atlas and texture for [`ColorMode::Texture`].
     pub bake: BakeConfig,
     /// Most points per field query (bounds memory on the GPU).
     pub chunk: usize,
@@ -172,13 +174,7 @@ impl MeshConfig {
         if self.chunk == 0 {
             return bad("chunk", "0".into(), "must be at least 1");
         }
-        if !(16..=16_384).contains(&self.bake.texture_size) {
-            return bad(
-                "bake.texture_size",
-                self.bake.texture_size.to_string(),
-                "must be in 16..=16384",
-            );
-        }
+        self.bake.validate()?;
         self.simplify.validate()
     }
 }
@@ -226,8 +222,8 @@ pub struct MeshReport {
 /// A finished mesh stage.
 #[derive(Debug, Clone)]
 pub struct ExtractedMesh {
-    /// The mesh at the triangle budget (split per triangle and UV-mapped when a texture was
-    /// baked).
+    /// The mesh at the triangle budget (split on the atlas's seams and UV-mapped when a
+    /// texture was baked).
     pub mesh: TriMesh,
     /// The baked base-colour texture, for [`ColorMode::Texture`] with an albedo field.
     pub texture: Option<image::RgbImage>,

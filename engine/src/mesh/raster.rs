@@ -5,7 +5,7 @@
 
 use glam::Vec3;
 
-use super::TriMesh;
+use super::{TriMesh, srgb_to_linear};
 use crate::rgb_image::RgbImage;
 use crate::scene::Camera;
 
@@ -191,15 +191,48 @@ fn draw_triangle(out: &mut Fragments, id: u32, s: [[f32; 2]; 3], inv_depth: [f32
 }
 
 /// Renders `mesh` for a person to look at: rasterised at `supersample` times the camera's
-/// size (0 counts as 1) and box-filtered down to it. Each pixel is the interpolated vertex
-/// colour (mid grey for an uncoloured mesh) lit by a headlight, `0.35 + 0.65 |n.v|` with the
+/// size (0 counts as 1) and box-filtered down to it. Each pixel's albedo is `texture` (sRGB,
+/// sampled bilinearly at the interpolated UV) when given and the mesh has UVs, else the
+/// interpolated vertex colour, else mid grey; lit by a headlight, `0.35 + 0.65 |n.v|` with the
 /// interpolated vertex normals (the face normal when the mesh has none), encoded to sRGB and
 /// clamped to [0, 1] like the renderers' images; `background` (display values) elsewhere.
 pub fn render_mesh(
     mesh: &TriMesh,
+    texture: Option<&image::RgbImage>,
     camera: &Camera,
     background: [f32; 3],
     supersample: u32,
+) -> RgbImage {
+    let n = mesh.positions.len();
+    let colors = (mesh.colors.len() == n).then_some(mesh.colors.as_slice());
+    let texture = texture.filter(|_| mesh.uvs.len() == n);
+    render_shaded(mesh, camera, background, supersample, |t, b, _| {
+        let at = |attr: &[[f32; 3]]| {
+            (0..3).fold(Vec3::ZERO, |acc, k| {
+                acc + Vec3::from(attr[t[k] as usize]) * b[k]
+            })
+        };
+        match (texture, colors) {
+            (Some(texture), _) => {
+                let uv = (0..3).fold(glam::Vec2::ZERO, |acc, k| {
+                    acc + glam::Vec2::from(mesh.uvs[t[k] as usize]) * b[k]
+                });
+                sample_bilinear(texture, uv).map(srgb_to_linear).into()
+            }
+            (None, Some(colors)) => at(colors),
+            (None, None) => Vec3::from(UNCOLORED),
+        }
+    })
+}
+
+/// Renders `mesh` as [`render_mesh`] does with the linear albedo `albedo(corners, barycentric,
+/// surface point)` at each pixel: tests compare a baked texture with the field it came from.
+pub fn render_shaded(
+    mesh: &TriMesh,
+    camera: &Camera,
+    background: [f32; 3],
+    supersample: u32,
+    albedo: impl Fn(&[u32], [f32; 3], Vec3) -> Vec3,
 ) -> RgbImage {
     let factor = supersample.max(1);
     let fine = Camera {
@@ -210,7 +243,6 @@ pub fn render_mesh(
     let frags = rasterize(mesh, &fine);
     let mut image = RgbImage::filled(fine.width, fine.height, background);
     let n = mesh.positions.len();
-    let colors = (mesh.colors.len() == n).then_some(mesh.colors.as_slice());
     let normals = (mesh.normals.len() == n).then_some(mesh.normals.as_slice());
     for (i, (&id, b)) in frags.triangle.iter().zip(&frags.barycentric).enumerate() {
         if id == Fragments::BACKGROUND {
@@ -235,8 +267,7 @@ pub fn render_mesh(
             .normalize_or_zero();
         let view = (fine.position - point).normalize_or_zero();
         let light = 0.35 + 0.65 * normal.dot(view).abs();
-        let albedo = colors.map_or(Vec3::from(UNCOLORED), at);
-        let lit = (albedo * light)
+        let lit = (albedo(t, *b, point) * light)
             .to_array()
             .map(|v| linear_to_srgb(v).clamp(0.0, 1.0));
         image.data[3 * i..3 * i + 3].copy_from_slice(&lit);
@@ -246,6 +277,25 @@ pub fn render_mesh(
     } else {
         image
     }
+}
+
+/// `texture` at `uv` (glTF convention, clamped to the edge), bilinear, in [0, 1].
+pub fn sample_bilinear(texture: &image::RgbImage, uv: glam::Vec2) -> [f32; 3] {
+    let (w, h) = texture.dimensions();
+    if w == 0 || h == 0 {
+        return [0.0; 3];
+    }
+    // Texel centres sit at half-integers.
+    let x = (uv.x * w as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+    let y = (uv.y * h as f32 - 0.5).clamp(0.0, (h - 1) as f32);
+    let (x0, y0) = (x.floor() as u32, y.floor() as u32);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+    let texel = |x, y| texture.get_pixel(x, y).0.map(|c| c as f32 / 255.0);
+    let (a, b, c, d) = (texel(x0, y0), texel(x1, y0), texel(x0, y1), texel(x1, y1));
+    std::array::from_fn(|k| {
+        (a[k] * (1.0 - fx) + b[k] * fx) * (1.0 - fy) + (c[k] * (1.0 - fx) + d[k] * fx) * fy
+    })
 }
 
 /// The sRGB transfer function (inverse of [`srgb_to_linear`](super::srgb_to_linear)).
@@ -260,7 +310,6 @@ fn linear_to_srgb(v: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::srgb_to_linear;
 
     /// The cube `[-h, h]^3`, 8 corners, 12 triangles wound counter-clockwise from outside.
     fn cube(h: f32) -> TriMesh {
@@ -493,8 +542,8 @@ mod tests {
         let (x_min, ..) = cam.project(Vec3::new(-0.5, 0.5, 0.5)).unwrap();
         assert!((0.52..0.7).contains(&x_min.fract()), "{x_min}");
         let background = [0.1, 0.2, 0.3];
-        let one = render_mesh(&mesh, &cam, background, 1);
-        let two = render_mesh(&mesh, &cam, background, 2);
+        let one = render_mesh(&mesh, None, &cam, background, 1);
+        let two = render_mesh(&mesh, None, &cam, background, 2);
         assert_eq!((two.width, two.height), (32, 32));
         // Head-on, the light is nearly full at the centre.
         let [r, g, b] = one.pixel(16, 16);
@@ -528,12 +577,12 @@ mod tests {
     fn uncolored_mesh_is_grey_and_lit_by_its_normals() {
         let mut mesh = cube(0.5);
         let cam = front_camera(3.0, 32);
-        let head_on = render_mesh(&mesh, &cam, [0.0; 3], 0).pixel(16, 16);
+        let head_on = render_mesh(&mesh, None, &cam, [0.0; 3], 0).pixel(16, 16);
         assert!(head_on[0] == head_on[1] && head_on[1] == head_on[2]);
         assert!((head_on[0] - 0.5).abs() < 0.01, "{head_on:?}");
         // Vertex normals pointing sideways (+x) make the front face dim, to 0.35 ambient.
         mesh.normals = vec![[1.0, 0.0, 0.0]; 8];
-        let side = render_mesh(&mesh, &cam, [0.0; 3], 1).pixel(16, 16);
+        let side = render_mesh(&mesh, None, &cam, [0.0; 3], 1).pixel(16, 16);
         let want = linear_to_srgb(0.214 * 0.35);
         assert!((side[0] - want).abs() < 0.01, "{side:?} vs {want}");
     }
@@ -544,7 +593,7 @@ mod tests {
         let empty = rasterize(&TriMesh::default(), &cam);
         assert_eq!(empty.covered(), 0);
         assert_eq!(empty.triangle.len(), 256);
-        let image = render_mesh(&TriMesh::default(), &cam, [0.5; 3], 0);
+        let image = render_mesh(&TriMesh::default(), None, &cam, [0.5; 3], 0);
         assert_eq!(image, RgbImage::filled(16, 16, [0.5; 3]));
 
         let good = [[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]];
@@ -579,7 +628,7 @@ mod tests {
                 ..Default::default()
             };
             assert_eq!(rasterize(&mesh, &cam).covered(), 0, "{what}");
-            let image = render_mesh(&mesh, &cam, [0.0; 3], 2);
+            let image = render_mesh(&mesh, None, &cam, [0.0; 3], 2);
             assert!(image.data.iter().all(|&v| v == 0.0), "{what}");
         }
         // Trailing indices that make no whole triangle are ignored; the valid one still shows.

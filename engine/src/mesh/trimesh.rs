@@ -214,7 +214,7 @@ impl TriMesh {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A unit cube, wound outward.

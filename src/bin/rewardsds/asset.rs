@@ -107,7 +107,12 @@ impl Report {
 }
 
 /// `n` views of `mesh` around its vertical axis at 15 degrees of elevation, framed to fit.
-fn mesh_turntable(mesh: &TriMesh, n: usize, size: u32) -> Result<Vec<RgbImage>> {
+fn mesh_turntable(
+    mesh: &TriMesh,
+    texture: Option<&rewardsds::engine::image::RgbImage>,
+    n: usize,
+    size: u32,
+) -> Result<Vec<RgbImage>> {
     let Some(bounds) = mesh.bounds() else {
         return Ok(vec![RgbImage::filled(size, size, TURNTABLE_BACKGROUND); n]);
     };
@@ -120,7 +125,7 @@ fn mesh_turntable(mesh: &TriMesh, n: usize, size: u32) -> Result<Vec<RgbImage>> 
         .map(|i| {
             let azimuth = 360.0 * i as f32 / n as f32;
             let camera = Camera::orbit_around(center, azimuth, 15.0, distance, fov, size, size)?;
-            Ok(render_mesh(mesh, &camera, TURNTABLE_BACKGROUND, 2))
+            Ok(render_mesh(mesh, texture, &camera, TURNTABLE_BACKGROUND, 2))
         })
         .collect()
 }
@@ -280,9 +285,14 @@ impl Generate {
             .save_png(out.join("views.png"))
             .context("saving the views")?;
         let turntable = out.join("turntable.png");
-        RgbImage::hstack(&mesh_turntable(&mesh.mesh, 8, TURNTABLE_SIZE)?)
-            .save_png(&turntable)
-            .context("saving the turntable")?;
+        RgbImage::hstack(&mesh_turntable(
+            &mesh.mesh,
+            mesh.texture.as_ref(),
+            8,
+            TURNTABLE_SIZE,
+        )?)
+        .save_png(&turntable)
+        .context("saving the turntable")?;
         // An export ran no step: the run's own log stays.
         if !export_only {
             std::fs::write(out.join("progress.json"), serde_json::to_string(&log)?)?;
