@@ -10,6 +10,7 @@ mod adam;
 mod densify;
 mod export;
 mod init;
+mod prune;
 pub mod rotation;
 pub mod sh;
 
@@ -17,6 +18,7 @@ pub use adam::{GaussianAdam, GaussianLearningRates};
 pub use densify::{DensifyConfig, DensifyReport, DensifyStats};
 pub use export::SplatCloud;
 pub use init::GaussiansConfig;
+pub use prune::{PruneConfig, PruneConfigError, PruneReport};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, activation::sigmoid};
