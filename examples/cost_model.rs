@@ -63,7 +63,11 @@ fn main() -> Result<()> {
         let reward = config.guidance.reward.as_ref();
         println!(
             "| `{name}` | {} | {} x {} | {} | {} | {:.0} | {} | {:.1} GB |",
-            config.steps,
+            match &config.texture_stage {
+                // Stage 1's steps, then the texture stage's.
+                Some(t) => format!("{} + {}", config.steps, t.steps),
+                None => config.steps.to_string(),
+            },
             config.views_per_step,
             config.render_size,
             reward.map_or(1, |r| r.n_samples),

@@ -332,7 +332,11 @@ fn show_progress(ui: &mut egui::Ui, p: &GenerationProgress) {
         GenerationState::Queued { position } => format!("queued: {position} ahead"),
         GenerationState::Loading => "loading models".to_string(),
         GenerationState::Running => {
-            format!("step {}/{}, ETA {:.0} s", p.step, p.total, p.eta_seconds)
+            let stage = if p.texture_stage { "texturing, " } else { "" };
+            format!(
+                "{stage}step {}/{}, ETA {:.0} s",
+                p.step, p.total, p.eta_seconds
+            )
         }
         GenerationState::Exporting => "extracting the mesh".to_string(),
         GenerationState::Finished => "done".to_string(),

@@ -127,6 +127,39 @@ fn vsd_and_the_cfg_scale_are_options_of_generate() {
 }
 
 #[test]
+fn texture_steps_add_the_texture_stage_and_a_textured_asset() {
+    let dir = temp_dir("texture");
+    let out = rewardsds(&[
+        "generate",
+        "--prompt",
+        "a red cube",
+        "--steps",
+        "1",
+        "--texture-steps",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = json_events(&out);
+    let totals: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| (e["step"].as_u64().unwrap(), e["total"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(totals, [(1, 2), (2, 2)]);
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.contains("[texture_stage]"), "{config}");
+    let glb = dir.join("a-red-cube.glb");
+    let summary = rewardsds::engine::export::inspect_glb(&glb).unwrap();
+    assert_eq!(summary.images, 1, "the asset carries its texture");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn edit_writes_a_new_asset_beside_the_source() {
     let root = temp_dir("edit");
     let source = root.join("a-red-cube");

@@ -47,5 +47,7 @@ pub mod weights;
 pub use backend::{BackendError, BackendKind, BackendTask, run_on};
 /// The burn version the engine is built on, for callers that write backend-generic code.
 pub use burn;
+/// The math crate of the public geometry types (`Vec3`, ...).
+pub use glam;
 /// The image crate of the baked textures' type ([`mesh::BakedMesh::texture`]).
 pub use image;

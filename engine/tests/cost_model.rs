@@ -238,3 +238,39 @@ fn vsd_costs_its_lora_estimate_and_training_and_the_activations_they_keep() {
     assert!(b.lora_train > b.unet, "{b:?}");
     assert!(b.total() > a.total());
 }
+
+#[test]
+fn the_texture_stage_costs_guidance_steps_without_a_field_render() {
+    let models = CostModels::resolve("sd21-base", Some("image-reward")).unwrap();
+    let mut config = GenerateConfig::preset("sd21").unwrap();
+    config.texture_stage = None;
+    let one_stage = run_cost(&config, &models);
+    let stage = rewardsds_engine::generate::TextureStageConfig {
+        steps: 100,
+        ..Default::default()
+    };
+    config.texture_stage = Some(stage);
+    let two_stages = run_cost(&config, &models);
+    assert_eq!(two_stages.steps, config.steps + 100);
+    let part = |cost: &rewardsds_engine::cost::RunCost, name: &str| {
+        cost.components
+            .iter()
+            .find(|c| c.name.starts_with(name))
+            .unwrap()
+            .seconds
+    };
+    // No NeRF render in stage 2; its UNet passes are stage 1's, per step on average: the
+    // same views and size, N samples for the same 70% of the stage's steps, one after.
+    assert_eq!(part(&two_stages, "render"), part(&one_stage, "render"));
+    let stage_two = steps_cost(&config, &models, config.steps..config.steps + 100);
+    assert_eq!(stage_two.steps, 100);
+    assert_eq!(part(&stage_two, "render"), 0.0);
+    let sds = part(&stage_two, "UNet, SDS");
+    let per_step_stage_one = part(&one_stage, "UNet, SDS") / config.steps as f64;
+    let want = per_step_stage_one * 100.0;
+    assert!((sds - want).abs() < 1e-6 * want, "{sds} vs {want}");
+    assert!(
+        part(&stage_two, "UNet, DDIM") > 0.0,
+        "scored inside its window"
+    );
+}

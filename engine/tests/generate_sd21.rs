@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
-use rewardsds_engine::generate::{GenerateConfig, Generator};
+use rewardsds_engine::generate::{GenerateConfig, Generator, TextureStageConfig};
 use rewardsds_engine::guidance::ScoringMode;
 
 mod pipeline_folders;
@@ -23,6 +23,8 @@ fn tiny_sd21(prior: &Path, steps: usize) -> GenerateConfig {
     config.reward = Some(fixtures().join("image_reward_tiny").display().to_string());
     config.steps = steps;
     ci_sized(&mut config);
+    // Stage 1 alone; the texture stage is checked where it is named.
+    config.texture_stage = None;
     config
 }
 
@@ -61,15 +63,27 @@ fn the_sd21_preset_runs_to_a_valid_glb() {
     let prior = dir.join("prior");
     sd_folder(&prior);
 
-    let config = tiny_sd21(&prior, 3);
+    let mut config = tiny_sd21(&prior, 3);
     // What makes it threestudio's recipe stays: CFG 100, radius 2 with cameras 1.5-2.0 away
     // (inside the scene's sphere), Adam, view-dependent prompts, N = 4 min-max DDIM scoring.
     assert_eq!(config.guidance.guidance_scale, 100.0);
     assert!(config.camera.distance_range[1] <= config.nerf.radius);
+    // The preset's texture stage, cut to 2 steps of 16 px on a 64 px texture.
+    let preset = GenerateConfig::preset("sd21").unwrap().texture_stage;
+    config.texture_stage = preset.map(|t| TextureStageConfig {
+        steps: 2,
+        render_size: Some(16),
+        ..t
+    });
+    config.mesh.bake.texture_size = 64;
 
     let (generator, rewards) = run_collecting_rewards(config);
-    // reward_duration 0.7 of 3 steps: steps 0 and 1.
-    assert_eq!(rewards.len(), 2);
+    // reward_duration 0.7 of 3 steps: steps 0 and 1; of the texture stage's 2: its first.
+    assert_eq!(rewards.len(), 3);
+    assert!(
+        generator.textured().is_some(),
+        "the preset textures its asset"
+    );
     for step in &rewards {
         assert_eq!(step.len(), 4);
         assert!(step.iter().all(|r| r.is_finite()));

@@ -19,6 +19,7 @@ pub fn random_sample(group: &[Composition], n: usize, seed: u64) -> Vec<Composit
 
 /// Each `--prompt` as a Tiny World composition; a prompt that is not a caption of the world
 /// is refused by name.
+#[allow(dead_code)] // not every example that includes this file takes prompts
 pub fn tiny_world_prompts(prompts: &[String]) -> Result<Vec<Composition>> {
     prompts
         .iter()

@@ -1,10 +1,11 @@
 //! The live preview: the engine's coarse mesh of the field (or, for Gaussian scenes, the splats
-//! of [`crate::splat_preview`]), drawn as a child of the generating entity, replaced in place
-//! every few steps.
+//! of [`crate::splat_preview`]; in the texture stage the textured mesh), drawn as a child of
+//! the generating entity, replaced in place every few steps.
 
 use bevy::asset::RenderAssetUsages;
 use bevy::mesh::{Indices, PrimitiveTopology};
 use bevy::prelude::*;
+use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
 use rewardsds_engine::mesh::TriMesh;
 
 /// Marks the preview child of a generating entity (absent before the first preview and after
@@ -41,6 +42,38 @@ pub fn preview_to_bevy_mesh(mesh: &TriMesh) -> Mesh {
         out.compute_smooth_normals();
     }
     out
+}
+
+/// The texture stage's preview: the textured mesh (positions, normals, UVs) and a material
+/// of its texture, an sRGB image as glTF's base colour is.
+pub fn textured_preview(
+    mesh: &TriMesh,
+    texture: &rewardsds_engine::image::RgbImage,
+) -> (Mesh, Image, StandardMaterial) {
+    let mut out = preview_to_bevy_mesh(mesh);
+    if mesh.uvs.len() == mesh.positions.len() {
+        out.insert_attribute(Mesh::ATTRIBUTE_UV_0, mesh.uvs.clone());
+    }
+    let rgba: Vec<u8> = texture
+        .pixels()
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect();
+    let image = Image::new(
+        Extent3d {
+            width: texture.width(),
+            height: texture.height(),
+            depth_or_array_layers: 1,
+        },
+        TextureDimension::D2,
+        rgba,
+        TextureFormat::Rgba8UnormSrgb,
+        RenderAssetUsages::default(),
+    );
+    let material = StandardMaterial {
+        perceptual_roughness: 0.8,
+        ..preview_material()
+    };
+    (out, image, material)
 }
 
 /// The material previews share: white (the vertex colours show), both sides visible, since

@@ -59,6 +59,9 @@ pub struct GenerationProgress {
     pub seconds_per_step: f64,
     /// Seconds left at the pace so far.
     pub eta_seconds: f64,
+    /// The run is in its texture stage (`texture_stage`): the shape is final, its texture is
+    /// being refined.
+    pub texture_stage: bool,
 }
 
 impl GenerationProgress {
@@ -90,6 +93,7 @@ impl GenerationProgress {
         self.weights = progress.weights.clone();
         self.seconds_per_step = progress.seconds;
         self.eta_seconds = progress.eta_seconds;
+        self.texture_stage = progress.texture_stage;
         self.state = if progress.step >= progress.total {
             GenerationState::Exporting
         } else {

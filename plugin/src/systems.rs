@@ -20,7 +20,7 @@ use crate::error::GenerationError;
 use crate::messages::{
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationStarted,
 };
-use crate::preview::{GenerationPreview, preview_material, preview_to_bevy_mesh};
+use crate::preview::{GenerationPreview, preview_material, preview_to_bevy_mesh, textured_preview};
 use crate::progress::{GeneratedAsset, GenerationProgress, GenerationState};
 use crate::request::GenerateAsset;
 use crate::settings::RewardSdsSettings;
@@ -214,7 +214,7 @@ pub(crate) fn start_jobs(
         };
         let name = request.file_name();
         let started = request.resolve(&settings).and_then(|config| {
-            let total = config.steps;
+            let total = config.total_steps();
             let output = settings.output_dir().join(format!("{name}.glb"));
             let backend = settings.backend_for(&config);
             let mut job = JobRequest::new(config, backend, output);
@@ -280,6 +280,7 @@ pub(crate) fn apply_job_events(
     mut preview_material_handle: Local<Option<Handle<StandardMaterial>>>,
     mut splat_materials: Option<ResMut<Assets<SplatPreviewMaterial>>>,
     mut splat_material_handle: Local<Option<Handle<SplatPreviewMaterial>>>,
+    mut images: Option<ResMut<Assets<Image>>>,
 ) {
     let mut over = Vec::new();
     for (&entity, running) in jobs.running.iter_mut() {
@@ -347,6 +348,23 @@ pub(crate) fn apply_job_events(
                     .get_or_insert_with(|| materials.add(preview_material()))
                     .clone();
                 let mesh = Mesh3d(meshes.add(preview_to_bevy_mesh(mesh)));
+                show_preview(entity, running, (marker, mesh), material, &mut commands);
+            }
+            PreviewShape::TexturedMesh { mesh, texture } => {
+                let (Some(materials), Some(images)) =
+                    (materials.as_deref_mut(), images.as_deref_mut())
+                else {
+                    continue;
+                };
+                let (mesh, image, mut material) = textured_preview(mesh, texture);
+                material.base_color_texture = Some(images.add(image));
+                let material = materials.add(material);
+                // A new child each time: its material is this texture's, and a Gaussian run's
+                // splat preview had another kind of material.
+                if let Some(child) = running.preview.take() {
+                    commands.entity(child).try_despawn();
+                }
+                let mesh = Mesh3d(meshes.add(mesh));
                 show_preview(entity, running, (marker, mesh), material, &mut commands);
             }
             PreviewShape::Splats(cloud) => {

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bevy::asset::AssetPlugin;
-use bevy::gltf::GltfPlugin;
+use bevy::gltf::{GltfMaterial, GltfPlugin};
 use bevy::mesh::MeshPlugin;
 use bevy::prelude::*;
 use bevy::world_serialization::{WorldAssetRoot, WorldSerializationPlugin};
 use bevy_rewardsds::engine::export::{ValidatorError, khronos_validate};
-use bevy_rewardsds::engine::generate::GenerateConfig;
+use bevy_rewardsds::engine::generate::{GenerateConfig, TextureStageConfig};
 use bevy_rewardsds::prelude::*;
 use bevy_rewardsds::{
     GeneratedScene, GenerationJobs, GenerationPreview, SplatDepthOrder, SplatPreviewMaterial,
@@ -79,8 +79,9 @@ fn headless_app(root: &Path, settings: RewardSdsSettings) -> App {
         GltfPlugin::default(),
         RewardSdsPlugin::new(settings),
     ))
-    // The previews' materials without the renderer.
+    // The previews' materials and textures without the renderer.
     .init_asset::<StandardMaterial>()
+    .init_asset::<Image>()
     .init_asset::<SplatPreviewMaterial>()
     .init_resource::<Seen>()
     .add_systems(Update, collect.after(RewardSdsSystems));
@@ -393,6 +394,78 @@ fn a_finished_prop_is_edited_into_a_new_one() {
         "{}",
         failed[0].error
     );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn the_texture_stage_previews_and_loads_a_textured_prop() {
+    let root = asset_root("texture");
+    let settings = RewardSdsSettings {
+        preview_every: 1,
+        preview_resolution: 16,
+        ..default()
+    };
+    let mut app = headless_app(&root, settings);
+    let mut config = small_config(2);
+    config.mesh.bake.texture_size = 64;
+    config.texture_stage = Some(TextureStageConfig {
+        steps: 2,
+        render_size: Some(16),
+        ..Default::default()
+    });
+    let entity = app
+        .world_mut()
+        .spawn(GenerateAsset::new("a red cube").with_config(config))
+        .id();
+    let (mut textured_previews, mut stage_seen) = (0, false);
+    run_until(&mut app, Duration::from_secs(300), |app| {
+        stage_seen |= progress(app, entity).texture_stage;
+        let mut previews = app.world_mut().query::<(
+            &GenerationPreview,
+            &Mesh3d,
+            &MeshMaterial3d<StandardMaterial>,
+        )>();
+        for (_, mesh, material) in previews.iter(app.world()) {
+            let meshes = app.world().resource::<Assets<Mesh>>();
+            let materials = app.world().resource::<Assets<StandardMaterial>>();
+            let has_uvs = meshes
+                .get(&mesh.0)
+                .is_some_and(|m| m.attribute(Mesh::ATTRIBUTE_UV_0).is_some());
+            let texture = materials
+                .get(&material.0)
+                .and_then(|m| m.base_color_texture.clone());
+            if has_uvs && let Some(texture) = texture {
+                let images = app.world().resource::<Assets<Image>>();
+                let image = images.get(&texture).expect("the preview's texture");
+                assert_eq!(image.width(), 64);
+                textured_previews += 1;
+            }
+        }
+        let seen = app.world().resource::<Seen>();
+        assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+        !seen.finished.is_empty()
+    });
+    assert!(stage_seen, "progress said the texture stage ran");
+    assert!(
+        textured_previews > 0,
+        "the texture stage was previewed textured"
+    );
+
+    // The result loads with its material's baked texture (glTF materials become
+    // StandardMaterials in bevy_pbr's renderer, which a headless app has not).
+    run_until(&mut app, Duration::from_secs(60), |app| {
+        let world = app.world_mut();
+        let previews = world.query::<&GenerationPreview>().iter(world).count();
+        let materials = world.resource::<Assets<GltfMaterial>>();
+        let images = world.resource::<Assets<Image>>();
+        previews == 0
+            && world.get::<GeneratedAsset>(entity).is_some()
+            && materials.iter().any(|(_, m)| {
+                m.base_color_texture
+                    .as_ref()
+                    .is_some_and(|t| images.get(t).is_some_and(|i| i.width() == 64))
+            })
+    });
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -94,17 +94,31 @@ pub fn expected_ddim_passes(lo: usize, hi: usize) -> f64 {
     count as f64 / (hi - lo + 1) as f64
 }
 
-/// The cost of running `config` with `models`.
+/// The cost of running `config` with `models` (both stages when it has a texture stage).
 pub fn run_cost(config: &GenerateConfig, models: &CostModels) -> RunCost {
-    steps_cost(config, models, 0..config.steps)
+    steps_cost(config, models, 0..config.total_steps())
 }
 
 /// The cost of the steps `steps` of a run of `config` (each step's views, render size, noise
 /// samples and scoring are those of the whole run's schedule), e.g. the first steps a
 /// benchmark times.
 pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usize>) -> RunCost {
-    let steps = steps.start.min(config.steps)..steps.end.min(config.steps);
+    let total = config.total_steps();
+    let steps = steps.start.min(total)..steps.end.min(total);
     let guidance = &config.guidance;
+    // The texture stage: its own timestep schedule and reward window, as
+    // `Guidance::begin_stage` sets them; no field to render (the mesh is rasterised on the
+    // host, negligible beside the UNet).
+    let last = config.steps.saturating_sub(1);
+    let stage_guidance = config
+        .texture_stage
+        .as_ref()
+        .map(|t| crate::guidance::GuidanceConfig {
+            t_min: t.t_min,
+            t_max: t.t_max,
+            anneal_steps: t.steps,
+            ..guidance.clone()
+        });
     let image = models.image_side();
     let latent = models.latent_side();
     let frames = models.num_frames.max(1);
@@ -133,10 +147,12 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
     let chunk = (guidance.max_batch / frames).max(1) * frames;
     // Inside the reward window the guidance draws N noises; it scores them unless the
     // weights ignore rewards (`uniform`).
-    let last_reward_step = guidance
-        .reward
-        .as_ref()
-        .map_or(0, |r| (config.steps as f64 * r.reward_duration) as usize);
+    let last_reward_step = |stage_steps: usize| {
+        guidance
+            .reward
+            .as_ref()
+            .map_or(0, |r| (stage_steps as f64 * r.reward_duration) as usize)
+    };
     let scores = guidance
         .reward
         .as_ref()
@@ -156,16 +172,33 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
     let mut peak = StepMemory::default();
     let mut ddim_cache: Option<([usize; 2], f64)> = None;
     for step in steps.clone() {
-        let views = config.views_per_step_at(step);
-        let side = config.render_size_at(step) as usize;
-        let in_window = step < last_reward_step;
+        let (views, side, stage_step, stage_steps, schedule, renders) =
+            match (&config.texture_stage, &stage_guidance) {
+                (Some(t), Some(g)) if step >= config.steps => (
+                    t.views.unwrap_or(config.views_per_step_at(last)),
+                    t.render_size.unwrap_or(config.render_size_at(last)) as usize,
+                    step - config.steps,
+                    t.steps,
+                    g,
+                    false,
+                ),
+                _ => (
+                    config.views_per_step_at(step),
+                    config.render_size_at(step) as usize,
+                    step,
+                    config.steps,
+                    guidance,
+                    true,
+                ),
+            };
+        let in_window = stage_step < last_reward_step(stage_steps);
         let scored = in_window && scores;
         let n = if in_window {
             guidance.reward.as_ref().map_or(1, |r| r.n_samples)
         } else {
             1
         };
-        if config.scene == SceneKind::Nerf {
+        if renders && config.scene == SceneKind::Nerf {
             let samples = (views * side * side * config.renderer.num_samples_per_ray) as f64;
             // Above the chunk the renderer runs one more forward (render/recompute.rs), a
             // third of a forward + backward.
@@ -195,7 +228,7 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
         if scored {
             let scoring = guidance.reward.as_ref().map(|r| r.scoring);
             if scoring == Some(ScoringMode::Ddim) {
-                let range = guidance.timestep_range(step, NUM_TRAIN_TIMESTEPS);
+                let range = schedule.timestep_range(stage_step, NUM_TRAIN_TIMESTEPS);
                 let passes = match ddim_cache {
                     Some((cached, passes)) if cached == range => passes,
                     _ => {
@@ -213,7 +246,7 @@ pub fn steps_cost(config: &GenerateConfig, models: &CostModels, steps: Range<usi
                 reward.add_chunked(rows, guidance.max_batch, f, anchors::REWARD, 1.0);
             }
         }
-        let memory = step_memory(config, models, step, n);
+        let memory = step_memory(config, models, step.min(last), n);
         if memory.total() > peak.total() {
             peak = memory;
         }

@@ -12,6 +12,9 @@
 //! <dir>/step-0000120/vsd_lora.mpk    with VSD: the LoRA's trained parameters (not the UNet)
 //! <dir>/step-0000120/vsd_optimizer.mpk
 //!                                    with VSD: the LoRA's AdamW state
+//! <dir>/step-0000120/texture_*       in the texture stage, instead of the stage-1 scene:
+//!                                    the mesh, the texture and its Adam state
+//!                                    (`texture_checkpoint.rs`)
 //! ```
 //! Both `.mpk` files are burn records (named MessagePack, full precision). Not safetensors:
 //! burn keys the optimiser state by parameter id, and burn's module record is what keeps
@@ -49,6 +52,7 @@ use super::config::{GenerateConfig, SceneKind};
 use super::gaussian_scene::GaussianScene;
 use super::generator::SceneState;
 use super::generator::{GenerateError, Generator, load_guidance};
+use super::texture_checkpoint::{restore_textured, texture_files};
 use crate::backend::EngineAutodiffBackend;
 use crate::export::write_atomic;
 use crate::guidance::{Guidance, VsdLoRA};
@@ -332,6 +336,14 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                     gaussian_bytes(scene).map_err(|e| invalid(&target.join(GAUSSIANS_FILE), e))?;
                 vec![(GAUSSIANS_FILE, bytes)]
             }
+            SceneState::Textured(scene) => {
+                let mut check = NonFiniteParams(0);
+                scene.texture.visit(&mut check);
+                if check.0 > 0 {
+                    return Err(non_finite("a texel is NaN or infinite".into()).into());
+                }
+                texture_files(scene, &target)?
+            }
         };
         let state = CheckpointState {
             format: FORMAT_VERSION,
@@ -370,11 +382,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     ) -> Result<Self, GenerateError> {
         let folder = latest_checkpoint(dir)?;
         let config = checkpoint_config(dir)?;
-        let read = |file: &str| {
-            let path = folder.join(file);
-            std::fs::read(&path).map_err(io("read", &path))
-        };
-        let state = read_state(&folder, config.steps)?;
+        let state = read_state(&folder, config.total_steps())?;
         // The other scene kind's files: config.toml and the scene disagree.
         let other = match config.scene {
             SceneKind::Nerf => SceneKind::Gaussians,
@@ -396,6 +404,38 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         }
 
         let mut generator = Self::new(config, guidance, device)?;
+        if state.step > generator.config.steps {
+            // In the texture stage: its own files replace stage 1's scene.
+            let scene = restore_textured::<B>(&folder, &generator.config, device)?;
+            let stage = scene.config().clone();
+            generator
+                .guidance
+                .begin_stage(stage.t_min, stage.t_max, stage.steps);
+            generator.scene = SceneState::Textured(Box::new(scene));
+        } else {
+            generator.restore_stage_one(&folder, device)?;
+        }
+        if let Some(lora) = generator.guidance.vsd_mut() {
+            restore_vsd(lora, &folder)?;
+        }
+        generator.step = state.step;
+        generator.elapsed = state.elapsed_seconds;
+        generator.checkpoint_dir = Some(dir.to_path_buf());
+        generator.last_checkpoint = Some(folder);
+        Ok(generator)
+    }
+
+    /// Loads the stage-1 scene (NeRF or Gaussians) and its optimiser from `folder`.
+    fn restore_stage_one(
+        &mut self,
+        folder: &Path,
+        device: &B::Device,
+    ) -> Result<(), GenerateError> {
+        let read = |file: &str| {
+            let path = folder.join(file);
+            std::fs::read(&path).map_err(io("read", &path))
+        };
+        let generator = self;
         match &mut generator.scene {
             SceneState::Nerf {
                 nerf, optimizer, ..
@@ -417,15 +457,9 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 load_gaussians(scene, &read(GAUSSIANS_FILE)?, device)
                     .map_err(|e| invalid(&path, e))?;
             }
+            SceneState::Textured(_) => unreachable!("a new generator starts in stage 1"),
         }
-        if let Some(lora) = generator.guidance.vsd_mut() {
-            restore_vsd(lora, &folder)?;
-        }
-        generator.step = state.step;
-        generator.elapsed = state.elapsed_seconds;
-        generator.checkpoint_dir = Some(dir.to_path_buf());
-        generator.last_checkpoint = Some(folder);
-        Ok(generator)
+        Ok(())
     }
 }
 
@@ -537,7 +571,7 @@ fn gaussian_bytes<B: EngineAutodiffBackend>(scene: &GaussianScene<B>) -> Result<
 }
 
 /// The values of tensor `name`, checked to be `dtype` with `rank` dimensions.
-fn read_values<T>(
+pub(super) fn read_values<T>(
     file: &SafeTensors,
     name: &str,
     dtype: Dtype,

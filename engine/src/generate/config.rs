@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::edit::EditConfig;
 use super::gaussian_scene::GaussianSceneConfig;
+use super::texture_stage::TextureStageConfig;
 use crate::backend::BackendKind;
 use crate::guidance::{
     AnnealedFraction, ConfigError, GuidanceConfig, ReconLossConfig, RewardSdsConfig, ScoringMode,
@@ -148,6 +149,11 @@ pub struct GenerateConfig {
     /// starts as the asset and `prompt` is what it should become (`edit.source`,
     /// `edit.source_prompt`: [`EditConfig`]). Unset: a new asset.
     pub edit: Option<EditConfig>,
+    /// Stage 2 after the `steps` of stage 1: the surface meshed with a UV atlas and its
+    /// texture refined with the same guidance on renders of the fixed mesh (DreamGaussian's
+    /// second stage; [`TextureStageConfig`]). The asset is then the textured mesh. Unset: one
+    /// stage.
+    pub texture_stage: Option<TextureStageConfig>,
 }
 
 impl Default for GenerateConfig {
@@ -307,6 +313,7 @@ impl GenerateConfig {
             },
             asset_size: 1.0,
             edit: None,
+            texture_stage: None,
         }
     }
 
@@ -401,6 +408,9 @@ impl GenerateConfig {
             snapshot_every: 200,
             checkpoint_every: 1000,
             mesh: MeshConfig::default(),
+            // Not threestudio's: the asset a game needs is a textured mesh (DreamGaussian's
+            // second stage, its defaults).
+            texture_stage: Some(TextureStageConfig::default()),
             ..fast
         }
     }
@@ -504,6 +514,8 @@ impl GenerateConfig {
             resolution_milestones: Vec::new(),
             snapshot_every: 100,
             checkpoint_every: 500,
+            // A textured asset (DreamGaussian's second stage); the paper's `mvdream` has none.
+            texture_stage: Some(TextureStageConfig::default()),
             ..full
         }
     }
@@ -615,7 +627,31 @@ impl GenerateConfig {
         if let Some(edit) = &self.edit {
             edit.validate(self)?;
         }
+        if let Some(stage) = &self.texture_stage {
+            stage.validate()?;
+            if self.edit.is_some() {
+                return Err(ConfigError::new(
+                    "texture_stage",
+                    "an edit keeps its source's representation: unset texture_stage for edits",
+                ));
+            }
+            if let Some(views) = stage.views
+                && views % group != 0
+            {
+                return Err(ConfigError::new(
+                    "texture_stage.views",
+                    format!(
+                        "{views} views are not whole groups of camera.views_per_group = {group}"
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Steps of the whole run: stage 1's `steps` plus the texture stage's.
+    pub fn total_steps(&self) -> usize {
+        self.steps + self.texture_stage.as_ref().map_or(0, |t| t.steps)
     }
 
     /// Side of the training views rendered at `step` (0-based): `render_size`, or the size of

@@ -15,13 +15,14 @@ use super::config::GenerateConfig;
 use super::config::SceneKind;
 use super::edit::{EditSource, StartScene};
 use super::gaussian_scene::GaussianScene;
+use super::texture_stage::TexturedScene;
 use crate::backend::EngineAutodiffBackend;
 use crate::export::{ExportConfig, ExportError, ExportReport, write_glb};
 use crate::fit::render_views;
 use crate::guidance::{
     BoxedReward, ConfigError, DiffusionPrior, Guidance, GuidanceError, ViewAngles,
 };
-use crate::mesh::{ExtractedMesh, MeshConfig, MeshError, NerfField, extract_mesh};
+use crate::mesh::{ColorMode, ExtractedMesh, MeshConfig, MeshError, NerfField, extract_mesh};
 use crate::models::AnyReward;
 use crate::models::autoencoder_tiny::AutoencoderTiny;
 use crate::models::tokenizer::CLIPTokenizer;
@@ -128,6 +129,9 @@ pub struct Progress {
     /// VSD's LoRA training loss this step, when VSD is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora_loss: Option<f32>,
+    /// The step belonged to the texture stage (`texture_stage`), not to stage 1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub texture_stage: bool,
     /// Seconds this step took.
     pub seconds: f64,
     /// Seconds left at the mean pace so far.
@@ -197,6 +201,8 @@ pub(super) enum SceneState<B: EngineAutodiffBackend> {
     },
     /// 3D Gaussians.
     Gaussians(GaussianScene<B>),
+    /// Stage 2: the stage-1 surface's texture on a fixed mesh (`config.texture_stage`).
+    Textured(Box<TexturedScene<B>>),
 }
 
 /// Generates one asset: a NeRF or 3D Gaussians optimised with SDS or RewardSDS.
@@ -471,18 +477,26 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         self.step
     }
 
-    /// The NeRF as it is now (`None` for a Gaussian scene).
+    /// The NeRF as it is now (`None` for a Gaussian scene and in the texture stage).
     pub fn nerf(&self) -> Option<&Nerf<B>> {
         match &self.scene {
             SceneState::Nerf { nerf, .. } => Some(nerf),
-            SceneState::Gaussians(_) => None,
+            SceneState::Gaussians(_) | SceneState::Textured(_) => None,
         }
     }
 
-    /// The Gaussians as they are now (`None` for a NeRF scene).
+    /// The texture stage's mesh and texture (`None` before it begins).
+    pub fn textured(&self) -> Option<&TexturedScene<B>> {
+        match &self.scene {
+            SceneState::Textured(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The Gaussians as they are now (`None` for a NeRF scene and in the texture stage).
     pub fn gaussians(&self) -> Option<&Gaussians<B::InnerBackend>> {
         match &self.scene {
-            SceneState::Nerf { .. } => None,
+            SceneState::Nerf { .. } | SceneState::Textured(_) => None,
             SceneState::Gaussians(g) => Some(g.gaussians()),
         }
     }
@@ -490,14 +504,33 @@ impl<B: EngineAutodiffBackend> Generator<B> {
     /// One optimisation step.
     pub fn step(&mut self) -> Result<Progress, GenerateError> {
         let start = Instant::now();
-        let size = self.config.render_size_at(self.step);
+        self.begin_texture_stage()?;
+        // Stage 2 renders as stage 1's last step did, unless its settings say otherwise; its
+        // guidance counts its own steps.
+        let last = self.config.steps - 1;
+        let (size, views, guidance_step) = match &self.scene {
+            SceneState::Textured(t) => (
+                t.config()
+                    .render_size
+                    .unwrap_or(self.config.render_size_at(last)),
+                t.config()
+                    .views
+                    .unwrap_or(self.config.views_per_step_at(last)),
+                self.step - self.config.steps,
+            ),
+            _ => (
+                self.config.render_size_at(self.step),
+                self.config.views_per_step_at(self.step),
+                self.step,
+            ),
+        };
         // One seed per step: nothing drawn at step k depends on how the run was split.
         let seed = self.step_seed(self.step);
         let cameras: Vec<Camera> =
             CameraSampler::new(self.config.camera.clone(), seed ^ CAMERA_STREAM)?
-                .at_step(self.step, self.config.steps)
-                .sample(self.config.views_per_step_at(self.step), size, size)?;
-        let views: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
+                .at_step(self.step.min(last), self.config.steps)
+                .sample(views, size, size)?;
+        let view_angles: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
         // A NeRF render above the renderer's chunk is deferred: its backward runs in chunks.
         let mut deferred = None;
         // An edit's source renders with the same jitter: an unchanged scene renders the same.
@@ -526,13 +559,22 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 let (images, pending) = g.render(&cameras, self.step, &self.device)?;
                 (images, Some(pending))
             }
+            SceneState::Textured(t) => (t.render(&cameras), None),
         };
         let guided = match &self.edit {
-            None => self.guidance.step(images, &views, self.step, seed)?,
+            None => self
+                .guidance
+                .step(images, &view_angles, guidance_step, seed)?,
             Some(edit) => {
                 let source = edit.render(&cameras, source_jitter.as_deref(), &self.device)?;
-                self.guidance
-                    .dds_step(&edit.prompt, images, source, &views, self.step, seed)?
+                self.guidance.dds_step(
+                    &edit.prompt,
+                    images,
+                    source,
+                    &view_angles,
+                    self.step,
+                    seed,
+                )?
             }
         };
         let loss: f32 = guided.loss.clone().into_scalar().elem();
@@ -583,14 +625,16 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             (SceneState::Gaussians(_), None) => {
                 unreachable!("a Gaussian render leaves a pending step")
             }
+            (SceneState::Textured(t), _) => t.update(&mut grads),
         }
         self.step += 1;
         let seconds = start.elapsed().as_secs_f64();
         self.elapsed += seconds;
-        let remaining = self.config.steps.saturating_sub(self.step);
+        let total = self.config.total_steps();
+        let remaining = total.saturating_sub(self.step);
         Ok(Progress {
             step: self.step,
-            total: self.config.steps,
+            total,
             loss,
             t: guided.stats.t,
             render_size: size,
@@ -598,6 +642,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             weights: guided.stats.weights,
             feedback_reward: guided.stats.feedback_reward,
             lora_loss: guided.stats.lora_loss,
+            texture_stage: matches!(self.scene, SceneState::Textured(_)),
             seconds,
             eta_seconds: self.elapsed / self.step as f64 * remaining as f64,
         })
@@ -613,7 +658,8 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         cancel: &AtomicBool,
         on_event: &mut dyn FnMut(GenerateEvent),
     ) -> Result<StopReason, GenerateError> {
-        while self.step < self.config.steps {
+        let total = self.config.total_steps();
+        while self.step < total {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(StopReason::Cancelled);
             }
@@ -621,7 +667,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             let step = progress.step;
             on_event(GenerateEvent::Progress(progress));
             let every = self.config.snapshot_every;
-            if every > 0 && (step % every == 0 || step == self.config.steps) {
+            if every > 0 && (step % every == 0 || step == total) {
                 // At the size the step just trained at: the preview shows what the prior saw,
                 // and costs the same few steps' worth whatever the schedule.
                 let size = self.config.render_size_at(step - 1);
@@ -633,7 +679,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             let every = self.config.checkpoint_every;
             if let Some(dir) = self.checkpoint_dir.clone()
                 && every > 0
-                && (step % every == 0 || step == self.config.steps)
+                && (step % every == 0 || step == total)
             {
                 let path = self.save_checkpoint(&dir)?;
                 on_event(GenerateEvent::Checkpoint { step, path });
@@ -650,6 +696,7 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 Ok(render_views(nerf, renderer, &cameras, &self.device))
             }
             SceneState::Gaussians(g) => g.render_views(&cameras, &self.device),
+            SceneState::Textured(t) => Ok(t.render_views(&cameras)),
         }
     }
 
@@ -672,7 +719,49 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 let fields = cloud.fields();
                 extract_mesh(&fields, Some(&fields), bounds, mesh)
             }
+            SceneState::Textured(t) => Ok(t.extracted(mesh)),
         }
+    }
+
+    /// When stage 1 is done and the config has a texture stage that has not begun: meshes the
+    /// surface with a UV atlas, bakes the texture (with `mesh.bake`), and optimises that
+    /// texture from then on. The next [`step`](Self::step) does it first anyway; calling it
+    /// earlier shows the baked start (`turntable`, `textured`). Otherwise does nothing.
+    pub fn begin_texture_stage(&mut self) -> Result<(), GenerateError> {
+        let Some(stage) = self.config.texture_stage.clone() else {
+            return Ok(());
+        };
+        if self.step < self.config.steps || matches!(self.scene, SceneState::Textured(_)) {
+            return Ok(());
+        }
+        let mut mesh_config = self.config.mesh.clone();
+        mesh_config.color = ColorMode::Texture;
+        mesh_config.simplify.lod_triangles.clear();
+        let extracted = self.surface(&mesh_config)?;
+        let Some(texture) = extracted.texture else {
+            return Err(MeshError::NoTriangles {
+                stage: "texture bake",
+            }
+            .into());
+        };
+        log::info!(
+            "texture stage: {} triangles, {}x{} texture, {} steps",
+            extracted.mesh.triangle_count(),
+            texture.width(),
+            texture.height(),
+            stage.steps
+        );
+        self.guidance
+            .begin_stage(stage.t_min, stage.t_max, stage.steps);
+        self.scene = SceneState::Textured(Box::new(TexturedScene::new(
+            extracted.mesh,
+            &texture,
+            extracted.report,
+            stage,
+            &self.config.optimizer,
+            &self.device,
+        )));
+        Ok(())
     }
 
     /// Extract the surface and write it to `path` as a `.glb` (atomically), with the prompt,

@@ -576,6 +576,7 @@ impl<B: EngineAutodiffBackend> Image2dGenerator<B> {
                 weights: guided.stats.weights,
                 feedback_reward: guided.stats.feedback_reward,
                 lora_loss: guided.stats.lora_loss,
+                texture_stage: false,
                 seconds,
                 eta_seconds: self.elapsed / self.step as f64 * remaining as f64,
             },

@@ -378,7 +378,7 @@ impl BackendTask for Job {
         });
 
         let start = Instant::now();
-        let total = generator.config().steps;
+        let total = generator.config().total_steps();
         while generator.steps_done() < total {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(JobEvent::Cancelled {

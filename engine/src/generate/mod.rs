@@ -13,6 +13,8 @@ mod image2d_checkpoint;
 pub mod job;
 pub mod model_cache;
 pub mod preview;
+mod texture_checkpoint;
+pub mod texture_stage;
 
 pub use checkpoint::{CheckpointError, CheckpointState, checkpoint_config, latest_checkpoint};
 pub use config::{GenerateConfig, PRESETS, ResolutionMilestone, SceneKind};
@@ -26,3 +28,4 @@ pub use image2d::{Image2dConfig, Image2dEdit, Image2dGenerator, ImageProgress, l
 pub use job::{GenerationJob, JobEvent, JobFailure, JobFailureKind, JobReport, JobRequest};
 pub use model_cache::ModelCache;
 pub use preview::{Preview, PreviewShape, place_splats_on_ground, preview_mesh};
+pub use texture_stage::{TexelLookup, Texture, TextureStageConfig, TexturedScene};

@@ -1,6 +1,7 @@
 //! Live previews of a running generation, placed and scaled as the final asset will be (y up,
 //! standing on y = 0, longest side `asset_size`): a coarse mesh of the field, or for Gaussian
-//! scenes the Gaussians themselves, for hosts that draw splats.
+//! scenes the Gaussians themselves, for hosts that draw splats; in the texture stage the
+//! textured mesh.
 
 use glam::Vec3;
 
@@ -25,21 +26,40 @@ pub struct Preview {
     pub shape: PreviewShape,
 }
 
-/// The two ways a preview is drawn.
+/// The ways a preview is drawn.
 #[derive(Debug, Clone)]
 pub enum PreviewShape {
     /// Positions in metres, normals, linear vertex colours.
     Mesh(TriMesh),
+    /// In the texture stage: the textured mesh, placed as the asset will be, and its
+    /// texture (sRGB).
+    TexturedMesh {
+        /// The mesh with its UVs.
+        mesh: TriMesh,
+        /// The texture as it is now.
+        texture: image::RgbImage,
+    },
     /// Gaussians in metres; colours as rendered (sRGB-encoded, like the training images).
     Splats(SplatCloud),
 }
 
 impl Preview {
-    /// The field's coarse mesh, or `None` while nothing is above the iso-level.
+    /// The field's coarse mesh, or `None` while nothing is above the iso-level; in the
+    /// texture stage the textured mesh itself.
     pub fn mesh<B: EngineAutodiffBackend>(
         generator: &Generator<B>,
         resolution: u32,
     ) -> Result<Option<Self>, GenerateError> {
+        if let Some(stage) = generator.textured() {
+            let (mesh, _) = place_on_ground(stage.mesh(), Some(generator.config().asset_size))?;
+            return Ok(Some(Self {
+                step: generator.steps_done(),
+                shape: PreviewShape::TexturedMesh {
+                    mesh,
+                    texture: stage.texture_image(),
+                },
+            }));
+        }
         Ok(preview_mesh(generator, resolution)?.map(|mesh| Self {
             step: generator.steps_done(),
             shape: PreviewShape::Mesh(mesh),

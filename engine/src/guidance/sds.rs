@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{GuidanceConfig, RewardSdsConfig, TimeWeighting};
+use super::config::{AnnealedFraction, GuidanceConfig, RewardSdsConfig, TimeWeighting};
 use super::ism::interval_target;
 use super::prior::{DiffusionPrior, ImageEncoder};
 use super::prompts::{PromptEmbeddings, ViewAngles, ViewDirection};
@@ -180,6 +180,21 @@ impl<B: AutodiffBackend> Guidance<B> {
             vsd,
             total_steps,
         })
+    }
+
+    /// Starts a new stage of `total_steps` steps (the texture stage): step indices count from
+    /// 0 again, timesteps are drawn from `t_min..t_max` annealed over the stage, and
+    /// `reward_duration` and the CFG schedule apply to the stage's length.
+    pub fn begin_stage(
+        &mut self,
+        t_min: AnnealedFraction,
+        t_max: AnnealedFraction,
+        total_steps: usize,
+    ) {
+        self.config.t_min = t_min;
+        self.config.t_max = t_max;
+        self.config.anneal_steps = total_steps;
+        self.total_steps = total_steps;
     }
 
     /// Decodes the scored samples with `taesd` instead of the prior's VAE (RewardSDS's

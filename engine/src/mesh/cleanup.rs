@@ -1,6 +1,8 @@
 //! Floater removal: NeRFs leave small blobs of density in empty space; they become small
 //! disconnected pieces of mesh that a game asset should not carry.
 
+use serde::{Deserialize, Serialize};
+
 use super::TriMesh;
 
 /// The connected pieces of a mesh (triangles sharing a vertex are connected).
@@ -74,7 +76,7 @@ pub fn connected_components(mesh: &TriMesh) -> Components {
 }
 
 /// What [`remove_floaters`] dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct FloaterReport {
     /// Components before removal.
     pub components: usize,

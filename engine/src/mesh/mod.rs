@@ -180,7 +180,7 @@ impl MeshConfig {
 }
 
 /// Wall time of each step of [`extract_mesh`].
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct MeshTimings {
     /// Field queries (both passes for [`IsoLevel::Auto`]).
     pub sample: Duration,
@@ -195,7 +195,7 @@ pub struct MeshTimings {
 }
 
 /// What [`extract_mesh`] did, for logs and the `.json` beside the asset.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MeshReport {
     /// The iso-level the surface was drawn at.
     pub iso_level: f32,

@@ -173,7 +173,7 @@ impl Generate {
             "prior": config.prior,
             "seconds": start.elapsed().as_secs_f64(),
             "steps_done": generator.steps_done(),
-            "steps": config.steps,
+            "steps": config.total_steps(),
         }));
         report.say(format!(
             "loaded {} in {:.1}s{}",
@@ -192,7 +192,7 @@ impl Generate {
         let bar = if report.json {
             ProgressBar::hidden()
         } else {
-            ProgressBar::new(config.steps as u64)
+            ProgressBar::new(config.total_steps() as u64)
         };
         bar.set_position(generator.steps_done() as u64);
         bar.set_style(
@@ -207,7 +207,7 @@ impl Generate {
             report.say(format!(
                 "exporting the state at step {} of {} (--export-only)",
                 generator.steps_done(),
-                config.steps
+                config.total_steps()
             ));
         }
         let mut snapshot_error = None;

@@ -88,8 +88,11 @@ fn show(name: &str) -> Result<u8, Failure> {
             GENERATE_PRESETS.join(", ")
         ))
     })?;
+    let texture = config.texture_stage.as_ref().map_or(String::new(), |t| {
+        format!(" + {} of the texture stage", t.steps)
+    });
     println!(
-        "generation preset `{name}`: {} steps, scene {:?}",
+        "generation preset `{name}`: {} steps{texture}, scene {:?}",
         config.steps, config.scene
     );
     let needs = [

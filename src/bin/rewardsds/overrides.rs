@@ -1,6 +1,6 @@
 //! The options that change a preset's or config's values, shared by `generate` and `batch`.
 
-use rewardsds::engine::generate::{GenerateConfig, SceneKind};
+use rewardsds::engine::generate::{GenerateConfig, SceneKind, TextureStageConfig};
 use rewardsds::engine::guidance::{RewardFeedbackConfig, VsdConfig};
 
 /// The options that change a preset's or config's values (`generate` and `batch` share them).
@@ -59,6 +59,11 @@ pub struct Overrides {
     /// (`learning_rate_end_factor`; the preset's or config's when unset).
     #[arg(long)]
     learning_rate_end_factor: Option<f64>,
+    /// Steps of the texture stage after the `--steps` of stage 1 (`texture_stage.steps`): the
+    /// surface meshed with a UV atlas and its texture refined with the same guidance; 0
+    /// turns the stage off (the preset's or config's when unset).
+    #[arg(long)]
+    texture_steps: Option<usize>,
 }
 
 impl Overrides {
@@ -106,6 +111,12 @@ impl Overrides {
         if let Some(scale) = self.reward_feedback {
             config.guidance.reward_feedback =
                 (scale != 0.0).then_some(RewardFeedbackConfig { scale });
+        }
+        if let Some(steps) = self.texture_steps {
+            config.texture_stage = (steps > 0).then(|| TextureStageConfig {
+                steps,
+                ..config.texture_stage.clone().unwrap_or_default()
+            });
         }
     }
 }
