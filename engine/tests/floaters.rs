@@ -31,25 +31,12 @@ fn push(cloud: &mut SplatCloud, p: Vec3, scale: f32, opacity: f32, color: [f32; 
         .push(color.iter().map(|c| (c - 0.5) / SH_C0).collect());
 }
 
-/// The box `GaussianScene::cloud` meshes in: the centres grown by the widest 3-sigma reach.
-fn bounds_of(cloud: &SplatCloud) -> Aabb {
-    let margin = cloud
-        .scales
-        .iter()
-        .map(|s| 3.0 * s.iter().fold(0.0f32, |a, &b| a.max(b)))
-        .fold(0.0f32, f32::max)
-        .min(0.5);
-    Aabb::from_points(&cloud.positions)
-        .map(|b| b.grown(Vec3::splat(margin + 1e-3)))
-        .unwrap_or_else(|| Aabb::cube(1.0))
-}
-
 fn mesh_cloud(cloud: &SplatCloud, config: &MeshConfig) -> ExtractedMesh {
     let fields = cloud.fields();
     extract_mesh(
         &fields,
         Some(&fields as &dyn AlbedoField),
-        bounds_of(cloud),
+        cloud.mesh_bounds(),
         config,
     )
     .expect("the cloud meshes")

@@ -221,15 +221,7 @@ impl<B: EngineAutodiffBackend> GaussianScene<B> {
     /// The Gaussians on the host, and a box around them for surface extraction.
     pub fn cloud(&self) -> (SplatCloud, Aabb) {
         let cloud = self.params.to_cloud();
-        let margin = cloud
-            .scales
-            .iter()
-            .map(|s| 3.0 * s.iter().fold(0.0f32, |a, &b| a.max(b)))
-            .fold(0.0f32, f32::max)
-            .min(0.5);
-        let bounds = Aabb::from_points(&cloud.positions)
-            .map(|b| b.grown(glam::Vec3::splat(margin + 1e-3)))
-            .unwrap_or_else(|| Aabb::cube(1.0));
+        let bounds = cloud.mesh_bounds();
         (cloud, bounds)
     }
 }

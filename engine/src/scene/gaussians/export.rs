@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use glam::{Mat3, Quat, Vec3};
 
 use super::{Gaussians, sh};
-use crate::mesh::{AlbedoField, DensityField};
+use crate::mesh::{Aabb, AlbedoField, DensityField};
 
 /// Gaussians on the host, activated: linear scales, unit quaternions, opacity in [0, 1],
 /// degree-0 colour in RGB.
@@ -132,6 +132,20 @@ impl SplatCloud {
         let r = Mat3::from_quat(Quat::from_xyzw(x, y, z, w));
         let inv = Vec3::from(self.scales[i]).map(|s| 1.0 / (s * s).max(1e-12));
         r * Mat3::from_diagonal(inv) * r.transpose()
+    }
+
+    /// The box to mesh the cloud in: the centres grown by the widest 3-sigma reach (at most
+    /// 0.5), or the unit cube for an empty cloud.
+    pub fn mesh_bounds(&self) -> Aabb {
+        let margin = self
+            .scales
+            .iter()
+            .map(|s| 3.0 * s.iter().fold(0.0f32, |a, &b| a.max(b)))
+            .fold(0.0f32, f32::max)
+            .min(0.5);
+        Aabb::from_points(&self.positions)
+            .map(|b| b.grown(Vec3::splat(margin + 1e-3)))
+            .unwrap_or_else(|| Aabb::cube(1.0))
     }
 
     /// The fields mesh extraction samples, with a uniform grid over the Gaussians' 3-sigma
