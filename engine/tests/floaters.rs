@@ -8,14 +8,17 @@
 
 use std::path::Path;
 
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{Tensor, TensorData};
 use glam::Vec3;
+use rewardsds_engine::generate::{GaussianScene, GaussianSceneConfig};
 use rewardsds_engine::mesh::{
-    Aabb, AlbedoField, ExtractedMesh, MeshConfig, TriMesh, connected_components, extract_mesh,
-    render_mesh,
+    Aabb, AlbedoField, BackdropPieces, ExtractedMesh, MeshConfig, TriMesh, connected_components,
+    extract_mesh, render_mesh,
 };
 use rewardsds_engine::rgb_image::RgbImage;
 use rewardsds_engine::scene::camera::Camera;
-use rewardsds_engine::scene::gaussians::{PruneConfig, SplatCloud};
+use rewardsds_engine::scene::gaussians::{Gaussians, PruneConfig, SplatCloud};
 
 const SH_C0: f32 = 0.282_094_8;
 
@@ -71,8 +74,9 @@ fn unit(i: usize, k: f32) -> f32 {
     (i as f32 * k).fract()
 }
 
-#[test]
-fn planted_floaters_are_pruned_and_the_prop_meshes_in_one_piece() {
+/// The torus with what SDS leaves around a prop planted: the cloud, and how many Gaussians
+/// are the object (first), faint, and opaque strays (last).
+fn planted_cloud() -> (SplatCloud, usize, usize, usize) {
     let mut cloud = SplatCloud::default();
     solid_torus(&mut cloud);
     let object = cloud.len();
@@ -126,7 +130,12 @@ fn planted_floaters_are_pruned_and_the_prop_meshes_in_one_piece() {
         push(&mut cloud, p, 0.06, 0.7, [1.0; 3]);
     }
     let opaque_strays = cloud.len() - object - faint;
+    (cloud, object, faint, opaque_strays)
+}
 
+#[test]
+fn planted_floaters_are_pruned_and_the_prop_meshes_in_one_piece() {
+    let (cloud, object, faint, opaque_strays) = planted_cloud();
     let config = PruneConfig::default();
     let (keep, report) = cloud.prune_mask(&config).unwrap();
     let (pruned, _) = cloud.pruned(&config).unwrap();
@@ -169,6 +178,158 @@ fn planted_floaters_are_pruned_and_the_prop_meshes_in_one_piece() {
         "the strays mesh as pieces of their own"
     );
     assert!(far(&before) >= 500);
+}
+
+/// Triangles with every corner within `radius` of `center`.
+fn triangles_within(mesh: &TriMesh, center: Vec3, radius: f32) -> usize {
+    mesh.triangles()
+        .filter(|t| t.iter().all(|p| p.distance(center) < radius))
+        .count()
+}
+
+/// What survives pruning on a real prop (opaque clumps the outlier rule cannot tell from
+/// surface) is dropped by the mesh stage when the piece is coloured like the backdrop and
+/// small; a white object of the scene's size and a small piece of the prop's colour stay.
+#[test]
+fn small_backdrop_coloured_pieces_are_dropped_and_white_objects_stay() {
+    let mut cloud = SplatCloud::default();
+    solid_torus(&mut cloud);
+    // A solid white ball of radius 0.3 above the torus (a lattice, as even as the torus).
+    let ball = Vec3::new(0.0, 0.9, 0.0);
+    for x in -5..=5 {
+        for y in -5..=5 {
+            for z in -5..=5 {
+                let offset = Vec3::new(x as f32, y as f32, z as f32) * 0.06;
+                if offset.length() <= 0.3 {
+                    push(&mut cloud, ball + offset, 0.05, 0.8, [1.0; 3]);
+                }
+            }
+        }
+    }
+    // Two small opaque clumps beside the torus: one white (a blob), one purple (a piece of
+    // the prop the surface lost touch with).
+    let (blob, chip) = (Vec3::new(1.0, 0.0, 0.0), Vec3::new(-1.0, 0.0, 0.0));
+    for c in [blob, chip] {
+        let color = if c == blob { [1.0; 3] } else { [0.6, 0.2, 0.7] };
+        for m in 0..27 {
+            let offset = Vec3::new((m % 3) as f32, ((m / 3) % 3) as f32, (m / 9) as f32) - 1.0;
+            push(&mut cloud, c + offset * 0.06, 0.05, 0.9, color);
+        }
+    }
+
+    let config = |color| MeshConfig {
+        resolution: 96,
+        coarse_resolution: 48,
+        min_component_fraction: 0.0,
+        backdrop_pieces: BackdropPieces {
+            color,
+            ..BackdropPieces::default()
+        },
+        ..MeshConfig::default()
+    };
+    let plain = mesh_cloud(&cloud, &config(None));
+    let cleaned = mesh_cloud(&cloud, &config(Some([0.92; 3])));
+    let pieces = |m: &ExtractedMesh| connected_components(&m.mesh).len();
+    // Within 0.25 of a clump's centre, 0.45 of the ball's (its surface lies near 0.35).
+    let near = |m: &ExtractedMesh, c: Vec3| {
+        triangles_within(&m.mesh, c, if c == ball { 0.45 } else { 0.25 })
+    };
+    println!(
+        "pieces {} -> {}; blob {} -> {}, chip {} -> {}, ball {} -> {}; {:?}",
+        pieces(&plain),
+        pieces(&cleaned),
+        near(&plain, blob),
+        near(&cleaned, blob),
+        near(&plain, chip),
+        near(&cleaned, chip),
+        near(&plain, ball),
+        near(&cleaned, ball),
+        cleaned.report.floaters
+    );
+    assert_eq!(pieces(&plain), 4, "torus, ball, blob and chip mesh apart");
+    assert!(near(&plain, blob) > 0 && near(&plain, chip) > 0);
+    assert_eq!(near(&cleaned, blob), 0, "the white blob is dropped");
+    assert!(near(&cleaned, chip) > 0, "the purple chip stays");
+    assert!(near(&cleaned, ball) > 100, "the white ball stays");
+    assert_eq!(
+        (
+            pieces(&cleaned),
+            cleaned.report.floaters.backdrop_components
+        ),
+        (3, 1)
+    );
+
+    // Out of range is refused by name.
+    let mut bad = config(Some([0.92; 3]));
+    bad.backdrop_pieces.color_distance = 2.0;
+    let err = extract_mesh(&cloud.fields(), None, cloud.mesh_bounds(), &bad).unwrap_err();
+    assert!(
+        err.to_string().contains("backdrop_pieces.color_distance"),
+        "{err}"
+    );
+}
+
+/// The generator's Gaussian scene prunes with `gaussians.prune` before it hands its cloud to
+/// the mesh stage, and the prune can be turned off.
+#[test]
+fn the_gaussian_scene_meshes_the_pruned_cloud() {
+    let (cloud, object, faint, opaque_strays) = planted_cloud();
+    let n = cloud.len();
+    let device = Default::default();
+    let t2 = |v: Vec<f32>, w: usize| {
+        Tensor::<NdArray, 2>::from_data(TensorData::new(v, [n, w]), &device)
+    };
+    let gaussians = Gaussians {
+        means: t2(cloud.positions.iter().flatten().copied().collect(), 3),
+        log_scales: t2(cloud.scales.iter().flatten().map(|s| s.ln()).collect(), 3),
+        rotations: t2(cloud.rotations.iter().flatten().copied().collect(), 4),
+        opacity_logits: t2(
+            cloud
+                .opacities
+                .iter()
+                .map(|o| (o / (1.0 - o)).ln())
+                .collect(),
+            1,
+        ),
+        sh_dc: t2(cloud.sh.iter().flatten().copied().collect(), 3),
+        sh_rest: None,
+    };
+
+    let config = GaussianSceneConfig::default();
+    let scene =
+        GaussianScene::<Autodiff<NdArray>>::from_gaussians(&config, gaussians.clone()).unwrap();
+    let (pruned, bounds, report) = scene.cloud().unwrap();
+    assert_eq!((pruned.len(), report.kept), (object, object));
+    assert_eq!(
+        (report.transparent, report.outliers),
+        (faint, opaque_strays)
+    );
+    // The meshing box is the pruned cloud's: the strays reach 1.6 from the centre.
+    let reach = bounds.max.abs().max(bounds.min.abs()).max_element();
+    assert!(reach < 1.0, "{bounds:?}");
+
+    let off = GaussianSceneConfig {
+        prune: PruneConfig {
+            min_opacity: 0.0,
+            nb_neighbors: 0,
+            ..PruneConfig::default()
+        },
+        ..GaussianSceneConfig::default()
+    };
+    let scene = GaussianScene::<Autodiff<NdArray>>::from_gaussians(&off, gaussians).unwrap();
+    let (whole, _, report) = scene.cloud().unwrap();
+    assert_eq!((whole.len(), report.kept), (n, n));
+
+    // A setting out of range is refused by its config key.
+    let bad = GaussianSceneConfig {
+        prune: PruneConfig {
+            min_opacity: 1.5,
+            ..PruneConfig::default()
+        },
+        ..GaussianSceneConfig::default()
+    };
+    let err = bad.validate().unwrap_err();
+    assert_eq!(err.field, "gaussians.prune.min_opacity", "{err}");
 }
 
 // ---- The real prop: measurements and pictures (ignored: needs a generated .ply). ----
@@ -302,12 +463,17 @@ fn describe_mesh(label: &str, mesh: &TriMesh) {
 }
 
 /// The mesh stage as `rewardsds generate` runs it on a Gaussian scene (the fast preset's
-/// grid), optionally without the component filter.
-fn fast_preset_mesh(min_component_fraction: f64) -> MeshConfig {
+/// grid), optionally without the component filter and the backdrop rule.
+fn fast_preset_mesh(min_component_fraction: f64, backdrop: bool) -> MeshConfig {
     MeshConfig {
         resolution: 96,
         coarse_resolution: 48,
         min_component_fraction,
+        backdrop_pieces: BackdropPieces {
+            // What the generator fills in: the scene's background (the fast preset's).
+            color: backdrop.then_some([0.92; 3]),
+            ..BackdropPieces::default()
+        },
         ..MeshConfig::default()
     }
 }
@@ -336,22 +502,27 @@ fn measure_real_prop() {
     let (pruned, report) = cloud.pruned(&PruneConfig::default()).unwrap();
     println!("{:?}: {report:?}", PruneConfig::default());
     for (label, c) in [("unpruned", &cloud), ("pruned", &pruned)] {
-        let all = mesh_cloud(c, &fast_preset_mesh(0.0));
+        let all = mesh_cloud(c, &fast_preset_mesh(0.0, false));
         println!(
             "{label}: iso-level {:.3}, sampled {:?}",
             all.report.iso_level, all.report.sampled_bounds
         );
         describe_mesh(&format!("{label}, no component filter"), &all.mesh);
-        let filtered = mesh_cloud(c, &fast_preset_mesh(0.05));
+        let filtered = mesh_cloud(c, &fast_preset_mesh(0.05, true));
         println!("  {:?}", filtered.report.floaters);
-        describe_mesh(&format!("{label}, component filter 0.05"), &filtered.mesh);
+        describe_mesh(
+            &format!("{label}, component filter 0.05 and backdrop pieces"),
+            &filtered.mesh,
+        );
     }
 
     if let Ok(dir) = std::env::var("FLOATERS_IMAGES") {
         let dir = Path::new(&dir);
         std::fs::create_dir_all(dir).unwrap();
-        for (name, c) in [("before", &cloud), ("after", &pruned)] {
-            let mesh = mesh_cloud(c, &fast_preset_mesh(0.05)).mesh;
+        // Before: the mesh stage as it was (component filter only); after: pruned, and the
+        // backdrop-coloured pieces dropped.
+        for (name, c, backdrop) in [("before", &cloud, false), ("after", &pruned, true)] {
+            let mesh = mesh_cloud(c, &fast_preset_mesh(0.05, backdrop)).mesh;
             turntable(&mesh, 4, 256)
                 .save_png(dir.join(format!("gaussian_cleanup_{name}.png")))
                 .unwrap();

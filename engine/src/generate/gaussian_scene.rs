@@ -14,7 +14,7 @@ use crate::rgb_image::RgbImage;
 use crate::scene::camera::Camera;
 use crate::scene::gaussians::{
     DensifyConfig, DensifyReport, DensifyStats, GaussianAdam, GaussianLearningRates, Gaussians,
-    GaussiansConfig, SplatCloud,
+    GaussiansConfig, PruneConfig, PruneConfigError, PruneReport, SplatCloud,
 };
 
 /// The Gaussian scene's settings in a [`super::GenerateConfig`].
@@ -29,6 +29,9 @@ pub struct GaussianSceneConfig {
     pub learning_rates: GaussianLearningRates,
     /// Colour behind the Gaussians (the prior's usual backdrop).
     pub background: [f32; 3],
+    /// What is dropped before the Gaussians are meshed: the faded and the stray, which would
+    /// otherwise mesh as blobs around the prop.
+    pub prune: PruneConfig,
 }
 
 impl Default for GaussianSceneConfig {
@@ -50,6 +53,7 @@ impl Default for GaussianSceneConfig {
             ),
             learning_rates: GaussianLearningRates::default(),
             background: [0.92; 3],
+            prune: PruneConfig::default(),
         }
     }
 }
@@ -71,6 +75,12 @@ impl GaussianSceneConfig {
                 "must be at least 1",
             ));
         }
+        self.prune.validate().map_err(|e| {
+            ConfigError::new(
+                format!("gaussians.prune.{}", e.name),
+                format!("{} {}", e.value, e.why),
+            )
+        })?;
         if self.background.iter().any(|c| !(0.0..=1.0).contains(c)) {
             return Err(ConfigError::new(
                 "gaussians.background",
@@ -203,6 +213,11 @@ impl<B: EngineAutodiffBackend> GaussianScene<B> {
         }
     }
 
+    /// The colour behind the Gaussians in every render the guidance sees.
+    pub fn background_color(&self) -> [f32; 3] {
+        self.config.background
+    }
+
     /// Renders `cameras` without gradients.
     pub fn render_views(
         &self,
@@ -218,10 +233,11 @@ impl<B: EngineAutodiffBackend> GaussianScene<B> {
         .map_err(|e| ConfigError::new("gaussians", e.to_string()).into())
     }
 
-    /// The Gaussians on the host, and a box around them for surface extraction.
-    pub fn cloud(&self) -> (SplatCloud, Aabb) {
-        let cloud = self.params.to_cloud();
+    /// The Gaussians on the host that should become surface (`prune` applied), a box
+    /// around them for surface extraction, and what was pruned.
+    pub fn cloud(&self) -> Result<(SplatCloud, Aabb, PruneReport), PruneConfigError> {
+        let (cloud, report) = self.params.to_cloud().pruned(&self.config.prune)?;
         let bounds = cloud.mesh_bounds();
-        (cloud, bounds)
+        Ok((cloud, bounds, report))
     }
 }

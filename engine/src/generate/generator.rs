@@ -715,9 +715,27 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 extract_mesh(&field, Some(&field), bounds, mesh)
             }
             SceneState::Gaussians(g) => {
-                let (cloud, bounds) = g.cloud();
+                // The config was validated when the scene was made; named all the same.
+                let (cloud, bounds, pruned) = g.cloud().map_err(|e| MeshError::BadConfig {
+                    name: "gaussians.prune",
+                    value: format!("{} = {}", e.name, e.value),
+                    why: e.why,
+                })?;
+                log::info!(
+                    "pruned before meshing: {} of {} Gaussians kept ({} transparent, {} outliers)",
+                    pruned.kept,
+                    pruned.total,
+                    pruned.transparent,
+                    pruned.outliers
+                );
                 let fields = cloud.fields();
-                extract_mesh(&fields, Some(&fields), bounds, mesh)
+                let mut mesh = mesh.clone();
+                mesh.backdrop_pieces
+                    .color
+                    .get_or_insert(g.background_color());
+                let mut extracted = extract_mesh(&fields, Some(&fields), bounds, &mesh)?;
+                extracted.report.gaussian_prune = Some(pruned);
+                Ok(extracted)
             }
             SceneState::Textured(t) => Ok(t.extracted(mesh)),
         }

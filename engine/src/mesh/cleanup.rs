@@ -84,6 +84,10 @@ pub struct FloaterReport {
     pub removed_components: usize,
     /// Triangles removed.
     pub removed_triangles: usize,
+    /// Of the pieces left, those dropped for the backdrop's colour
+    /// ([`remove_backdrop_pieces`](super::remove_backdrop_pieces)).
+    #[serde(default)]
+    pub backdrop_components: usize,
 }
 
 /// Keeps the components whose area is at least `min_fraction` of the largest one's
@@ -103,6 +107,7 @@ pub fn remove_floaters(mesh: &TriMesh, min_fraction: f64) -> (TriMesh, FloaterRe
         components: components.len(),
         removed_components: keep.iter().filter(|k| !**k).count(),
         removed_triangles: mesh.triangle_count() - kept.triangle_count(),
+        backdrop_components: 0,
     };
     (kept, report)
 }

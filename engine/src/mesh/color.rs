@@ -29,13 +29,28 @@ pub fn paint_vertex_colors(
     albedo: &(impl AlbedoField + ?Sized),
     chunk: usize,
 ) -> Result<(), MeshError> {
-    let mut colors = Vec::with_capacity(mesh.vertex_count());
-    for points in mesh.positions.chunks(chunk.max(1)) {
-        let got = albedo.albedo(points);
-        if got.len() != points.len() {
+    let colors = query_albedo(albedo, &mesh.positions, chunk)?;
+    mesh.colors = colors
+        .into_iter()
+        .map(|c| c.map(|v| srgb_to_linear(v.clamp(0.0, 1.0))))
+        .collect();
+    Ok(())
+}
+
+/// `albedo` at `points` (sRGB, as the field gives it), at most `chunk` points per query;
+/// a wrong count or a value that is not finite is an error.
+pub(crate) fn query_albedo(
+    albedo: &(impl AlbedoField + ?Sized),
+    points: &[[f32; 3]],
+    chunk: usize,
+) -> Result<Vec<[f32; 3]>, MeshError> {
+    let mut colors = Vec::with_capacity(points.len());
+    for part in points.chunks(chunk.max(1)) {
+        let got = albedo.albedo(part);
+        if got.len() != part.len() {
             return Err(MeshError::FieldLength {
                 field: "albedo",
-                expected: points.len(),
+                expected: part.len(),
                 got: got.len(),
             });
         }
@@ -49,14 +64,10 @@ pub fn paint_vertex_colors(
         return Err(MeshError::NonFinite {
             field: "albedo",
             count: 1 + bad.count(),
-            first: mesh.positions[first],
+            first: points[first],
         });
     }
-    mesh.colors = colors
-        .into_iter()
-        .map(|c| c.map(|v| srgb_to_linear(v.clamp(0.0, 1.0))))
-        .collect();
-    Ok(())
+    Ok(colors)
 }
 
 /// The sRGB transfer function's inverse: the renderer's (and the prior's) colours are

@@ -5,7 +5,8 @@
 //! 1. sample the [`DensityField`] on a grid over the object's bounds ([`DensityGrid`]), the
 //!    iso-level given or found from the field's statistics ([`IsoLevel::Auto`]);
 //! 2. extract the surface with surface nets ([`extract_surface`]), closed by construction;
-//! 3. drop floaters, the small disconnected pieces ([`remove_floaters`]);
+//! 3. drop floaters, the small disconnected pieces ([`remove_floaters`]), and the pieces
+//!    coloured like the backdrop ([`remove_backdrop_pieces`]);
 //! 4. simplify to a triangle budget with meshopt ([`simplify`]), plus optional LODs;
 //! 5. smooth normals, vertex colours from the [`AlbedoField`] ([`paint_vertex_colors`]), or
 //!    a UV atlas ([`unwrap_uvs`]) and a baked texture ([`bake_texture`]).
@@ -14,6 +15,7 @@
 //! [`crate::export`] places it on the ground and scales it.
 
 mod atlas;
+mod backdrop;
 mod bake;
 mod cleanup;
 mod color;
@@ -26,6 +28,7 @@ mod simplify;
 mod trimesh;
 
 pub use atlas::{BakeConfig, UvAtlas, unwrap_uvs};
+pub use backdrop::{BackdropPieces, remove_backdrop_pieces};
 pub use bake::{BakedMesh, bake_texture, texels_in_triangle};
 pub use cleanup::{Components, FloaterReport, connected_components, remove_floaters};
 pub use color::{ColorMode, paint_vertex_colors, srgb_to_linear};
@@ -112,6 +115,8 @@ pub struct MeshConfig {
     /// Connected pieces with less than this fraction of the largest piece's area are dropped
     /// as floaters (`0` keeps everything).
     pub min_component_fraction: f64,
+    /// Small pieces coloured like the backdrop the guidance saw, dropped as floaters too.
+    pub backdrop_pieces: BackdropPieces,
     /// Simplification budget and optional LODs.
     pub simplify: SimplifyConfig,
     /// How the mesh is coloured.
@@ -129,6 +134,7 @@ impl Default for MeshConfig {
             coarse_resolution: 64,
             iso_level: IsoLevel::Auto,
             min_component_fraction: 0.05,
+            backdrop_pieces: BackdropPieces::default(),
             simplify: SimplifyConfig::default(),
             color: ColorMode::VertexColors,
             bake: BakeConfig::default(),
@@ -174,6 +180,7 @@ impl MeshConfig {
         if self.chunk == 0 {
             return bad("chunk", "0".into(), "must be at least 1");
         }
+        self.backdrop_pieces.validate()?;
         self.bake.validate()?;
         self.simplify.validate()
     }
@@ -209,6 +216,10 @@ pub struct MeshReport {
     pub extracted_triangles: usize,
     /// Floater removal.
     pub floaters: FloaterReport,
+    /// What was pruned from a Gaussian scene before its field was sampled (`None` for a
+    /// NeRF).
+    #[serde(default)]
+    pub gaussian_prune: Option<crate::scene::gaussians::PruneReport>,
     /// Triangles and vertices of the final mesh.
     pub triangles: usize,
     /// Vertices of the final mesh.
@@ -321,8 +332,14 @@ pub fn extract_mesh(
     let extracted_triangles = raw.triangle_count();
 
     let t = Instant::now();
-    let (kept, floaters) = remove_floaters(&raw, config.min_component_fraction);
+    let (mut kept, mut floaters) = remove_floaters(&raw, config.min_component_fraction);
     drop(raw);
+    if let Some(albedo) = albedo {
+        let backdrop;
+        (kept, backdrop) =
+            remove_backdrop_pieces(&kept, albedo, &config.backdrop_pieces, config.chunk)?;
+        floaters.backdrop_components = backdrop;
+    }
     timings.cleanup = t.elapsed();
 
     let t = Instant::now();
@@ -374,6 +391,7 @@ pub fn extract_mesh(
         sampled_bounds,
         extracted_triangles,
         floaters,
+        gaussian_prune: None,
         triangles: mesh.triangle_count(),
         vertices: mesh.vertex_count(),
         simplify_error: simplified.relative_error,
