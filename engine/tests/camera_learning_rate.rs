@@ -1,6 +1,10 @@
 //! The camera embedding's own learning rate, in a test binary of its own: the comparison
 //! needs two training runs to draw the same random numbers from burn's process-wide RNG, which
 //! other tests running beside them in one binary would take from.
+//!
+//! Needs the engine's `train` feature (on in `cargo test --workspace`: the facade's
+//! dev-dependency turns it on).
+#![cfg(feature = "train")]
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};

@@ -1,5 +1,9 @@
 //! Tiny World: the recipe runs end to end at test size and writes folders the SD/CLIP loaders
 //! read exactly; the shipped weights load through their presets.
+//!
+//! Needs the engine's `train` feature (on in `cargo test --workspace`: the facade's
+//! dev-dependency turns it on).
+#![cfg(feature = "train")]
 
 use std::collections::HashMap;
 

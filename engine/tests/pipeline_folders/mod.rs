@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use rewardsds_engine::generate::{GenerateConfig, GenerateEvent, Generator, StopReason};
 use rewardsds_engine::models::unet_2d::{UNet2DConditionModel, UNet2DConditionModelConfig};
+#[cfg(feature = "train")]
 use rewardsds_engine::tiny_world::recipe::{Phases, RecipeConfig, run_recipe};
 use rewardsds_engine::weights::weight_files;
 
@@ -56,6 +57,7 @@ pub fn load_unet(dir: &Path) -> (UNet2DConditionModelConfig, UNet2DConditionMode
 
 /// A tiny pipeline trained by the test recipe (reward, judge, UNet; no eval) into a fresh
 /// temp folder `name`.
+#[cfg(feature = "train")]
 pub fn train_test_pipeline(name: &str) -> PathBuf {
     let out = temp_dir(name);
     let train = Phases {
