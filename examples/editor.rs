@@ -355,10 +355,14 @@ fn show_progress(ui: &mut egui::Ui, p: &GenerationProgress) {
     }
 }
 
-/// The mean reward per step as a line (egui alone: no plotting crate for one curve).
+/// The mean reward per step as a line (egui alone: no plotting crate for one curve), under a
+/// band that names its range (the label never sits on the line).
 fn reward_curve(ui: &mut egui::Ui, values: &[f32]) {
-    let (rect, _) =
-        ui.allocate_exact_size(egui::vec2(ui.available_width(), 60.0), egui::Sense::hover());
+    const LABEL: f32 = 13.0;
+    let (rect, _) = ui.allocate_exact_size(
+        egui::vec2(ui.available_width(), 60.0 + LABEL),
+        egui::Sense::hover(),
+    );
     let painter = ui.painter_at(rect);
     painter.rect_filled(rect, 2.0, egui::Color32::from_gray(30));
     let (lo, hi) = values
@@ -366,6 +370,7 @@ fn reward_curve(ui: &mut egui::Ui, values: &[f32]) {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
             (lo.min(*v), hi.max(*v))
         });
+    let plot = egui::Rect::from_min_max(rect.left_top() + egui::vec2(0.0, LABEL), rect.max);
     let span = (hi - lo).max(1e-6);
     let n = (values.len() - 1) as f32;
     let points: Vec<egui::Pos2> = values
@@ -373,8 +378,8 @@ fn reward_curve(ui: &mut egui::Ui, values: &[f32]) {
         .enumerate()
         .map(|(i, v)| {
             egui::pos2(
-                rect.left() + rect.width() * i as f32 / n,
-                rect.bottom() - rect.height() * (v - lo) / span,
+                plot.left() + plot.width() * i as f32 / n,
+                plot.bottom() - plot.height() * (v - lo) / span,
             )
         })
         .collect();
@@ -383,9 +388,9 @@ fn reward_curve(ui: &mut egui::Ui, values: &[f32]) {
         egui::Stroke::new(1.5, egui::Color32::LIGHT_GREEN),
     ));
     painter.text(
-        rect.left_top(),
+        rect.left_top() + egui::vec2(2.0, 1.0),
         egui::Align2::LEFT_TOP,
-        format!("reward {hi:.3}"),
+        format!("mean reward per step, {lo:.3} to {hi:.3}"),
         egui::FontId::monospace(10.0),
         egui::Color32::GRAY,
     );
