@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use rewardsds::engine::backend::{BackendTask, EngineAutodiffBackend};
 use rewardsds::engine::generate::{Image2dConfig, Image2dGenerator};
 use rewardsds::engine::guidance::VsdConfig;
 use rewardsds::engine::tiny_world::evaluate::Judge;
@@ -197,8 +197,6 @@ mod table;
 fn main() -> Result<()> {
     logging::init();
     let args = Args::parse();
-    let kind: BackendKind = args.backend.parse().context("--backend")?;
-    let out = args.out.clone();
-    let table = run_on(kind, Bench { args })??;
-    table::print_table(&table, out.as_deref())
+    let (backend, out) = (args.backend.clone(), args.out.clone());
+    table::run_and_print(&backend, Bench { args }, out.as_deref())
 }

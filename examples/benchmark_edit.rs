@@ -27,7 +27,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use rewardsds::engine::backend::{BackendTask, EngineAutodiffBackend};
 use rewardsds::engine::generate::{GenerateConfig, Generator, SceneKind, edit_config};
 use rewardsds::engine::procedural::{Color, Shape};
 use rewardsds::engine::rgb_image::RgbImage;
@@ -326,8 +326,6 @@ mod table;
 fn main() -> Result<()> {
     logging::init();
     let args = Args::parse();
-    let kind: BackendKind = args.backend.parse().context("--backend")?;
-    let out = args.out.clone();
-    let table = run_on(kind, Bench { args })??;
-    table::print_table(&table, out.as_deref())
+    let (backend, out) = (args.backend.clone(), args.out.clone());
+    table::run_and_print(&backend, Bench { args }, out.as_deref())
 }

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use rewardsds::engine::backend::{BackendKind, BackendTask, EngineAutodiffBackend, run_on};
+use rewardsds::engine::backend::{BackendTask, EngineAutodiffBackend};
 use rewardsds::engine::generate::{GenerateConfig, Generator, TextureStageConfig, load_guidance};
 use rewardsds::engine::glam::Vec3;
 use rewardsds::engine::rgb_image::RgbImage;
@@ -270,8 +270,6 @@ use prompts::random_sample;
 fn main() -> Result<()> {
     logging::init();
     let args = Args::parse();
-    let kind: BackendKind = args.backend.parse().context("--backend")?;
-    let out = args.out.clone();
-    let table = run_on(kind, Bench { args })??;
-    table::print_table(&table, out.as_deref())
+    let (backend, out) = (args.backend.clone(), args.out.clone());
+    table::run_and_print(&backend, Bench { args }, out.as_deref())
 }
