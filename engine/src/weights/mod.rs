@@ -1,6 +1,8 @@
 //! Finding model folders and loading safetensors into burn modules.
 //!
 //! - [`resolve`]: a model name (folder, preset, `org/name`) to a folder; the files in it.
+//! - `hub` (cargo feature `hub`): downloads into the Hugging Face cache that hold up to cuts
+//!   and stalls.
 //! - [`load`]: `*.safetensors` into a burn module, PyTorch layout converted, any float type.
 //! - [`save`]: a burn module to `*.safetensors` with the same key names (what we train).
 //! - [`LoadError`]: every failure, naming the file or tensor at fault.
@@ -10,7 +12,7 @@
 
 mod error;
 #[cfg(feature = "hub")]
-mod hub;
+pub mod hub;
 pub mod load;
 mod random_init;
 pub mod resolve;

@@ -407,17 +407,12 @@ fn resolve_repo(
     files: &[&str],
     fetch: Fetch,
 ) -> Result<PathBuf, LoadError> {
-    match cached_repo(cache, repo_id, "main") {
-        Ok(dir) => Ok(dir),
-        #[cfg(feature = "hub")]
-        Err(_) if fetch == Fetch::Download => {
-            super::hub::download(cache, repo_id, subfolders, files, None)
-        }
-        Err(e) => {
-            let _ = (subfolders, files, fetch);
-            Err(e)
-        }
+    #[cfg(feature = "hub")]
+    if fetch == Fetch::Download {
+        return super::hub::HubClient::from_env().snapshot(cache, repo_id, subfolders, files);
     }
+    let _ = (subfolders, files, fetch);
+    cached_repo(cache, repo_id, "main")
 }
 
 /// The weight files that hold one model's weights, in load order:
