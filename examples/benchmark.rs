@@ -6,7 +6,8 @@
 //! mean judge CLIP score, wins per prompt, the objects whose colour took the asked-for shape
 //! (`tiny_world::shape_check`, no CLIP) and time per asset; RewardSDS at equal steps, SDS
 //! also at equal wall-clock. `--images <dir>` saves the judged views (one row per run, in the
-//! order of the log lines).
+//! order of the log lines). `--journal runs.jsonl` keeps every run, so a long benchmark can be
+//! run in chunks and resumed.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -23,6 +24,9 @@ use rewardsds::engine::tiny_world::shape_check::check_shapes;
 use rewardsds::engine::tiny_world::{Composition, Split};
 use rewardsds::engine::weights::resolve_model;
 
+#[path = "common/journal.rs"]
+mod journal;
+use journal::{Journal, Run};
 #[path = "common/prompts.rs"]
 mod prompts;
 use prompts::{random_sample, tiny_world_prompts};
@@ -94,7 +98,14 @@ struct Args {
     /// Backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// Save every asset's 8 judged views, one row per run, as `<images>/<scene>.png`.
+    /// Keep every finished run in this JSON-lines file and reuse the runs already there (same
+    /// settings, scene, caption, seed and method): a long benchmark runs in chunks
+    /// (`--first-seed`, `--scenes`, several sessions) and a final call with every seed and
+    /// scene prints the whole table from the journal.
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Save every asset's 8 judged views, one row per run, as `<images>/<scene>.png` (runs
+    /// read from `--journal` have no views there).
     #[arg(long)]
     images: Option<PathBuf>,
     /// Write the table here too.
@@ -125,6 +136,70 @@ struct Score {
     shapes: usize,
     /// Sum over the checked objects of the asked-for shape's fit error.
     shape_error: f32,
+}
+
+impl Score {
+    fn add(&mut self, run: &Run) {
+        self.runs += 1;
+        self.views += run.views;
+        self.retrieved_views += run.retrieved_views;
+        self.clip_score += run.clip_score;
+        self.seconds += run.seconds;
+        self.steps += run.steps;
+        self.shapes_right += run.shapes_right;
+        self.shapes += run.shapes;
+        self.shape_error += run.shape_error;
+    }
+}
+
+/// Generates one asset under `config` and judges its 8 views (added to `sheet`); the run's
+/// labels (settings, scene, group, method) are left for the caller to fill.
+fn run_one<B: EngineAutodiffBackend>(
+    config: &GenerateConfig,
+    composition: &Composition,
+    judge: &Judge<B::InnerBackend>,
+    device: &B::Device,
+    sheet: &mut Vec<RgbImage>,
+) -> Result<Run> {
+    let guidance = load_guidance::<B>(config, device)?;
+    let start = Instant::now();
+    let mut generator = Generator::<B>::new(config.clone(), guidance, device)?;
+    generator.run(&AtomicBool::new(false), &mut |_| {})?;
+    let seconds = start.elapsed().as_secs_f64();
+    let views: Vec<RgbImage> = generator.turntable(8, config.final_render_size())?;
+    let images = RgbImage::to_tensor::<B::InnerBackend>(&views, device);
+    let r = judge.retrieval(images, &vec![*composition; views.len()]);
+    sheet.push(RgbImage::hstack(&views));
+    // Compositions whose objects share a colour cannot be checked.
+    let shapes = check_shapes(&generator.surface(&config.mesh)?.mesh, composition).ok();
+    let (shapes_right, shapes, shape_error) = shapes.map_or((0, 0, 0.0), |check| {
+        (
+            check.correct(),
+            check.objects.len(),
+            // A missing colour counts as the worst error measured (1: the whole extent away).
+            check
+                .objects
+                .iter()
+                .map(|o| o.asked_error().unwrap_or(1.0))
+                .sum::<f32>(),
+        )
+    });
+    Ok(Run {
+        settings: String::new(),
+        scene: String::new(),
+        caption: config.prompt.clone(),
+        group: String::new(),
+        seed: config.seed,
+        method: String::new(),
+        steps: config.steps,
+        seconds,
+        views: views.len(),
+        retrieved_views: (r.top1 * views.len() as f32).round() as usize,
+        clip_score: r.clip_score,
+        shapes_right,
+        shapes,
+        shape_error,
+    })
 }
 
 struct Bench {
@@ -242,77 +317,113 @@ impl BackendTask for Bench {
         let mut table = String::from(
             "| scene | method | steps/asset | judge R-precision (8 views) | judge CLIP score | wins vs SDS | shapes right (no CLIP) | asked-shape fit error | s/asset |\n|---|---|---|---|---|---|---|---|---|\n",
         );
+        let settings = format!(
+            "steps {} | cfg {:?} -> {:?} | generative weight {:?} | csd {:?} | lr end {:?} | prior {:?} | feedback {:?} | backend {}",
+            args.steps,
+            args.guidance_scale,
+            args.guidance_scale_end,
+            args.generative_weight,
+            args.csd_fraction,
+            args.learning_rate_end_factor,
+            args.prior,
+            args.reward_feedback,
+            args.backend
+        );
+        let mut journal = Journal::open(args.journal.as_deref())?;
+        let mut per_caption = String::from("| scene | caption | group |");
+        for method in &methods {
+            per_caption += &format!(" {} |", method.name);
+        }
+        per_caption += "\n|---|---|---|";
+        per_caption += &"---|".repeat(methods.len());
+        per_caption += "\n";
         for &scene in &args.scenes {
             let mut scores: Vec<Score> = vec![Score::default(); methods.len()];
             // Per prompt and seed: judge CLIP score of each method, for wins.
             let mut per_run: Vec<Vec<f32>> = Vec::new();
             let mut sheet: Vec<RgbImage> = Vec::new();
             for (composition, group) in &prompts {
+                let caption = composition.caption();
+                let mut caption_scores: Vec<Score> = vec![Score::default(); methods.len()];
                 for seed in args.first_seed..args.first_seed + args.seeds {
                     let mut row = Vec::new();
                     for (m, method) in methods.iter().enumerate() {
-                        let mut config = method.config.clone();
-                        config.scene = scene;
-                        config.prompt = composition.caption();
-                        config.seed = seed;
-                        config.snapshot_every = 0;
-                        config.steps = args.steps;
-                        if let Some(other) = &method.equal_time_to {
-                            let o = methods
-                                .iter()
-                                .position(|x| &x.name == other)
-                                .expect("listed");
-                            let per_step_other = scores[o].seconds / scores[o].steps.max(1) as f64;
-                            let per_step_sds = scores[0].seconds / scores[0].steps.max(1) as f64;
-                            config.steps = ((args.steps as f64 * per_step_other / per_step_sds)
-                                .round() as usize)
-                                .max(1);
-                        }
-                        let guidance = load_guidance::<B>(&config, &device)?;
-                        let start = Instant::now();
-                        let mut generator = Generator::<B>::new(config.clone(), guidance, &device)?;
-                        generator.run(&AtomicBool::new(false), &mut |_| {})?;
-                        let seconds = start.elapsed().as_secs_f64();
-                        let views: Vec<RgbImage> =
-                            generator.turntable(8, config.final_render_size())?;
-                        let images = RgbImage::to_tensor::<B::InnerBackend>(&views, &device);
-                        let r = judge.retrieval(images, &vec![*composition; views.len()]);
-                        sheet.push(RgbImage::hstack(&views));
-                        // Compositions whose objects share a colour cannot be checked.
-                        let shapes =
-                            check_shapes(&generator.surface(&config.mesh)?.mesh, composition).ok();
-                        let s = &mut scores[m];
-                        s.runs += 1;
-                        s.views += views.len();
-                        s.retrieved_views += (r.top1 * views.len() as f32).round() as usize;
-                        s.clip_score += r.clip_score;
-                        s.seconds += seconds;
-                        s.steps += config.steps;
-                        if let Some(check) = &shapes {
-                            s.shapes_right += check.correct();
-                            s.shapes += check.objects.len();
-                            // A missing colour counts as the worst error measured (1: the
-                            // whole extent away).
-                            s.shape_error += check
-                                .objects
-                                .iter()
-                                .map(|o| o.asked_error().unwrap_or(1.0))
-                                .sum::<f32>();
-                        }
-                        row.push(r.clip_score);
+                        let done = journal
+                            .find(&settings, scene.name(), &caption, seed, &method.name)
+                            .cloned();
+                        let from_journal = done.is_some();
+                        let run = match done {
+                            Some(run) => run,
+                            None => {
+                                let mut config = method.config.clone();
+                                config.scene = scene;
+                                config.prompt = caption.clone();
+                                config.seed = seed;
+                                config.snapshot_every = 0;
+                                config.steps = args.steps;
+                                if let Some(other) = &method.equal_time_to {
+                                    let o = methods
+                                        .iter()
+                                        .position(|x| &x.name == other)
+                                        .expect("listed");
+                                    let per_step_other =
+                                        scores[o].seconds / scores[o].steps.max(1) as f64;
+                                    let per_step_sds =
+                                        scores[0].seconds / scores[0].steps.max(1) as f64;
+                                    config.steps = ((args.steps as f64 * per_step_other
+                                        / per_step_sds)
+                                        .round()
+                                        as usize)
+                                        .max(1);
+                                }
+                                let run = run_one::<B>(
+                                    &config,
+                                    composition,
+                                    &judge,
+                                    &device,
+                                    &mut sheet,
+                                )?;
+                                let run = Run {
+                                    settings: settings.clone(),
+                                    scene: scene.name().into(),
+                                    group: group.to_string(),
+                                    method: method.name.clone(),
+                                    ..run
+                                };
+                                journal.record(run.clone())?;
+                                run
+                            }
+                        };
+                        scores[m].add(&run);
+                        caption_scores[m].add(&run);
+                        row.push(run.clip_score);
                         eprintln!(
-                            "{} {group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s  shapes: {}",
+                            "{} {group:>8} {:<45} seed {seed} {:<20} top-1 {:.2} clip {:>6.2} {:>6.1}s  shapes: {}{}",
                             scene.name(),
-                            composition.caption(),
+                            caption,
                             method.name,
-                            r.top1,
-                            r.clip_score,
-                            seconds,
-                            shapes.map_or("not checked".into(), |c| c.to_string())
+                            run.retrieved_views as f32 / run.views.max(1) as f32,
+                            run.clip_score,
+                            run.seconds,
+                            if run.shapes == 0 {
+                                "not checked".to_string()
+                            } else {
+                                format!("{}/{} right", run.shapes_right, run.shapes)
+                            },
+                            if from_journal { "  (journal)" } else { "" }
                         );
                     }
                     per_run.push(row);
                 }
+                per_caption += &format!("| {} | {caption} | {group} |", scene.name());
+                for s in &caption_scores {
+                    per_caption += &format!(" {}/{} views", s.retrieved_views, s.views);
+                    if s.shapes > 0 {
+                        per_caption += &format!(", {}/{} shapes", s.shapes_right, s.shapes);
+                    }
+                    per_caption += " |";
+                }
+                per_caption += "\n";
             }
             if let Some(dir) = &args.images {
                 std::fs::create_dir_all(dir)
@@ -344,6 +455,8 @@ impl BackendTask for Bench {
                 );
             }
         }
+        table += "\nPer caption (views the judge read as the caption, and objects of the right shape, over the seeds):\n\n";
+        table += &per_caption;
         Ok(format!(
             "Prompts: {} ({} seen, {} held-out compositions) x {} seeds (from {}); prior {}, CFG {}{}, generative weight {} (CSD for the first {} of the steps), learning rates to x{} by the last step; chance R-precision {:.2}%.\n\n{table}",
             prompts.len(),
