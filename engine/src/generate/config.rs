@@ -448,8 +448,10 @@ impl GenerateConfig {
             },
             scene: SceneKind::Nerf,
             // threestudio's implicit-volume: 16-level hash grid (2^19 entries), 64-wide MLPs,
-            // Magic3D density blob; learnt background.
-            nerf: NerfConfig::new(),
+            // Magic3D density blob; learnt background, random colours half the steps
+            // (`random_aug`, threestudio's default `random_aug_prob` 0.5).
+            nerf: NerfConfig::new()
+                .with_background(BackgroundConfig::new().with_random_aug_probability(0.5)),
             renderer: VolumeRendererConfig::new().with_num_samples_per_ray(512),
             learning_rates: NerfLearningRates {
                 encoding: 0.01,
@@ -595,6 +597,10 @@ impl GenerateConfig {
         self.guidance.validate().map_err(|e| e.within("guidance"))?;
         self.guidance.check_reward_model(self.reward.as_deref())?;
         self.check_reward_fits_prior()?;
+        self.nerf
+            .background
+            .validate()
+            .map_err(|e| ConfigError::new("nerf.background.random_aug_probability", e))?;
         self.nerf
             .validate()
             .map_err(|e| ConfigError::new("nerf", e))?;
@@ -963,6 +969,24 @@ mod tests {
         assert_eq!(old, config);
     }
 
+    /// A config saved before `nerf.background.random_aug_probability` existed ran without it,
+    /// and loads so (0), whatever its preset sets now.
+    #[test]
+    fn a_saved_config_without_random_aug_loads_with_it_off() {
+        let config = with_prompt(GenerateConfig::preset("mvdream").unwrap());
+        assert_eq!(config.nerf.background.random_aug_probability, 0.5);
+        let text = config.to_toml();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("random_aug_probability"))
+            .expect("the field is written");
+        let old = GenerateConfig::from_toml(&text.replace(line, "")).unwrap();
+        assert_eq!(old.nerf.background.random_aug_probability, 0.0);
+        let mut expected = config.clone();
+        expected.nerf.background.random_aug_probability = 0.0;
+        assert_eq!(old, expected);
+    }
+
     #[test]
     fn bad_values_name_their_field() {
         let base = with_prompt(GenerateConfig::preset("fast").unwrap());
@@ -972,6 +996,10 @@ mod tests {
             c.validate().unwrap_err().field
         };
         assert_eq!(field(&|c| c.steps = 0), "steps");
+        assert_eq!(
+            field(&|c| c.nerf.background.random_aug_probability = 2.0),
+            "nerf.background.random_aug_probability"
+        );
         assert_eq!(field(&|c| c.prompt = " ".into()), "prompt");
         assert_eq!(
             field(&|c| c.guidance.t_min = AnnealedFraction::constant(0.99)),

@@ -232,11 +232,13 @@ impl<B: EngineAutodiffBackend> EditSource<B> {
     }
 
     /// The source rendered from `cameras` (one size), `[views, 3, h, w]` in `[0, 1]`: for a
-    /// NeRF with the edited branch's ray `jitter`, so an unchanged scene renders the same.
+    /// NeRF with the edited branch's ray `jitter` and random `backgrounds`, so an unchanged
+    /// scene renders the same.
     pub(super) fn render(
         &self,
         cameras: &[Camera],
         jitter: Option<&[f32]>,
+        backgrounds: Option<Vec<f32>>,
         device: &B::Device,
     ) -> Result<Tensor<B::InnerBackend, 4>, GenerateError> {
         let (w, h) = match cameras.first() {
@@ -245,7 +247,8 @@ impl<B: EngineAutodiffBackend> EditSource<B> {
         };
         match &self.scene {
             SourceScene::Nerf { nerf, renderer } => {
-                let rays = Rays::of_cameras(cameras);
+                let mut rays = Rays::of_cameras(cameras);
+                rays.backgrounds = backgrounds;
                 let samples = renderer.config().num_samples_per_ray;
                 let fallback;
                 let jitter = match jitter {

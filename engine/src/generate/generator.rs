@@ -190,6 +190,8 @@ pub enum GenerateEvent {
 /// itself and `POSTERIOR_STREAM`), so the streams never overlap.
 const CAMERA_STREAM: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const JITTER_STREAM: u64 = 0x1656_67B1_9E37_79F9;
+/// Xored into a step's seed for its random background colours (`random_aug`).
+const BACKGROUND_STREAM: u64 = 0x27D4_EB2F_1656_67C5;
 
 /// What a generation optimises.
 pub(super) enum SceneState<B: EngineAutodiffBackend> {
@@ -467,6 +469,12 @@ impl<B: EngineAutodiffBackend> Generator<B> {
             .wrapping_add(step as u64)
     }
 
+    /// The guidance, e.g. to [keep its scored samples](Guidance::keep_scored_samples) for a
+    /// diagnostic.
+    pub fn guidance_mut(&mut self) -> &mut Guidance<B> {
+        &mut self.guidance
+    }
+
     /// The settings.
     pub fn config(&self) -> &GenerateConfig {
         &self.config
@@ -533,14 +541,22 @@ impl<B: EngineAutodiffBackend> Generator<B> {
         let view_angles: Vec<ViewAngles> = cameras.iter().map(ViewAngles::from).collect();
         // A NeRF render above the renderer's chunk is deferred: its backward runs in chunks.
         let mut deferred = None;
-        // An edit's source renders with the same jitter: an unchanged scene renders the same.
+        // An edit's source renders with the same jitter and backgrounds: an unchanged scene
+        // renders the same.
         let mut source_jitter = None;
+        let mut source_backgrounds = None;
         let (images, pending) = match &self.scene {
             SceneState::Nerf { nerf, renderer, .. } => {
-                let rays = crate::scene::camera::Rays::of_cameras(&cameras);
+                let mut rays = crate::scene::camera::Rays::of_cameras(&cameras);
+                rays.backgrounds = self.config.nerf.background.random_aug(
+                    cameras.len(),
+                    (size * size) as usize,
+                    seed ^ BACKGROUND_STREAM,
+                );
                 let jitter = renderer.jitter(rays.len(), seed ^ JITTER_STREAM);
                 if self.edit.is_some() {
                     source_jitter = Some(jitter.clone());
+                    source_backgrounds = rays.backgrounds.clone();
                 }
                 let rgb = if rays.len() <= renderer.train_chunk_rays() {
                     renderer
@@ -566,7 +582,12 @@ impl<B: EngineAutodiffBackend> Generator<B> {
                 .guidance
                 .step(images, &view_angles, guidance_step, seed)?,
             Some(edit) => {
-                let source = edit.render(&cameras, source_jitter.as_deref(), &self.device)?;
+                let source = edit.render(
+                    &cameras,
+                    source_jitter.as_deref(),
+                    source_backgrounds,
+                    &self.device,
+                )?;
                 self.guidance.dds_step(
                     &edit.prompt,
                     images,

@@ -242,7 +242,10 @@ impl VolumeRenderer {
         let rgb = (albedo * weights.unsqueeze_dim::<3>(2))
             .sum_dim(1)
             .reshape([n, 3]);
-        let background = nerf.background.forward(directions);
+        let background = match &rays.backgrounds {
+            Some(colors) => tensor(colors.clone(), 3),
+            None => nerf.background.forward(directions),
+        };
         let rgb = rgb + background * (opacity.clone().neg() + 1.0);
         RenderOutput {
             rgb,
@@ -291,6 +294,7 @@ mod tests {
         let rays = Rays {
             origins: vec![0.0, 0.0, 3.0, 0.0, 2.0, 3.0, 0.0, 0.0, 0.0],
             directions: vec![0.0, 0.0, -1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0],
+            backgrounds: None,
         };
         let (near, far) = sphere_bounds(&rays, 1.0);
         assert_eq!((near[0], far[0]), (2.0, 4.0));
@@ -338,5 +342,23 @@ mod tests {
         // The corner rays miss the sphere entirely and show the background.
         assert!(opacity[0] < 1e-6);
         assert!((rgb[0] - 0.2).abs() < 1e-5 && (rgb[2] - 0.6).abs() < 1e-5);
+
+        // Per-ray colours (random_aug) replace the background where rays miss, and only there.
+        let mut rays = cam.rays();
+        rays.backgrounds = Some([0.9, 0.1, 0.3].repeat(rays.len()));
+        let jitter = vec![0.5; rays.len() * 128];
+        let plain = renderer.render_jittered(&dense, &cam.rays(), &jitter, &device);
+        let plain: Vec<f32> = plain.rgb.into_data().to_vec().unwrap();
+        let swapped = renderer.render_jittered(&dense, &rays, &jitter, &device);
+        let swapped: Vec<f32> = swapped.rgb.into_data().to_vec().unwrap();
+        assert!((swapped[0] - 0.9).abs() < 1e-5 && (swapped[2] - 0.3).abs() < 1e-5);
+        for p in [5, 6, 9, 10] {
+            for c in 0..3 {
+                assert!(
+                    (swapped[3 * p + c] - plain[3 * p + c]).abs() < 1e-3,
+                    "pixel {p}"
+                );
+            }
+        }
     }
 }

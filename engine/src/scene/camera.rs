@@ -275,6 +275,9 @@ pub struct Rays {
     pub origins: Vec<f32>,
     /// Unit ray directions, 3 floats per ray.
     pub directions: Vec<f32>,
+    /// Colours (3 floats per ray) shown instead of the scene's background model where the ray
+    /// leaves the object (threestudio's `random_aug`); `None` shows the scene's own.
+    pub backgrounds: Option<Vec<f32>>,
 }
 
 impl Rays {
@@ -282,6 +285,7 @@ impl Rays {
         Self {
             origins: Vec::with_capacity(3 * n),
             directions: Vec::with_capacity(3 * n),
+            backgrounds: None,
         }
     }
 
@@ -310,6 +314,10 @@ impl Rays {
         Self {
             origins: self.origins[3 * range.start..3 * range.end].to_vec(),
             directions: self.directions[3 * range.start..3 * range.end].to_vec(),
+            backgrounds: self
+                .backgrounds
+                .as_ref()
+                .map(|b| b[3 * range.start..3 * range.end].to_vec()),
         }
     }
 
@@ -322,6 +330,12 @@ impl Rays {
             out.directions
                 .extend_from_slice(&self.directions[3 * i..3 * i + 3]);
         }
+        out.backgrounds = self.backgrounds.as_ref().map(|b| {
+            indices
+                .iter()
+                .flat_map(|&i| b[3 * i..3 * i + 3].to_vec())
+                .collect()
+        });
         out
     }
 }

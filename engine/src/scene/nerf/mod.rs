@@ -84,6 +84,7 @@ impl NerfConfig {
     /// Checks the settings; the message names the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         self.encoding.validate()?;
+        self.background.validate()?;
         if !(self.radius.is_finite() && self.radius > 0.0) {
             return Err(format!(
                 "nerf radius {} must be finite and > 0",
