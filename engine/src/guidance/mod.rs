@@ -51,8 +51,8 @@ pub use recon::ReconLossConfig;
 pub use reward_feedback::{BoxedFeedbackReward, RewardFeedbackConfig, feedback_loss};
 pub use scoring::{DDIM_SCORING_STEPS, Scorer, ScoringMode, ddim_scoring_grid};
 pub use sds::{
-    BoxedReward, Guidance, GuidanceOutput, GuidanceStats, POSTERIOR_STREAM, StepDraw,
-    standard_normal,
+    BoxedReward, Guidance, GuidanceOutput, GuidanceStats, POSTERIOR_STREAM, ScoredSamples,
+    StepDraw, standard_normal,
 };
 pub use vsd::{LoRAUNet, VsdConfig, VsdLoRA, vsd_cameras};
 pub use weighting::WeightStrategy;

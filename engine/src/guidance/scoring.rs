@@ -134,6 +134,15 @@ impl<B: Backend> Scorer<'_, B> {
         }
     }
 
+    /// The images the reward sees for clean estimates `x0` (`[rows, channels, h, w]`):
+    /// decoded by the score decoder or the prior, in `[0, 1]`.
+    pub fn decode(&self, x0: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.decoder {
+            Some(taesd) => (taesd.decode(x0) * 0.5 + 0.5).clamp(0.0, 1.0),
+            None => self.prior.decode(x0),
+        }
+    }
+
     /// Decodes clean estimates and scores them; returns one reward per noise sample, the
     /// mean over its views.
     ///
@@ -149,11 +158,7 @@ impl<B: Backend> Scorer<'_, B> {
         let views = rows / n_samples;
         let mut scores = Vec::with_capacity(rows);
         for chunk in x0.split(self.max_batch.max(1), 0) {
-            let images = match self.decoder {
-                Some(taesd) => (taesd.decode(chunk) * 0.5 + 0.5).clamp(0.0, 1.0),
-                None => self.prior.decode(chunk),
-            };
-            let s = self.reward.score(images, self.prompt)?;
+            let s = self.reward.score(self.decode(chunk), self.prompt)?;
             scores.extend(
                 s.into_data()
                     .convert::<f32>()

@@ -104,6 +104,24 @@ pub struct GuidanceOutput<B: AutodiffBackend> {
     pub stats: GuidanceStats,
 }
 
+/// One RewardSDS step's noise samples as the reward saw them, kept for diagnostics when
+/// [`Guidance::keep_scored_samples`] is on (e.g. to ask an independent judge whether the
+/// reward ranks the samples as it would).
+#[derive(Debug, Clone)]
+pub struct ScoredSamples<B: Backend> {
+    /// The timestep.
+    pub t: usize,
+    /// The images the reward scored, `[n * B, 3, h, w]` in `[0, 1]`, sample-major.
+    pub images: Tensor<B, 4>,
+    /// Each sample's reward (the mean over its views).
+    pub rewards: Vec<f32>,
+    /// Each sample's weight.
+    pub weights: Vec<f32>,
+    /// Each sample's guidance difference before weighting (`eps_hat - eps`), `[n * B, C, h,
+    /// w]`: the step's `g` is `time_weight * sum_i weights[i] * diffs[i]`.
+    pub diffs: Tensor<B, 4>,
+}
+
 /// A boxed reward model on the inner backend of `B`.
 pub type BoxedReward<B> = Box<dyn RewardModel<<B as AutodiffBackend>::InnerBackend> + Send>;
 
@@ -119,6 +137,8 @@ pub struct Guidance<B: AutodiffBackend> {
     score_decoder: Option<AutoencoderTiny<B::InnerBackend>>,
     vsd: Option<Box<VsdLoRA<B>>>,
     total_steps: usize,
+    /// `Some` when scored samples are kept; holds the last step's.
+    scored: Option<std::sync::Mutex<Option<ScoredSamples<B::InnerBackend>>>>,
 }
 
 impl<B: AutodiffBackend> std::fmt::Debug for Guidance<B> {
@@ -179,7 +199,20 @@ impl<B: AutodiffBackend> Guidance<B> {
             score_decoder: None,
             vsd,
             total_steps,
+            scored: None,
         })
+    }
+
+    /// Keeps each rewarded step's scored samples (`true`) for
+    /// [`take_scored_samples`](Self::take_scored_samples), or stops (`false`). A diagnostic:
+    /// decoding the samples once more costs a little.
+    pub fn keep_scored_samples(&mut self, keep: bool) {
+        self.scored = keep.then(|| std::sync::Mutex::new(None));
+    }
+
+    /// The scored samples of the last rewarded step since the last call, if kept.
+    pub fn take_scored_samples(&mut self) -> Option<ScoredSamples<B::InnerBackend>> {
+        self.scored.as_mut()?.get_mut().ok()?.take()
     }
 
     /// Starts a new stage of `total_steps` steps (the texture stage): step indices count from
@@ -405,7 +438,7 @@ impl<B: AutodiffBackend> Guidance<B> {
         batch: usize,
     ) -> Result<(Tensor<B::InnerBackend, 4>, Vec<f32>, Vec<f32>), GuidanceError> {
         let n = diff.dims()[0] / batch;
-        let rewards = if r.strategy.uses_rewards() {
+        let (rewards, images) = if r.strategy.uses_rewards() {
             let model = self.reward.as_deref().expect("checked in Guidance::new");
             let scoring_scale = r.scoring_guidance_scale.unwrap_or(samples.guidance_scale);
             let scorer = Scorer {
@@ -427,15 +460,27 @@ impl<B: AutodiffBackend> Guidance<B> {
                 samples.class_labels,
                 eps_at_t,
             )?;
-            scorer.rewards(x0, n)?
+            let images = self.scored.as_ref().map(|_| scorer.decode(x0.clone()));
+            (scorer.rewards(x0, n)?, images)
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         let weights = if rewards.is_empty() {
             r.strategy.weights(&vec![0.0; n])
         } else {
             r.strategy.weights(&rewards)
         };
+        if let (Some(slot), Some(images)) = (&self.scored, images)
+            && let Ok(mut slot) = slot.lock()
+        {
+            *slot = Some(ScoredSamples {
+                t: samples.t,
+                images,
+                rewards: rewards.clone(),
+                weights: weights.clone(),
+                diffs: diff.clone(),
+            });
+        }
         let mut sum: Option<Tensor<B::InnerBackend, 4>> = None;
         for (i, &wi) in weights.iter().enumerate() {
             if wi == 0.0 {
