@@ -29,7 +29,7 @@ mod journal;
 use journal::{Journal, Run};
 #[path = "common/prompts.rs"]
 mod prompts;
-use prompts::{random_sample, tiny_world_prompts};
+use prompts::{random_captions, tiny_world_prompts};
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
@@ -218,12 +218,7 @@ impl BackendTask for Bench {
             pairs.into_iter().step_by(step).take(args.prompts).collect()
         };
         let prompts: Vec<(Composition, &str)> = if args.random_sample {
-            let draw = |group: &[Composition]| random_sample(group, args.prompts, args.sample_seed);
-            draw(&split.train)
-                .into_iter()
-                .map(|c| (c, "seen"))
-                .chain(draw(&split.held_out).into_iter().map(|c| (c, "held-out")))
-                .collect()
+            random_captions(&split, args.prompts, args.sample_seed)
         } else if args.prompt.is_empty() {
             pick(&split.train)
                 .into_iter()

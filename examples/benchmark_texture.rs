@@ -129,10 +129,9 @@ impl BackendTask for Bench {
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<String> {
         let args = self.args;
         let split = Split::shipped();
-        let draw = |group: &[Composition]| random_sample(group, args.prompts, args.sample_seed);
-        let captions: Vec<Composition> = draw(&split.train)
+        let captions: Vec<Composition> = random_captions(&split, args.prompts, args.sample_seed)
             .into_iter()
-            .chain(draw(&split.held_out))
+            .map(|(c, _)| c)
             .collect();
         let judge =
             Judge::<B::InnerBackend>::from_folder(&resolve_model("tiny-world-judge")?, &device)?;
@@ -265,7 +264,7 @@ mod prompts;
 #[path = "common/table.rs"]
 mod table;
 
-use prompts::random_sample;
+use prompts::random_captions;
 
 fn main() -> Result<()> {
     logging::init();

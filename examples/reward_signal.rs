@@ -26,7 +26,7 @@ use rewardsds::engine::weights::resolve_model;
 
 #[path = "common/prompts.rs"]
 mod prompts;
-use prompts::random_sample;
+use prompts::random_captions;
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
@@ -196,17 +196,7 @@ impl BackendTask for Signal {
 
     fn run<B: EngineAutodiffBackend>(self, device: B::Device) -> Result<String> {
         let args = self.args;
-        let split = Split::shipped();
-        let captions: Vec<(Composition, &str)> =
-            random_sample(&split.train, args.prompts, args.sample_seed)
-                .into_iter()
-                .map(|c| (c, "seen"))
-                .chain(
-                    random_sample(&split.held_out, args.prompts, args.sample_seed)
-                        .into_iter()
-                        .map(|c| (c, "held-out")),
-                )
-                .collect();
+        let captions = random_captions(&Split::shipped(), args.prompts, args.sample_seed);
         let judge =
             Judge::<B::InnerBackend>::from_folder(&resolve_model("tiny-world-judge")?, &device)?;
         let mut table = String::from(
