@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rewardsds::engine::backend::{BackendTask, EngineAutodiffBackend};
 use rewardsds::engine::generate::{GenerateConfig, Generator, SceneKind, load_guidance};
-use rewardsds::engine::guidance::RewardFeedbackConfig;
+use rewardsds::engine::guidance::{RewardFeedbackConfig, WeightStrategy};
 use rewardsds::engine::rgb_image::RgbImage;
 use rewardsds::engine::tiny_world::evaluate::Judge;
 use rewardsds::engine::tiny_world::shape_check::check_shapes;
@@ -63,6 +63,11 @@ struct Args {
     /// only, e.g. to sweep `--guidance-scale`).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "4,8")]
     n: Vec<usize>,
+    /// Weighting of every RewardSDS row: `min_max` (the `fast` preset's, by default),
+    /// `softmax`, `best`, or `uniform` (SDS averaged over the N noises, the reward unused: the
+    /// ablation that tells the reward's part from the averaging's).
+    #[arg(long)]
+    strategy: Option<String>,
     /// Leave out the row of SDS given the last RewardSDS method's wall-clock.
     #[arg(long)]
     no_equal_time: bool,
@@ -239,6 +244,21 @@ impl BackendTask for Bench {
         };
         let seen = prompts.iter().filter(|p| p.1 == "seen").count();
 
+        // `--strategy` names its RewardSDS rows, so their runs never mix with min_max's in a
+        // journal.
+        let strategy = match &args.strategy {
+            Some(name) => Some(
+                serde_json::from_value::<WeightStrategy>(serde_json::json!({ "type": name }))
+                    .with_context(|| {
+                        format!("--strategy {name:?}: one of min_max, softmax, best, uniform")
+                    })?,
+            ),
+            None => None,
+        };
+        let reward_name = |n: usize| match &args.strategy {
+            Some(name) => format!("RewardSDS N={n} {name}"),
+            None => format!("RewardSDS N={n}"),
+        };
         let mut methods = vec![Method {
             name: "SDS".into(),
             config: GenerateConfig::preset("fast-sds")?,
@@ -246,23 +266,22 @@ impl BackendTask for Bench {
         }];
         for &n in &args.n {
             let mut config = GenerateConfig::preset("fast")?;
-            config
-                .guidance
-                .reward
-                .as_mut()
-                .expect("fast uses rewards")
-                .n_samples = n;
+            let reward = config.guidance.reward.as_mut().expect("fast uses rewards");
+            reward.n_samples = n;
+            if let Some(strategy) = strategy {
+                reward.strategy = strategy;
+            }
             methods.push(Method {
-                name: format!("RewardSDS N={n}"),
+                name: reward_name(n),
                 config,
                 equal_time_to: None,
             });
         }
         if let Some(&n) = args.n.last().filter(|_| !args.no_equal_time) {
             methods.push(Method {
-                name: format!("SDS, time of N={n}"),
+                name: format!("SDS, time of {}", reward_name(n).replace("RewardSDS ", "")),
                 config: GenerateConfig::preset("fast-sds")?,
-                equal_time_to: Some(format!("RewardSDS N={n}")),
+                equal_time_to: Some(reward_name(n)),
             });
         }
 
